@@ -1,0 +1,46 @@
+# The README's two commands:
+#   make demo   install everything into .venv, then the main job
+#   make test   install everything into .venv, then the C++ smoke test (ctest) and pytest
+# Installing is idempotent and the extension build is incremental (build/).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch the extension is built against (a CUDA 13.0 build on this project's machines).
+TORCH_SPEC ?= torch==2.14.1
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+JOBS ?= $(shell nproc)
+
+.PHONY: install demo test test-python test-cpp bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip "setuptools>=70" wheel ninja
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	touch $@
+
+install: $(VENV)/.deps
+	$(BIN)/pip install -q --no-build-isolation ".[test]"
+
+demo: install
+	$(BIN)/miga-fast backends
+	$(BIN)/python benchmarks/bench_projection.py --quick
+
+test-cpp: install
+	mkdir -p build && cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)
+	cmake --build build/cmake -j $(JOBS)
+	ctest --test-dir build/cmake --output-on-failure
+
+# pytest is run through its script, not `python -m`, so the installed package (with
+# its compiled kernels) is imported rather than the source folder.
+test-python: install
+	$(BIN)/pytest -q tests
+
+test: test-cpp test-python
+
+bench: install
+	$(BIN)/python benchmarks/bench_projection.py
+
+clean:
+	rm -rf build dist *.egg-info miga_fast/_C*.so miga_fast/_build_info.py

@@ -1,0 +1,44 @@
+// Argument checks of the projection family, shared by the CPU and CUDA glue.
+//
+// The Python layer checks first and names the argument the user passed; these checks
+// guard C++ callers (and torch.ops.* called directly) against memory errors.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace miga_fast {
+
+inline void check_same_layout(const at::Tensor& ref, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.sizes() == ref.sizes(), "miga_fast: `", name, "` has shape ", t.sizes(),
+              ", expected ", ref.sizes(), " (the shape of `delta`)");
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "miga_fast: `", name, "` has dtype ",
+              t.scalar_type(), ", expected ", ref.scalar_type(), " (the dtype of `delta`)");
+  TORCH_CHECK(t.device() == ref.device(), "miga_fast: `", name, "` is on ", t.device(),
+              ", expected ", ref.device(), " (the device of `delta`)");
+}
+
+// The dtype kernels compute in: float32 for float32/float16/bfloat16, float64 for float64.
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// A per-sample parameter: a 1-D tensor of 1 or B values on delta's device.
+// Returns it contiguous in the compute dtype.
+inline at::Tensor per_sample_param(const at::Tensor& p, const at::Tensor& delta, const char* name) {
+  TORCH_CHECK(p.dim() == 1 && (p.numel() == 1 || p.numel() == delta.size(0)), "miga_fast: `",
+              name, "` must be a 1-D tensor of 1 or ", delta.size(0), " values, got shape ",
+              p.sizes());
+  TORCH_CHECK(p.device() == delta.device(), "miga_fast: `", name, "` is on ", p.device(),
+              ", expected ", delta.device());
+  return p.to(compute_dtype(delta.scalar_type())).contiguous();
+}
+
+inline void check_delta(const at::Tensor& delta) {
+  TORCH_CHECK(delta.dim() >= 1 && delta.size(0) > 0,
+              "miga_fast: `delta` must have a non-empty batch dimension, got shape ",
+              delta.sizes());
+  TORCH_CHECK(at::isFloatingType(delta.scalar_type()),
+              "miga_fast: `delta` must be a floating tensor, got ", delta.scalar_type());
+}
+
+}  // namespace miga_fast

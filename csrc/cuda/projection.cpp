@@ -1,0 +1,130 @@
+// Torch glue of the CUDA projection kernels: checks, contiguity, the current stream,
+// the workspace, dtype mapping. The kernels are in projection_kernels.cu (raw pointers only).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../common/projection_checks.h"
+#include "projection.h"
+
+namespace miga_fast {
+namespace {
+
+using cuda::DType;
+using cuda::ProjectionArgs;
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kDouble:
+      return DType::kFloat64;
+    case at::kHalf:
+      return DType::kFloat16;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "miga_fast: the CUDA kernels take float32, float64, float16 or "
+                         "bfloat16, got ", t);
+  }
+}
+
+at::Tensor contiguous_or_self(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+enum class Kind { kLinf, kL2, kMomentum };
+
+void run(Kind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
+         const at::Tensor& x, const at::Tensor& eps, const at::Tensor* alpha, double mu,
+         double direction) {
+  check_delta(delta);
+  TORCH_CHECK(delta.device().is_cuda(), "miga_fast: CUDA kernel called with `delta` on ",
+              delta.device());
+  const DType dtype = to_dtype(delta.scalar_type());
+  check_same_layout(delta, x, "x");
+  if (grad != nullptr) check_same_layout(delta, *grad, "grad");
+  if (momentum != nullptr) check_same_layout(delta, *momentum, "momentum");
+  const c10::cuda::CUDAGuard guard(delta.device());
+
+  const at::Tensor eps_c = per_sample_param(eps, delta, "eps");
+  const at::Tensor alpha_c = alpha != nullptr ? per_sample_param(*alpha, delta, "alpha") : eps_c;
+  at::Tensor d = contiguous_or_self(delta);
+  at::Tensor m = momentum != nullptr ? contiguous_or_self(*momentum) : at::Tensor();
+  const at::Tensor xc = contiguous_or_self(x);
+  const at::Tensor gc = grad != nullptr ? contiguous_or_self(*grad) : at::Tensor();
+
+  ProjectionArgs a;
+  a.delta = d.data_ptr();
+  a.momentum = momentum != nullptr ? m.data_ptr() : nullptr;
+  a.grad = grad != nullptr ? gc.data_ptr() : nullptr;
+  a.x = xc.data_ptr();
+  a.eps = eps_c.data_ptr();
+  a.alpha = alpha_c.data_ptr();
+  a.eps_stride = eps_c.numel() == 1 ? 0 : 1;
+  a.alpha_stride = alpha_c.numel() == 1 ? 0 : 1;
+  a.batch = delta.size(0);
+  a.n = a.batch > 0 ? delta.numel() / a.batch : 0;
+  a.mu = mu;
+  a.direction = direction;
+  if (a.n == 0) return;
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor workspace;
+  if (kind != Kind::kLinf) {
+    const auto bytes = static_cast<int64_t>(cuda::projection_workspace_bytes(a.batch, a.n));
+    workspace = at::empty({bytes}, delta.options().dtype(at::kByte));
+    a.workspace = workspace.data_ptr();
+  }
+  cudaError_t err = cudaSuccess;
+  switch (kind) {
+    case Kind::kLinf:
+      err = cuda::launch_linf(dtype, a, stream);
+      break;
+    case Kind::kL2:
+      err = cuda::launch_l2(dtype, a, stream);
+      break;
+    case Kind::kMomentum:
+      err = cuda::launch_mi_fgsm(dtype, a, stream);
+      break;
+  }
+  TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA projection kernel failed: ",
+              cudaGetErrorString(err));
+  if (!d.is_same(delta)) delta.copy_(d);
+  if (momentum != nullptr && !m.is_same(*momentum)) momentum->copy_(m);
+}
+
+void pgd_step_linf_cuda(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                        const at::Tensor& eps, const at::Tensor& alpha, double direction) {
+  run(Kind::kLinf, delta, nullptr, &grad, x, eps, &alpha, 0.0, direction);
+}
+
+void pgd_step_l2_cuda(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                      const at::Tensor& eps, const at::Tensor& alpha, double direction) {
+  run(Kind::kL2, delta, nullptr, &grad, x, eps, &alpha, 0.0, direction);
+}
+
+void mi_fgsm_step_cuda(at::Tensor& delta, at::Tensor& momentum, const at::Tensor& grad,
+                       const at::Tensor& x, const at::Tensor& eps, const at::Tensor& alpha,
+                       double mu, double direction) {
+  run(Kind::kMomentum, delta, &momentum, &grad, x, eps, &alpha, mu, direction);
+}
+
+void project_linf_cuda(at::Tensor& delta, const at::Tensor& x, const at::Tensor& eps) {
+  run(Kind::kLinf, delta, nullptr, nullptr, x, eps, nullptr, 0.0, 1.0);
+}
+
+void project_l2_cuda(at::Tensor& delta, const at::Tensor& x, const at::Tensor& eps) {
+  run(Kind::kL2, delta, nullptr, nullptr, x, eps, nullptr, 0.0, 1.0);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(miga_fast, CUDA, m) {
+  m.impl("pgd_step_linf_", &pgd_step_linf_cuda);
+  m.impl("pgd_step_l2_", &pgd_step_l2_cuda);
+  m.impl("mi_fgsm_step_", &mi_fgsm_step_cuda);
+  m.impl("project_linf_", &project_linf_cuda);
+  m.impl("project_l2_", &project_l2_cuda);
+}
+
+}  // namespace miga_fast

@@ -1,0 +1,353 @@
+// CUDA kernels of the projection family (ALGORITHMS.md section 1), on raw pointers.
+//
+// l-inf: one pass over memory, 16-byte packs where the pointers are aligned and no
+//        pack straddles a sample, a grid-stride loop, no host synchronisation.
+// l2 / MI-FGSM: one per-sample reduction pass writing per-block partial sums (double),
+//        then one update pass whose blocks first sum their sample's partials in a fixed
+//        order: deterministic run to run, no atomics, no memset.
+// Every kernel computes in float (double for float64 data) and rounds once on store.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "../common/projection_math.h"
+#include "projection.h"
+
+namespace miga_fast {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxPartials = 64;  // reduction blocks per sample, at most
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float load_acc(float v) { return v; }
+__device__ __forceinline__ double load_acc(double v) { return v; }
+__device__ __forceinline__ float load_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float load_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T store_as(typename AccOf<T>::type v);
+template <>
+__device__ __forceinline__ float store_as<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ double store_as<double>(double v) { return v; }
+template <>
+__device__ __forceinline__ __half store_as<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+int sm_count() {
+  static int counts[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+  if (counts[dev] == 0) {
+    int c = 0;
+    if (cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || c <= 0)
+      c = 132;
+    counts[dev] = c;
+  }
+  return counts[dev];
+}
+
+int grid_for(int64_t work_items) {
+  const int64_t blocks = (work_items + kThreads - 1) / kThreads;
+  const int64_t cap = static_cast<int64_t>(sm_count()) * 16;
+  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
+}
+
+// ---------------------------------------------------------------- l-inf (one pass)
+
+template <typename T, int VEC, bool HAS_GRAD>
+__global__ void __launch_bounds__(kThreads)
+    linf_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x,
+                const typename AccOf<T>::type* __restrict__ eps, int64_t eps_stride,
+                const typename AccOf<T>::type* __restrict__ alpha, int64_t alpha_stride,
+                typename AccOf<T>::type direction, int64_t n, int64_t packs) {
+  using A = typename AccOf<T>::type;
+  using P = Pack<T, VEC>;
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < packs;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = (p * VEC) / n;
+    const A e = eps[b * eps_stride];
+    P dv = reinterpret_cast<const P*>(d)[p];
+    const P xv = reinterpret_cast<const P*>(x)[p];
+    if (HAS_GRAD) {
+      const A step = direction * alpha[b * alpha_stride];
+      const P gv = reinterpret_cast<const P*>(g)[p];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        dv.v[k] = store_as<T>(
+            linf_step(load_acc(dv.v[k]), load_acc(gv.v[k]), load_acc(xv.v[k]), e, step));
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        dv.v[k] = store_as<T>(linf_ball_box(load_acc(dv.v[k]), load_acc(xv.v[k]), e));
+    }
+    reinterpret_cast<P*>(d)[p] = dv;
+  }
+}
+
+template <typename T, bool HAS_GRAD>
+cudaError_t launch_linf_typed(const ProjectionArgs& a, cudaStream_t stream) {
+  using A = typename AccOf<T>::type;
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t total = a.batch * a.n;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec_ok = a.n % kVec == 0 && aligned(a.delta) && aligned(a.x) &&
+                      (!HAS_GRAD || aligned(a.grad));
+  T* d = static_cast<T*>(a.delta);
+  const T* g = static_cast<const T*>(a.grad);
+  const T* x = static_cast<const T*>(a.x);
+  const A* eps = static_cast<const A*>(a.eps);
+  const A* alpha = static_cast<const A*>(a.alpha);
+  const A dir = static_cast<A>(a.direction);
+  if (vec_ok) {
+    const int64_t packs = total / kVec;
+    linf_kernel<T, kVec, HAS_GRAD><<<grid_for(packs), kThreads, 0, stream>>>(
+        d, g, x, eps, a.eps_stride, alpha, a.alpha_stride, dir, a.n, packs);
+  } else {
+    linf_kernel<T, 1, HAS_GRAD><<<grid_for(total), kThreads, 0, stream>>>(
+        d, g, x, eps, a.eps_stride, alpha, a.alpha_stride, dir, a.n, total);
+  }
+  return cudaGetLastError();
+}
+
+// ------------------------------------------------ per-sample reductions (l2, l1)
+
+enum Mode : int {
+  kL2Step = 0,     // sums {g.g, g.d, d.d}
+  kL2Project = 1,  // sums {0, 0, d.d}
+  kL1Grad = 2,     // sums {|g|_1, 0, 0}
+};
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Block-wide sum of three values into thread 0 (a fixed tree: deterministic).
+__device__ __forceinline__ void block_sum3(double (&v)[3]) {
+  __shared__ double smem[kThreads / 32][3];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < 3; ++k) v[k] = warp_sum(v[k]);
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) smem[warp][k] = v[k];
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      v[k] = lane < kThreads / 32 ? smem[lane][k] : 0.0;
+      v[k] = warp_sum(v[k]);
+    }
+  }
+  __syncthreads();
+}
+
+template <typename T, int MODE>
+__global__ void __launch_bounds__(kThreads)
+    reduce_kernel(const T* __restrict__ d, const T* __restrict__ g, int64_t batch, int64_t n,
+                  double* __restrict__ partials) {
+  const int nblk = gridDim.x;
+  for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
+    double s[3] = {0.0, 0.0, 0.0};
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(nblk) * blockDim.x) {
+      const int64_t j = b * n + i;
+      if (MODE == kL2Step) {
+        const double gv = load_acc(g[j]), dv = load_acc(d[j]);
+        s[0] += gv * gv;
+        s[1] += gv * dv;
+        s[2] += dv * dv;
+      } else if (MODE == kL2Project) {
+        const double dv = load_acc(d[j]);
+        s[2] += dv * dv;
+      } else {
+        s[0] += fabs(static_cast<double>(load_acc(g[j])));
+      }
+    }
+    block_sum3(s);
+    if (threadIdx.x == 0) {
+      double* out = partials + (b * nblk + blockIdx.x) * 3;
+      out[0] = s[0];
+      out[1] = s[1];
+      out[2] = s[2];
+    }
+  }
+}
+
+// Warp 0 sums the partials of sample b in a fixed order; the result lands in lane 0.
+__device__ __forceinline__ void sum_partials(const double* __restrict__ partials, int64_t b,
+                                             int nblk, double (&s)[3]) {
+  s[0] = s[1] = s[2] = 0.0;
+  for (int k = threadIdx.x; k < nblk; k += 32) {
+    const double* p = partials + (b * nblk + k) * 3;
+    s[0] += p[0];
+    s[1] += p[1];
+    s[2] += p[2];
+  }
+#pragma unroll
+  for (int k = 0; k < 3; ++k) s[k] = warp_sum(s[k]);
+}
+
+template <typename T, int MODE>
+__global__ void __launch_bounds__(kThreads)
+    update_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g,
+                  const T* __restrict__ x, const typename AccOf<T>::type* __restrict__ eps,
+                  int64_t eps_stride, const typename AccOf<T>::type* __restrict__ alpha,
+                  int64_t alpha_stride, typename AccOf<T>::type mu,
+                  typename AccOf<T>::type direction, int64_t batch, int64_t n,
+                  const double* __restrict__ partials) {
+  using A = typename AccOf<T>::type;
+  __shared__ A s_a, s_b;
+  const int nblk = gridDim.x;
+  for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
+    const A e = eps[b * eps_stride];
+    const A step = MODE == kL2Project ? A(0) : direction * alpha[b * alpha_stride];
+    if (threadIdx.x < 32) {
+      double s[3];
+      sum_partials(partials, b, nblk, s);
+      if (threadIdx.x == 0) {
+        if (MODE == kL2Step) {
+          const L2Factors<A> f = l2_factors<A>(s[0], s[1], s[2], e, step);
+          s_a = f.c;
+          s_b = f.f;
+        } else if (MODE == kL2Project) {
+          s_a = A(0);
+          s_b = l2_project_factor<A>(s[2], e);
+        } else {
+          s_a = static_cast<A>(s[0]);  // |g|_1
+          s_b = A(0);
+        }
+      }
+    }
+    __syncthreads();
+    const A ca = s_a, cb = s_b;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(nblk) * blockDim.x) {
+      const int64_t j = b * n + i;
+      const A dv = load_acc(d[j]), xv = load_acc(x[j]);
+      if (MODE == kL2Step) {
+        d[j] = store_as<T>(box((dv + ca * load_acc(g[j])) * cb, xv));
+      } else if (MODE == kL2Project) {
+        d[j] = store_as<T>(box(dv * cb, xv));
+      } else {
+        const A gv = load_acc(g[j]);
+        const A gn = ca > A(0) ? gv / ca : A(0);
+        const A mv = mu * load_acc(m[j]) + gn;
+        m[j] = store_as<T>(mv);
+        d[j] = store_as<T>(linf_step(dv, mv, xv, e, step));
+      }
+    }
+    __syncthreads();  // s_a/s_b are rewritten for the next sample
+  }
+}
+
+int partial_blocks(int64_t batch, int64_t n) {
+  const int64_t by_size = (n + kThreads * 4 - 1) / (kThreads * 4);
+  const int64_t target = static_cast<int64_t>(sm_count()) * 4;
+  const int64_t by_fill = (target + batch - 1) / batch;
+  return static_cast<int>(std::max<int64_t>(1, std::min({by_size, by_fill,
+                                                         static_cast<int64_t>(kMaxPartials)})));
+}
+
+template <typename T, int MODE>
+cudaError_t launch_two_pass(const ProjectionArgs& a, cudaStream_t stream) {
+  using A = typename AccOf<T>::type;
+  const int nblk = partial_blocks(a.batch, a.n);
+  const dim3 grid(nblk, static_cast<unsigned>(std::min<int64_t>(a.batch, 65535)));
+  auto* partials = static_cast<double*>(a.workspace);
+  T* d = static_cast<T*>(a.delta);
+  const T* g = static_cast<const T*>(a.grad);
+  reduce_kernel<T, MODE><<<grid, kThreads, 0, stream>>>(d, g, a.batch, a.n, partials);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  update_kernel<T, MODE><<<grid, kThreads, 0, stream>>>(
+      d, static_cast<T*>(a.momentum), g, static_cast<const T*>(a.x),
+      static_cast<const A*>(a.eps), a.eps_stride, static_cast<const A*>(a.alpha),
+      a.alpha_stride, static_cast<A>(a.mu), static_cast<A>(a.direction), a.batch, a.n,
+      partials);
+  return cudaGetLastError();
+}
+
+template <template <typename> class Fn>
+cudaError_t dispatch(DType dtype, const ProjectionArgs& a, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return Fn<float>::run(a, stream);
+    case DType::kFloat64:
+      return Fn<double>::run(a, stream);
+    case DType::kFloat16:
+      return Fn<__half>::run(a, stream);
+    case DType::kBFloat16:
+      return Fn<__nv_bfloat16>::run(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+struct LinfFn {
+  static cudaError_t run(const ProjectionArgs& a, cudaStream_t s) {
+    return a.grad != nullptr ? launch_linf_typed<T, true>(a, s) : launch_linf_typed<T, false>(a, s);
+  }
+};
+
+template <typename T>
+struct L2Fn {
+  static cudaError_t run(const ProjectionArgs& a, cudaStream_t s) {
+    return a.grad != nullptr ? launch_two_pass<T, kL2Step>(a, s)
+                             : launch_two_pass<T, kL2Project>(a, s);
+  }
+};
+
+template <typename T>
+struct MomentumFn {
+  static cudaError_t run(const ProjectionArgs& a, cudaStream_t s) {
+    return launch_two_pass<T, kL1Grad>(a, s);
+  }
+};
+
+}  // namespace
+
+size_t projection_workspace_bytes(int64_t batch, int64_t n) {
+  return static_cast<size_t>(batch) * partial_blocks(batch, n) * 3 * sizeof(double);
+}
+
+cudaError_t launch_linf(DType dtype, const ProjectionArgs& args, cudaStream_t stream) {
+  if (args.batch * args.n == 0) return cudaSuccess;
+  return dispatch<LinfFn>(dtype, args, stream);
+}
+
+cudaError_t launch_l2(DType dtype, const ProjectionArgs& args, cudaStream_t stream) {
+  if (args.batch * args.n == 0) return cudaSuccess;
+  return dispatch<L2Fn>(dtype, args, stream);
+}
+
+cudaError_t launch_mi_fgsm(DType dtype, const ProjectionArgs& args, cudaStream_t stream) {
+  if (args.batch * args.n == 0) return cudaSuccess;
+  return dispatch<MomentumFn>(dtype, args, stream);
+}
+
+}  // namespace cuda
+}  // namespace miga_fast

@@ -1,0 +1,22 @@
+// The one list of miga_fast's ops: every schema lives here.
+//
+// Backends register kernels for these names in csrc/cpu/<family>.cpp (CPU) and
+// csrc/cuda/<family>.cpp (CUDA). The Python layer (miga_fast/ops/) adds the fake
+// kernels for torch.compile and the argument checks users see.
+#include <torch/library.h>
+
+TORCH_LIBRARY(miga_fast, m) {
+  // Projection family (ALGORITHMS.md section 1). `eps` and `alpha` are 1-D tensors of
+  // one value or one value per sample; they are read on the device, so no call syncs.
+  m.def(
+      "pgd_step_linf_(Tensor(a!) delta, Tensor grad, Tensor x, Tensor eps, Tensor alpha, "
+      "float direction) -> ()");
+  m.def(
+      "pgd_step_l2_(Tensor(a!) delta, Tensor grad, Tensor x, Tensor eps, Tensor alpha, "
+      "float direction) -> ()");
+  m.def(
+      "mi_fgsm_step_(Tensor(a!) delta, Tensor(b!) momentum, Tensor grad, Tensor x, Tensor eps, "
+      "Tensor alpha, float mu, float direction) -> ()");
+  m.def("project_linf_(Tensor(a!) delta, Tensor x, Tensor eps) -> ()");
+  m.def("project_l2_(Tensor(a!) delta, Tensor x, Tensor eps) -> ()");
+}

@@ -1,0 +1,81 @@
+"""Projected gradient descent (Madry et al.) on a classifier, with the fused step."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from .._validation import check_batch, check_choice, check_scalar, check_tensor, check_unit_range, value_checks
+from ..nvtx import nvtx_range
+from ..reference import projection as ref
+
+
+class PGD:
+    """PGD in the l-inf or l2 ball, called as torchattacks' attacks are:
+
+        attack = PGD(model, eps=8/255, alpha=2/255, steps=10)
+        adv_images = attack(images, labels)
+
+    model: any nn.Module mapping images in [0, 1] to logits (normalisation belongs to
+    the model). targeted=True: `labels` are the targets, and the step descends their
+    cross-entropy. fused=True runs the step through miga_fast.ops (the selected
+    backend); fused=False through the plain-PyTorch reference. With random_start=False
+    the result equals torchattacks.PGD's (torchattacks.PGDL2's for norm="l2") up to
+    float rounding. generator: a torch.Generator or int seed for the random start.
+    """
+
+    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, norm="linf",
+                 random_start=True, targeted=False, fused=True, loss_fn=None, generator=None):
+        if not callable(model):
+            raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
+        self.model = model
+        self.eps = check_scalar(eps, "eps")
+        self.alpha = check_scalar(alpha, "alpha")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
+        self.steps = steps
+        self.norm = check_choice(norm, "norm", ops.projection.NORMS)
+        self.random_start = bool(random_start)
+        self.targeted = bool(targeted)
+        self.fused = bool(fused)
+        self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+        self.generator = generator
+
+    def __repr__(self):
+        return (f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
+                f"random_start={self.random_start}, targeted={self.targeted}, fused={self.fused})")
+
+    def _check(self, images, labels):
+        check_tensor(images, "images")
+        check_batch(images, "images")
+        check_unit_range(images, "images")
+        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+            raise TypeError("`labels` must be an integer tensor of class indices")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"`labels` must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
+        if labels.device != images.device:
+            raise ValueError(f"`labels` is on {labels.device}, expected {images.device}")
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.forward(images, labels)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._check(images, labels)
+        x = images.detach()
+        labels = labels.long()
+        step = ops if self.fused else ref
+        direction = -1.0 if self.targeted else 1.0
+        delta = torch.zeros_like(x)
+        # The inputs were checked once above; the loop runs without host syncs.
+        with value_checks(False):
+            if self.random_start:
+                ops.random_init_(delta, x, self.eps, self.norm, self.generator)
+            for _ in range(self.steps):
+                delta.requires_grad_(True)
+                with torch.enable_grad(), nvtx_range("pgd.forward_backward"):
+                    loss = self.loss_fn(self.model(x + delta), labels)
+                    (grad,) = torch.autograd.grad(loss, delta)
+                delta = delta.detach()
+                with torch.no_grad(), nvtx_range("pgd.step"):
+                    step.pgd_step_(delta, grad, x, self.eps, self.alpha, self.norm, direction)
+        return (x + delta).detach()

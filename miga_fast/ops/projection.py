@@ -1,0 +1,144 @@
+"""The projection family (ALGORITHMS.md section 1): fused PGD steps on a perturbation.
+
+Every op works in place on `delta` (the perturbation added to the image `x`), per
+sample: `eps` and `alpha` are floats or tensors of shape [B]. The order is torchattacks':
+step, ball projection, then the box `x + delta in [0, 1]`.
+
+Backends (miga_fast.set_backend): the C++ kernels (CPU), the CUDA kernels, Triton, and
+the plain-PyTorch reference. The l-inf results of every backend equal the reference
+exactly in float32. These are optimiser steps, not differentiable functions: call them
+on detached tensors (under torch.no_grad()).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend, _extension
+from .._validation import (
+    check_batch,
+    check_choice,
+    check_direction,
+    check_finite,
+    check_like,
+    check_scalar,
+    check_tensor,
+    check_unit_range,
+    per_sample,
+)
+from ..reference import projection as ref
+
+NORMS = ("linf", "l2")
+_OPS = ("pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_")
+
+
+def _register_fakes() -> None:
+    """Fake kernels of the C++ ops, for torch.compile: they mutate and return nothing."""
+    if _extension.load() is None:
+        return
+    for name in _OPS:
+        torch.library.register_fake(f"miga_fast::{name}")(lambda *args, **kwargs: None)
+
+
+_register_fakes()
+
+
+def _ops_for(backend: str):
+    if backend == "triton":
+        from .. import triton_kernels  # noqa: F401  (registers torch.ops.miga_fast_triton)
+
+        return torch.ops.miga_fast_triton
+    return torch.ops.miga_fast
+
+
+def _check_images(delta, x, **others):
+    check_tensor(delta, "delta")
+    check_batch(delta, "delta")
+    check_like(delta, "delta", x, "x")
+    for name, t in others.items():
+        check_like(delta, "delta", t, name)
+    if delta.requires_grad:
+        raise ValueError("`delta` requires grad: the projection ops are in-place optimiser "
+                         "steps; pass delta.detach() (or call under torch.no_grad())")
+    check_unit_range(x, "x")
+
+
+def _dispatch(op: str, reference, delta: torch.Tensor, *args) -> None:
+    """Run torch.ops.<namespace>.<op>(delta, *args) on the selected backend, or
+    `reference(delta, *args)` on the reference backend."""
+    backend = _backend.resolve(delta.device, delta.dtype)
+    with torch.no_grad():
+        if backend == "reference":
+            reference(delta, *args)
+        else:
+            getattr(_ops_for(backend), op)(delta, *args)
+
+
+def pgd_step_(delta, grad, x, eps, alpha, norm="linf", direction=1.0):
+    """One PGD step in place: `delta <- box(ball_eps(delta + direction * alpha * dir(grad)))`,
+    dir = sign(grad) (l-inf) or grad / |grad|_2 (l2; a zero gradient leaves delta as is).
+
+    delta, grad, x: tensors [B, ...] of one shape, dtype and device; x in [0, 1].
+    eps, alpha: floats or [B] tensors, >= 0. direction: +1 ascends the loss, -1 descends.
+    Returns delta.
+    """
+    check_choice(norm, "norm", NORMS)
+    direction = check_direction(direction)
+    _check_images(delta, x, grad=grad)
+    check_finite(grad, "grad")
+    e = per_sample(eps, "eps", delta)
+    a = per_sample(alpha, "alpha", delta)
+    op = "pgd_step_linf_" if norm == "linf" else "pgd_step_l2_"
+    _dispatch(op, lambda *args: ref.pgd_step_(*args[:5], norm, args[5]), delta, grad, x, e, a, direction)
+    return delta
+
+
+def mi_fgsm_step_(delta, momentum, grad, x, eps, alpha, mu=1.0, direction=1.0):
+    """One MI-FGSM step in place: `momentum <- mu * momentum + grad / |grad|_1`, then the
+    l-inf step on the momentum (`delta` and `momentum` are both updated). Returns delta."""
+    direction = check_direction(direction)
+    mu = check_scalar(mu, "mu")
+    _check_images(delta, x, grad=grad, momentum=momentum)
+    check_finite(grad, "grad")
+    check_finite(momentum, "momentum")
+    e = per_sample(eps, "eps", delta)
+    a = per_sample(alpha, "alpha", delta)
+    _dispatch("mi_fgsm_step_", ref.mi_fgsm_step_, delta, momentum, grad, x, e, a, mu, direction)
+    return delta
+
+
+def project_(delta, x, eps, norm="linf"):
+    """Ball then box, in place: delta into the eps-ball, then x + delta into [0, 1]."""
+    check_choice(norm, "norm", NORMS)
+    _check_images(delta, x)
+    check_finite(delta, "delta")
+    e = per_sample(eps, "eps", delta)
+    op = "project_linf_" if norm == "linf" else "project_l2_"
+    _dispatch(op, lambda d, xx, ee: ref.project_(d, xx, ee, norm), delta, x, e)
+    return delta
+
+
+def _as_generator(generator, device: torch.device):
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        g = torch.Generator(device=device)
+        g.manual_seed(generator)
+        return g
+    raise TypeError(f"`generator` must be a torch.Generator, an int seed or None, got "
+                    f"{type(generator).__name__}")
+
+
+def random_init_(delta, x, eps, norm="linf", generator=None):
+    """A uniform random start in the eps-ball (then the box), in place.
+
+    generator: a torch.Generator or an int seed; the same seed gives the same start on
+    every backend (the samples come from torch's generator, the projection from the
+    backend). Returns delta.
+    """
+    check_choice(norm, "norm", NORMS)
+    _check_images(delta, x)
+    gen = _as_generator(generator, delta.device)
+    e = per_sample(eps, "eps", delta)
+    with torch.no_grad():
+        delta.copy_(ref.sample_ball(delta, e, norm, gen))
+    return project_(delta, x, e, norm)

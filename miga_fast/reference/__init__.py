@@ -1,0 +1,4 @@
+"""Plain-PyTorch implementations of every op: the oracle for tests and the last fallback."""
+from . import projection
+
+__all__ = ["projection"]

@@ -1,0 +1,128 @@
+"""miga_fast.attacks.PGD: equal to torchattacks with the same settings, fused and
+reference paths agree, works under torch.compile, rejects bad input."""
+import pytest
+import torch
+import torch.nn as nn
+from conftest import backend_params
+
+import miga_fast
+from miga_fast.attacks import PGD
+
+torchattacks = pytest.importorskip("torchattacks")
+
+
+def _model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(64, 10),
+    )
+    return m.to(dtype).eval()
+
+
+def _data(rng, dtype=torch.float32, batch=8):
+    x = torch.rand((batch, 3, 16, 16), generator=rng, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, 10, (batch,), generator=rng)
+    return x, y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fused", [True, False])
+def test_linf_equals_torchattacks(dtype, fused, rng):
+    model = _model(dtype)
+    x, y = _data(rng, dtype)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)(x, y)
+    ours = PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False, fused=fused)(x, y)
+    torch.testing.assert_close(ours, theirs.to(dtype), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_l2_equals_torchattacks(fused, rng):
+    model = _model(torch.float64)
+    x, y = _data(rng, torch.float64)
+    theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=10, random_start=False)(x, y)
+    ours = PGD(model, eps=0.5, alpha=0.1, steps=10, norm="l2", random_start=False, fused=fused)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", backend_params() + [pytest.param("reference", "cpu", id="reference")])
+def test_every_backend_gives_the_same_attack(backend, device, rng):
+    model = _model().to(device)
+    x, y = _data(rng)
+    x, y = x.to(device), y.to(device)
+    with miga_fast.set_backend("reference"):
+        expected = PGD(model, steps=5, generator=7)(x, y)
+    with miga_fast.set_backend(backend):
+        got = PGD(model, steps=5, generator=7)(x, y)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def _linear_model(seed=0):
+    """A random linear classifier: its logits depend on every pixel, so flips are possible."""
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))
+    nn.init.normal_(m[1].weight, std=0.1)
+    return m.eval()
+
+
+def test_attack_raises_the_loss_and_stays_in_the_ball(rng):
+    model = _linear_model()
+    x, _ = _data(rng, batch=16)
+    y = model(x).argmax(1)  # attack the model's own predictions
+    adv = PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, generator=0)(x, y)
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    ce = nn.functional.cross_entropy
+    with torch.no_grad():
+        assert ce(model(adv), y) > ce(model(x), y) + 0.01
+        assert (model(adv).argmax(1) != y).float().mean() > 0.5
+
+
+def test_targeted_lowers_the_target_loss(rng):
+    model = _model()
+    x, _ = _data(rng, batch=16)
+    target = (model(x).argmax(1) + 1) % 10
+    adv = PGD(model, eps=16 / 255, alpha=2 / 255, steps=10, targeted=True, generator=0)(x, target)
+    ce = nn.functional.cross_entropy
+    with torch.no_grad():
+        assert ce(model(adv), target) < ce(model(x), target) - 0.01
+
+
+def test_random_start_is_seeded(rng):
+    model = _model()
+    x, y = _data(rng)
+    a = PGD(model, steps=2, generator=3)(x, y)
+    b = PGD(model, steps=2, generator=3)(x, y)
+    c = PGD(model, steps=2, generator=4)(x, y)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_attack_with_a_compiled_model(rng):
+    model = _model()
+    x, y = _data(rng)
+    eager = PGD(model, steps=3, random_start=False)(x, y)
+    torch._dynamo.reset()
+    compiled = PGD(torch.compile(model), steps=3, random_start=False)(x, y)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+
+
+def test_bad_input(rng):
+    model = _model()
+    x, y = _data(rng)
+    with pytest.raises(ValueError, match="`eps`"):
+        PGD(model, eps=-0.1)
+    with pytest.raises(ValueError, match="`steps`"):
+        PGD(model, steps=-1)
+    with pytest.raises(ValueError, match="`norm`"):
+        PGD(model, norm="l1")
+    with pytest.raises(TypeError, match="`model`"):
+        PGD("not a model")
+    with pytest.raises(ValueError, match="`images`"):
+        PGD(model)(x * 2, y)
+    with pytest.raises(ValueError, match="`images`"):
+        PGD(model)(x[:0], y[:0])
+    with pytest.raises(ValueError, match="`labels`"):
+        PGD(model)(x, y[:2])
+    with pytest.raises(TypeError, match="`labels`"):
+        PGD(model)(x, y.float())

@@ -1,0 +1,246 @@
+"""Triton kernels of the projection family (ALGORITHMS.md section 1).
+
+The math and the passes mirror csrc/cuda/projection_kernels.cu:
+  l-inf:        one pass, a 2-D grid (blocks of a sample, samples).
+  l2, MI-FGSM:  a reduction pass writing per-program partial sums (float64), then an
+                update pass whose programs sum their sample's partials in a fixed order.
+Each launcher is the kernel of an opaque `torch.library.custom_op` in the
+`miga_fast_triton` namespace with an explicit fake kernel, so the ops pass `opcheck` and
+trace under torch.compile. They are registered for CUDA tensors, and also for CPU
+tensors when TRITON_INTERPRET=1 (the Triton interpreter; how the tests run them
+without a GPU).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+MAX_PARTIALS = 64
+MAX_GRID_Y = 65535
+DEVICE_TYPES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "") == "1" else ("cuda",)
+
+MODE_L2_STEP = 0  # partial sums {g.g, g.d, d.d}
+MODE_L2_PROJECT = 1  # {0, 0, d.d}
+MODE_L1_GRAD = 2  # {|g|_1, 0, 0}
+
+
+@triton.jit
+def _clamp(v, lo, hi):
+    v = tl.where(v < lo, lo, v)
+    return tl.where(v > hi, hi, v)
+
+
+@triton.jit
+def _sign(g):
+    return (g > 0).to(g.dtype) - (g < 0).to(g.dtype)
+
+
+@triton.jit
+def _linf_kernel(d_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, eps_stride, alpha_stride, direction, n,
+                 HAS_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    ptr = b * n + offs
+    e = tl.load(eps_ptr + b * eps_stride)
+    d = tl.load(d_ptr + ptr, mask=mask, other=0).to(e.dtype)
+    x = tl.load(x_ptr + ptr, mask=mask, other=0).to(e.dtype)
+    if HAS_GRAD:
+        g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
+        step = direction * tl.load(alpha_ptr + b * alpha_stride)
+        d = d + step * _sign(g)
+    d = _clamp(d, -e, e)
+    d = _clamp(x + d, 0.0, 1.0) - x
+    tl.store(d_ptr + ptr, d.to(d_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _reduce_kernel(d_ptr, g_ptr, part_ptr, n, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    b = tl.program_id(1).to(tl.int64)
+    s0 = tl.zeros((BLOCK,), dtype=tl.float64)
+    s1 = tl.zeros((BLOCK,), dtype=tl.float64)
+    s2 = tl.zeros((BLOCK,), dtype=tl.float64)
+    for start in range(pid * BLOCK, n, nprog * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < n
+        if MODE == 0:
+            g = tl.load(g_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
+            d = tl.load(d_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
+            s0 += g * g
+            s1 += g * d
+            s2 += d * d
+        elif MODE == 1:
+            d = tl.load(d_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
+            s2 += d * d
+        else:
+            g = tl.load(g_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
+            s0 += tl.abs(g)
+    out = part_ptr + (b * nprog + pid) * 3
+    tl.store(out + 0, tl.sum(s0, axis=0))
+    tl.store(out + 1, tl.sum(s1, axis=0))
+    tl.store(out + 2, tl.sum(s2, axis=0))
+
+
+@triton.jit
+def _update_kernel(d_ptr, m_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, part_ptr, eps_stride, alpha_stride,
+                   mu, direction, n, MODE: tl.constexpr, NPART: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    b = tl.program_id(1).to(tl.int64)
+    k = tl.arange(0, NPART)
+    kmask = k < nprog
+    part = part_ptr + (b * nprog + k) * 3
+    s0 = tl.sum(tl.load(part + 0, mask=kmask, other=0.0), axis=0)
+    s1 = tl.sum(tl.load(part + 1, mask=kmask, other=0.0), axis=0)
+    s2 = tl.sum(tl.load(part + 2, mask=kmask, other=0.0), axis=0)
+    e = tl.load(eps_ptr + b * eps_stride)
+    e64 = e.to(tl.float64)
+    step = direction * tl.load(alpha_ptr + b * alpha_stride)
+    if MODE == 0:
+        gnorm = tl.sqrt(tl.maximum(s0, 0.0))
+        c64 = tl.where(gnorm > 0, step.to(tl.float64) / tl.where(gnorm > 0, gnorm, 1.0), 0.0)
+        n2 = tl.maximum(s2 + 2.0 * c64 * s1 + c64 * c64 * s0, 0.0)
+        nrm = tl.sqrt(n2)
+        c = c64.to(e.dtype)
+        f = tl.where(nrm > e64, e64 / tl.where(nrm > 0, nrm, 1.0), 1.0).to(e.dtype)
+    elif MODE == 1:
+        nrm = tl.sqrt(tl.maximum(s2, 0.0))
+        f = tl.where(nrm > e64, e64 / tl.where(nrm > 0, nrm, 1.0), 1.0).to(e.dtype)
+    else:
+        l1 = s0.to(e.dtype)
+    for start in range(pid * BLOCK, n, nprog * BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < n
+        ptr = b * n + offs
+        d = tl.load(d_ptr + ptr, mask=mask, other=0).to(e.dtype)
+        x = tl.load(x_ptr + ptr, mask=mask, other=0).to(e.dtype)
+        if MODE == 0:
+            g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
+            d = (d + c * g) * f
+        elif MODE == 1:
+            d = d * f
+        else:
+            g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
+            m = tl.load(m_ptr + ptr, mask=mask, other=0).to(e.dtype)
+            gn = tl.where(l1 > 0, g / tl.where(l1 > 0, l1, 1.0), 0.0)
+            m = mu * m + gn
+            tl.store(m_ptr + ptr, m.to(m_ptr.dtype.element_ty), mask=mask)
+            d = _clamp(d + step * _sign(m), -e, e)
+        d = _clamp(x + d, 0.0, 1.0) - x
+        tl.store(d_ptr + ptr, d.to(d_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: a few partials, so the multi-program path is exercised
+
+
+def partial_programs(batch: int, n: int, device: torch.device) -> int:
+    """Reduction programs per sample, as the CUDA launcher chooses them."""
+    by_size = triton.cdiv(n, BLOCK)
+    by_fill = triton.cdiv(4 * _sm_count(device), batch)
+    return max(1, min(by_size, by_fill, MAX_PARTIALS))
+
+
+def _batch_chunks(batch: int):
+    for start in range(0, batch, MAX_GRID_Y):
+        yield start, min(batch, start + MAX_GRID_Y)
+
+
+def _param(p: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, int]:
+    """A per-sample parameter's slice for samples [lo, hi) and its stride (0: shared)."""
+    return (p, 0) if p.numel() == 1 else (p[lo:hi], 1)
+
+
+def _run_in_place(fn, delta: torch.Tensor, *others: torch.Tensor, momentum: torch.Tensor | None = None):
+    """Run `fn` on contiguous views; copy results back into strided outputs."""
+    d = delta.contiguous()
+    m = momentum.contiguous() if momentum is not None else None
+    fn(d, m, *[t.contiguous() for t in others])
+    if d.data_ptr() != delta.data_ptr():
+        delta.copy_(d)
+    if m is not None and m.data_ptr() != momentum.data_ptr():
+        momentum.copy_(m)
+
+
+def _launch_linf(d, _m, x, eps, g=None, alpha=None, direction=1.0):
+    batch = d.shape[0]
+    n = d[0].numel()
+    if n == 0:
+        return
+    d2, x2 = d.reshape(batch, n), x.reshape(batch, n)
+    g2 = g.reshape(batch, n) if g is not None else d2
+    for lo, hi in _batch_chunks(batch):
+        e, es = _param(eps, lo, hi)
+        a, as_ = _param(alpha if alpha is not None else eps, lo, hi)
+        grid = (triton.cdiv(n, BLOCK), hi - lo)
+        _linf_kernel[grid](d2[lo:hi], g2[lo:hi], x2[lo:hi], e, a, es, as_, float(direction), n,
+                           HAS_GRAD=g is not None, BLOCK=BLOCK)
+
+
+def _launch_two_pass(mode, d, m, x, eps, g=None, alpha=None, mu=0.0, direction=1.0):
+    batch = d.shape[0]
+    n = d[0].numel()
+    if n == 0:
+        return
+    d2, x2 = d.reshape(batch, n), x.reshape(batch, n)
+    g2 = g.reshape(batch, n) if g is not None else d2
+    m2 = m.reshape(batch, n) if m is not None else d2
+    nprog = partial_programs(batch, n, d.device)
+    for lo, hi in _batch_chunks(batch):
+        part = torch.empty((hi - lo, nprog, 3), dtype=torch.float64, device=d.device)
+        e, es = _param(eps, lo, hi)
+        a, as_ = _param(alpha if alpha is not None else eps, lo, hi)
+        grid = (nprog, hi - lo)
+        _reduce_kernel[grid](d2[lo:hi], g2[lo:hi], part, n, MODE=mode, BLOCK=BLOCK)
+        _update_kernel[grid](d2[lo:hi], m2[lo:hi], g2[lo:hi], x2[lo:hi], e, a, part, es, as_,
+                             float(mu), float(direction), n, MODE=mode,
+                             NPART=triton.next_power_of_2(nprog), BLOCK=BLOCK)
+
+
+# ------------------------------------------------------------------- the custom ops
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("miga_fast_triton::pgd_step_linf_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+def pgd_step_linf_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, direction: float) -> None:
+    _run_in_place(lambda d, _m, g, xx: _launch_linf(d, None, xx, eps, g, alpha, direction), delta, grad, x)
+
+
+@torch.library.custom_op("miga_fast_triton::pgd_step_l2_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+def pgd_step_l2_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, direction: float) -> None:
+    _run_in_place(lambda d, _m, g, xx: _launch_two_pass(MODE_L2_STEP, d, None, xx, eps, g, alpha, 0.0, direction),
+                  delta, grad, x)
+
+
+@torch.library.custom_op("miga_fast_triton::mi_fgsm_step_", mutates_args=("delta", "momentum"),
+                         device_types=DEVICE_TYPES)
+def mi_fgsm_step_(delta: Tensor, momentum: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor,
+                  mu: float, direction: float) -> None:
+    _run_in_place(lambda d, m, g, xx: _launch_two_pass(MODE_L1_GRAD, d, m, xx, eps, g, alpha, mu, direction),
+                  delta, grad, x, momentum=momentum)
+
+
+@torch.library.custom_op("miga_fast_triton::project_linf_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+def project_linf_(delta: Tensor, x: Tensor, eps: Tensor) -> None:
+    _run_in_place(lambda d, _m, xx: _launch_linf(d, None, xx, eps), delta, x)
+
+
+@torch.library.custom_op("miga_fast_triton::project_l2_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+def project_l2_(delta: Tensor, x: Tensor, eps: Tensor) -> None:
+    _run_in_place(lambda d, _m, xx: _launch_two_pass(MODE_L2_PROJECT, d, None, xx, eps), delta, x)
+
+
+for _op in (pgd_step_linf_, pgd_step_l2_, mi_fgsm_step_, project_linf_, project_l2_):
+    _op.register_fake(lambda *args, **kwargs: None)
