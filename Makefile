@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 JOBS ?= $(shell nproc)
+NVCC ?= /usr/local/cuda/bin/nvcc
+# The CMake build adds the CUDA kernels whenever the toolkit is there, as setup.py does.
+CMAKE_CUDA := $(shell test -x $(NVCC) && echo -DMIGA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC))
 
 .PHONY: install demo test test-python test-cpp bench clean
 
@@ -17,7 +20,7 @@ $(BIN)/python:
 
 $(VENV)/.deps: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip "setuptools>=70" wheel ninja
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q "$(TORCH_SPEC)" numpy
 	touch $@
 
 install: $(VENV)/.deps
@@ -28,7 +31,7 @@ demo: install
 	$(BIN)/python benchmarks/bench_projection.py --quick
 
 test-cpp: install
-	mkdir -p build && cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)
+	mkdir -p build && cmake -S . -B build/cmake $(CMAKE_CUDA) -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)
 	cmake --build build/cmake -j $(JOBS)
 	ctest --test-dir build/cmake --output-on-failure
 

@@ -1,4 +1,4 @@
-// Argument checks of the projection family, shared by the CPU and CUDA glue.
+// Argument checks and preparation of the projection family, shared by the CPU and CUDA glue.
 //
 // The Python layer checks first and names the argument the user passed; these checks
 // guard C++ callers (and torch.ops.* called directly) against memory errors.
@@ -40,5 +40,43 @@ inline void check_delta(const at::Tensor& delta) {
   TORCH_CHECK(at::isFloatingType(delta.scalar_type()),
               "miga_fast: `delta` must be a floating tensor, got ", delta.scalar_type());
 }
+
+inline at::Tensor contiguous_or_self(const at::Tensor& t) {
+  return t.is_contiguous() ? t : t.contiguous();
+}
+
+// The checked, contiguous tensors of one projection call. `grad`, `momentum` and `alpha`
+// are optional (undefined when absent); `alpha` defaults to `eps` (never read then).
+struct ProjectionCall {
+  at::Tensor delta, momentum, grad, x, eps, alpha;
+  int64_t batch = 0;
+  int64_t n = 0;  // elements per sample
+
+  ProjectionCall(const at::Tensor& delta_in, const at::Tensor* momentum_in,
+                 const at::Tensor* grad_in, const at::Tensor& x_in, const at::Tensor& eps_in,
+                 const at::Tensor* alpha_in) {
+    check_delta(delta_in);
+    check_same_layout(delta_in, x_in, "x");
+    if (grad_in != nullptr) check_same_layout(delta_in, *grad_in, "grad");
+    if (momentum_in != nullptr) check_same_layout(delta_in, *momentum_in, "momentum");
+    eps = per_sample_param(eps_in, delta_in, "eps");
+    alpha = alpha_in != nullptr ? per_sample_param(*alpha_in, delta_in, "alpha") : eps;
+    delta = contiguous_or_self(delta_in);
+    x = contiguous_or_self(x_in);
+    if (grad_in != nullptr) grad = contiguous_or_self(*grad_in);
+    if (momentum_in != nullptr) momentum = contiguous_or_self(*momentum_in);
+    batch = delta.size(0);
+    n = delta.numel() / batch;
+  }
+
+  int64_t eps_stride() const { return eps.numel() == 1 ? 0 : 1; }
+  int64_t alpha_stride() const { return alpha.numel() == 1 ? 0 : 1; }
+
+  // Copies the results into strided outputs (a no-op for contiguous ones).
+  void write_back(at::Tensor& delta_out, at::Tensor* momentum_out) const {
+    if (!delta.is_same(delta_out)) delta_out.copy_(delta);
+    if (momentum_out != nullptr && !momentum.is_same(*momentum_out)) momentum_out->copy_(momentum);
+  }
+};
 
 }  // namespace miga_fast

@@ -1,4 +1,5 @@
-// CPU kernels of the projection family (ALGORITHMS.md section 1).
+// CPU kernels of the projection family (ALGORITHMS.md section 1). The loops are in
+// projection_loops.h, built for plain x86-64 and for AVX2 and chosen at run time.
 //
 // l-inf: one pass over memory, split by at::parallel_for into chunks that never
 // straddle a sample, so the per-sample eps and step are loop constants and the inner
@@ -9,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "../common/projection_checks.h"
@@ -17,141 +19,38 @@
 namespace miga_fast {
 namespace {
 
+// Per-sample chunks of at most this many elements per task.
 constexpr int64_t kGrain = 1 << 15;
 
-// Calls f(b, begin, end) on index ranges of the flattened [B, n] tensor that never
-// straddle a sample, spread over the intra-op threads.
-template <typename F>
-void for_each_sample_chunk(int64_t batch, int64_t n, const F& f) {
-  at::parallel_for(0, batch * n, kGrain, [&](int64_t begin, int64_t end) {
-    int64_t i = begin;
-    while (i < end) {
-      const int64_t b = i / n;
-      const int64_t stop = std::min(end, (b + 1) * n);
-      f(b, i, stop);
-      i = stop;
-    }
-  });
+namespace generic {
+#include "projection_loops.h"
+}  // namespace generic
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MIGA_FAST_HAVE_AVX2_PATH 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#include "projection_loops.h"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+bool use_avx2() {
+#ifdef MIGA_FAST_HAVE_AVX2_PATH
+  static const bool supported = __builtin_cpu_supports("avx2");
+  return supported;
+#else
+  return false;
+#endif
 }
 
-template <typename T>
-void linf_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x,
-                 const T* eps, int64_t eps_stride, const T* alpha, int64_t alpha_stride,
-                 T direction, int64_t batch, int64_t n) {
-  for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const T e = eps[b * eps_stride];
-    if (g != nullptr) {
-      const T step = direction * alpha[b * alpha_stride];
-      for (int64_t i = i0; i < i1; ++i) d[i] = linf_step(d[i], g[i], x[i], e, step);
-    } else {
-      for (int64_t i = i0; i < i1; ++i) d[i] = linf_ball_box(d[i], x[i], e);
-    }
-  });
-}
-
-// Sums over one sample: out = {sum g*g, sum g*d, sum d*d}. Four independent
-// accumulators in a fixed order: deterministic and not latency-bound.
-template <typename T>
-void dot3(const T* __restrict__ g, const T* __restrict__ d, int64_t n, double out[3]) {
-  double gg[4] = {0, 0, 0, 0}, gd[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (int k = 0; k < 4; ++k) {
-      const double gv = g[i + k], dv = d[i + k];
-      gg[k] += gv * gv;
-      gd[k] += gv * dv;
-      dd[k] += dv * dv;
-    }
-  }
-  for (; i < n; ++i) {
-    const double gv = g[i], dv = d[i];
-    gg[0] += gv * gv;
-    gd[0] += gv * dv;
-    dd[0] += dv * dv;
-  }
-  out[0] = (gg[0] + gg[1]) + (gg[2] + gg[3]);
-  out[1] = (gd[0] + gd[1]) + (gd[2] + gd[3]);
-  out[2] = (dd[0] + dd[1]) + (dd[2] + dd[3]);
-}
-
-template <typename T>
-double sum_sq(const T* __restrict__ a, int64_t n) {
-  double acc[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; ++k) acc[k] += static_cast<double>(a[i + k]) * a[i + k];
-  for (; i < n; ++i) acc[0] += static_cast<double>(a[i]) * a[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
-template <typename T>
-double sum_abs(const T* __restrict__ a, int64_t n) {
-  double acc[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; ++k) acc[k] += std::abs(static_cast<double>(a[i + k]));
-  for (; i < n; ++i) acc[0] += std::abs(static_cast<double>(a[i]));
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
-template <typename T>
-void l2_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x, const T* eps,
-               int64_t eps_stride, const T* alpha, int64_t alpha_stride, T direction,
-               int64_t batch, int64_t n) {
-  std::vector<L2Factors<T>> fac(batch);
-  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const T e = eps[b * eps_stride];
-      if (g != nullptr) {
-        double s[3];
-        dot3(g + b * n, d + b * n, n, s);
-        fac[b] = l2_factors<T>(s[0], s[1], s[2], e, direction * alpha[b * alpha_stride]);
-      } else {
-        fac[b] = L2Factors<T>{T(0), l2_project_factor<T>(sum_sq(d + b * n, n), e)};
-      }
-    }
-  });
-  for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const T c = fac[b].c, f = fac[b].f;
-    if (g != nullptr) {
-      for (int64_t i = i0; i < i1; ++i) d[i] = box((d[i] + c * g[i]) * f, x[i]);
-    } else {
-      for (int64_t i = i0; i < i1; ++i) d[i] = box(d[i] * f, x[i]);
-    }
-  });
-}
-
-template <typename T>
-void mi_fgsm_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g,
-                    const T* __restrict__ x, const T* eps, int64_t eps_stride, const T* alpha,
-                    int64_t alpha_stride, T mu, T direction, int64_t batch, int64_t n) {
-  std::vector<T> l1(batch);
-  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) l1[b] = static_cast<T>(sum_abs(g + b * n, n));
-  });
-  for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const T e = eps[b * eps_stride];
-    const T step = direction * alpha[b * alpha_stride];
-    const T norm = l1[b];
-    for (int64_t i = i0; i < i1; ++i) {
-      const T gn = norm > T(0) ? g[i] / norm : T(0);
-      const T mv = mu * m[i] + gn;
-      m[i] = mv;
-      d[i] = linf_step(d[i], mv, x[i], e, step);
-    }
-  });
-}
-
-at::Tensor contiguous_or_self(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
-
-void check_cpu(const at::Tensor& delta) {
-  check_delta(delta);
-  TORCH_CHECK(delta.device().is_cpu(), "miga_fast: CPU kernel called with `delta` on ",
-              delta.device());
-  TORCH_CHECK(delta.scalar_type() == at::kFloat || delta.scalar_type() == at::kDouble,
-              "miga_fast: the CPU kernels take float32 or float64, got ", delta.scalar_type(),
-              " (float16/bfloat16 run on CUDA)");
-}
+// Calls the generic or the AVX2 build of a loop with the same arguments.
+#ifdef MIGA_FAST_HAVE_AVX2_PATH
+#define MIGA_FAST_CPU_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : generic::fn(__VA_ARGS__))
+#else
+#define MIGA_FAST_CPU_CALL(fn, ...) generic::fn(__VA_ARGS__)
+#endif
 
 // Shared driver: checks, contiguous views, dtype dispatch, write-back of strided outputs.
 enum class Kind { kLinf, kL2, kMomentum };
@@ -159,45 +58,36 @@ enum class Kind { kLinf, kL2, kMomentum };
 void run(Kind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
          const at::Tensor& x, const at::Tensor& eps, const at::Tensor* alpha, double mu,
          double direction) {
-  check_cpu(delta);
-  check_same_layout(delta, x, "x");
-  if (grad != nullptr) check_same_layout(delta, *grad, "grad");
-  if (momentum != nullptr) check_same_layout(delta, *momentum, "momentum");
-  const at::Tensor eps_c = per_sample_param(eps, delta, "eps");
-  const at::Tensor alpha_c = alpha != nullptr ? per_sample_param(*alpha, delta, "alpha") : eps_c;
-
-  at::Tensor d = contiguous_or_self(delta);
-  at::Tensor m = momentum != nullptr ? contiguous_or_self(*momentum) : at::Tensor();
-  const at::Tensor xc = contiguous_or_self(x);
-  const at::Tensor gc = grad != nullptr ? contiguous_or_self(*grad) : at::Tensor();
-  const int64_t batch = delta.size(0);
-  const int64_t n = batch > 0 ? delta.numel() / batch : 0;
-  if (n == 0) return;
-
+  TORCH_CHECK(delta.device().is_cpu(), "miga_fast: CPU kernel called with `delta` on ",
+              delta.device());
+  TORCH_CHECK(delta.scalar_type() == at::kFloat || delta.scalar_type() == at::kDouble,
+              "miga_fast: the CPU kernels take float32 or float64, got ", delta.scalar_type(),
+              " (float16/bfloat16 run on CUDA)");
+  const ProjectionCall c(delta, momentum, grad, x, eps, alpha);
+  if (c.n == 0) return;
   AT_DISPATCH_FLOATING_TYPES(delta.scalar_type(), "miga_fast_projection_cpu", [&] {
-    scalar_t* dp = d.data_ptr<scalar_t>();
-    const scalar_t* gp = grad != nullptr ? gc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* xp = xc.data_ptr<scalar_t>();
-    const scalar_t* ep = eps_c.data_ptr<scalar_t>();
-    const scalar_t* ap = alpha_c.data_ptr<scalar_t>();
-    const int64_t es = eps_c.numel() == 1 ? 0 : 1;
-    const int64_t as = alpha_c.numel() == 1 ? 0 : 1;
-    const scalar_t dir = static_cast<scalar_t>(direction);
+    using T = scalar_t;
+    T* dp = c.delta.data_ptr<T>();
+    const T* gp = grad != nullptr ? c.grad.data_ptr<T>() : nullptr;
+    const T* xp = c.x.data_ptr<T>();
+    const T* ep = c.eps.data_ptr<T>();
+    const T* ap = c.alpha.data_ptr<T>();
+    const int64_t es = c.eps_stride(), as = c.alpha_stride();
+    const T dir = static_cast<T>(direction);
     switch (kind) {
       case Kind::kLinf:
-        linf_kernel<scalar_t>(dp, gp, xp, ep, es, ap, as, dir, batch, n);
+        MIGA_FAST_CPU_CALL(linf_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
         break;
       case Kind::kL2:
-        l2_kernel<scalar_t>(dp, gp, xp, ep, es, ap, as, dir, batch, n);
+        MIGA_FAST_CPU_CALL(l2_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
         break;
       case Kind::kMomentum:
-        mi_fgsm_kernel<scalar_t>(dp, m.data_ptr<scalar_t>(), gp, xp, ep, es, ap, as,
-                                 static_cast<scalar_t>(mu), dir, batch, n);
+        MIGA_FAST_CPU_CALL(mi_fgsm_kernel<T>, dp, c.momentum.data_ptr<T>(), gp, xp, ep, es, ap, as,
+                          static_cast<T>(mu), dir, c.batch, c.n);
         break;
     }
   });
-  if (!d.is_same(delta)) delta.copy_(d);
-  if (momentum != nullptr && !m.is_same(*momentum)) momentum->copy_(m);
+  c.write_back(delta, momentum);
 }
 
 void pgd_step_linf_cpu(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,

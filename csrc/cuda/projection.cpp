@@ -30,43 +30,31 @@ DType to_dtype(at::ScalarType t) {
   }
 }
 
-at::Tensor contiguous_or_self(const at::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
-
 enum class Kind { kLinf, kL2, kMomentum };
 
 void run(Kind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
          const at::Tensor& x, const at::Tensor& eps, const at::Tensor* alpha, double mu,
          double direction) {
-  check_delta(delta);
   TORCH_CHECK(delta.device().is_cuda(), "miga_fast: CUDA kernel called with `delta` on ",
               delta.device());
   const DType dtype = to_dtype(delta.scalar_type());
-  check_same_layout(delta, x, "x");
-  if (grad != nullptr) check_same_layout(delta, *grad, "grad");
-  if (momentum != nullptr) check_same_layout(delta, *momentum, "momentum");
   const c10::cuda::CUDAGuard guard(delta.device());
-
-  const at::Tensor eps_c = per_sample_param(eps, delta, "eps");
-  const at::Tensor alpha_c = alpha != nullptr ? per_sample_param(*alpha, delta, "alpha") : eps_c;
-  at::Tensor d = contiguous_or_self(delta);
-  at::Tensor m = momentum != nullptr ? contiguous_or_self(*momentum) : at::Tensor();
-  const at::Tensor xc = contiguous_or_self(x);
-  const at::Tensor gc = grad != nullptr ? contiguous_or_self(*grad) : at::Tensor();
+  const ProjectionCall c(delta, momentum, grad, x, eps, alpha);
+  if (c.n == 0) return;
 
   ProjectionArgs a;
-  a.delta = d.data_ptr();
-  a.momentum = momentum != nullptr ? m.data_ptr() : nullptr;
-  a.grad = grad != nullptr ? gc.data_ptr() : nullptr;
-  a.x = xc.data_ptr();
-  a.eps = eps_c.data_ptr();
-  a.alpha = alpha_c.data_ptr();
-  a.eps_stride = eps_c.numel() == 1 ? 0 : 1;
-  a.alpha_stride = alpha_c.numel() == 1 ? 0 : 1;
-  a.batch = delta.size(0);
-  a.n = a.batch > 0 ? delta.numel() / a.batch : 0;
+  a.delta = c.delta.data_ptr();
+  a.momentum = momentum != nullptr ? c.momentum.data_ptr() : nullptr;
+  a.grad = grad != nullptr ? c.grad.data_ptr() : nullptr;
+  a.x = c.x.data_ptr();
+  a.eps = c.eps.data_ptr();
+  a.alpha = c.alpha.data_ptr();
+  a.eps_stride = c.eps_stride();
+  a.alpha_stride = c.alpha_stride();
+  a.batch = c.batch;
+  a.n = c.n;
   a.mu = mu;
   a.direction = direction;
-  if (a.n == 0) return;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor workspace;
@@ -89,8 +77,7 @@ void run(Kind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* g
   }
   TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA projection kernel failed: ",
               cudaGetErrorString(err));
-  if (!d.is_same(delta)) delta.copy_(d);
-  if (momentum != nullptr && !m.is_same(*momentum)) momentum->copy_(m);
+  c.write_back(delta, momentum);
 }
 
 void pgd_step_linf_cuda(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
