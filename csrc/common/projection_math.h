@@ -19,7 +19,7 @@ namespace miga_fast {
 // sign(0) = 0, as torch.sign.
 template <typename A>
 MIGA_HD A sign_of(A g) {
-  return static_cast<A>(static_cast<int>(g > A(0)) - static_cast<int>(g < A(0)));
+  return static_cast<A>(g > A(0)) - static_cast<A>(g < A(0));
 }
 
 // torch.clamp(v, lo, hi) = min(max(v, lo), hi); a NaN in v stays NaN.
