@@ -1,10 +1,13 @@
-"""Test setup: Triton kernels run through the interpreter on CPU tensors when no GPU is
+"""Test setup: scratch buffers poisoned with NaN; Triton kernels run through the interpreter on CPU tensors when no GPU is
 visible (TRITON_INTERPRET must be set before triton is imported); CUDA tests skip
 without a GPU and run whenever one is visible."""
 import os
 import sys
 
 import torch
+
+# Kernels' scratch buffers are filled with NaN before use, so unwritten partials show.
+os.environ.setdefault("MIGA_FAST_POISON", "1")
 
 if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

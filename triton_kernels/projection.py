@@ -21,6 +21,7 @@ import triton.language as tl
 BLOCK = 1024
 MAX_PARTIALS = 64
 MAX_GRID_Y = 65535
+POISON = os.environ.get("MIGA_FAST_POISON", "") == "1"
 DEVICE_TYPES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "") == "1" else ("cuda",)
 
 MODE_L2_STEP = 0  # partial sums {g.g, g.d, d.d}
@@ -199,6 +200,8 @@ def _launch_two_pass(mode, d, m, x, eps, g=None, alpha=None, mu=0.0, direction=1
     nprog = partial_programs(batch, n, d.device)
     for lo, hi in _batch_chunks(batch):
         part = torch.empty((hi - lo, nprog, 3), dtype=torch.float64, device=d.device)
+        if POISON:  # tests: a partial the reduction failed to write shows up as NaN
+            part.fill_(float("nan"))
         e, es = _param(eps, lo, hi)
         a, as_ = _param(alpha if alpha is not None else eps, lo, hi)
         grid = (nprog, hi - lo)

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 namespace miga_fast {
 
@@ -76,6 +77,45 @@ struct ProjectionCall {
   void write_back(at::Tensor& delta_out, at::Tensor* momentum_out) const {
     if (!delta.is_same(delta_out)) delta_out.copy_(delta);
     if (momentum_out != nullptr && !momentum.is_same(*momentum_out)) momentum_out->copy_(momentum);
+  }
+};
+
+enum class ProjectionKind { kLinf, kL2, kMomentum };
+
+// A backend's driver: (kind, delta, momentum?, grad?, x, eps, alpha?, mu, direction).
+using ProjectionRunner = void (*)(ProjectionKind, at::Tensor&, at::Tensor*, const at::Tensor*,
+                                  const at::Tensor&, const at::Tensor&, const at::Tensor*, double,
+                                  double);
+
+// The five ops of the family as thin adapters over one backend driver, and their
+// registration: `ProjectionOps<run>::register_all(m)` in a TORCH_LIBRARY_IMPL block.
+template <ProjectionRunner Run>
+struct ProjectionOps {
+  static void pgd_step_linf(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                            const at::Tensor& eps, const at::Tensor& alpha, double direction) {
+    Run(ProjectionKind::kLinf, delta, nullptr, &grad, x, eps, &alpha, 0.0, direction);
+  }
+  static void pgd_step_l2(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                          const at::Tensor& eps, const at::Tensor& alpha, double direction) {
+    Run(ProjectionKind::kL2, delta, nullptr, &grad, x, eps, &alpha, 0.0, direction);
+  }
+  static void mi_fgsm_step(at::Tensor& delta, at::Tensor& momentum, const at::Tensor& grad,
+                           const at::Tensor& x, const at::Tensor& eps, const at::Tensor& alpha,
+                           double mu, double direction) {
+    Run(ProjectionKind::kMomentum, delta, &momentum, &grad, x, eps, &alpha, mu, direction);
+  }
+  static void project_linf(at::Tensor& delta, const at::Tensor& x, const at::Tensor& eps) {
+    Run(ProjectionKind::kLinf, delta, nullptr, nullptr, x, eps, nullptr, 0.0, 1.0);
+  }
+  static void project_l2(at::Tensor& delta, const at::Tensor& x, const at::Tensor& eps) {
+    Run(ProjectionKind::kL2, delta, nullptr, nullptr, x, eps, nullptr, 0.0, 1.0);
+  }
+  static void register_all(torch::Library& m) {
+    m.impl("pgd_step_linf_", &pgd_step_linf);
+    m.impl("pgd_step_l2_", &pgd_step_l2);
+    m.impl("mi_fgsm_step_", &mi_fgsm_step);
+    m.impl("project_linf_", &project_linf);
+    m.impl("project_l2_", &project_l2);
   }
 };
 

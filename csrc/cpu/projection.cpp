@@ -53,9 +53,7 @@ bool use_avx2() {
 #endif
 
 // Shared driver: checks, contiguous views, dtype dispatch, write-back of strided outputs.
-enum class Kind { kLinf, kL2, kMomentum };
-
-void run(Kind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
+void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
          const at::Tensor& x, const at::Tensor& eps, const at::Tensor* alpha, double mu,
          double direction) {
   TORCH_CHECK(delta.device().is_cpu(), "miga_fast: CPU kernel called with `delta` on ",
@@ -75,13 +73,13 @@ void run(Kind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* g
     const int64_t es = c.eps_stride(), as = c.alpha_stride();
     const T dir = static_cast<T>(direction);
     switch (kind) {
-      case Kind::kLinf:
+      case ProjectionKind::kLinf:
         MIGA_FAST_CPU_CALL(linf_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
         break;
-      case Kind::kL2:
+      case ProjectionKind::kL2:
         MIGA_FAST_CPU_CALL(l2_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
         break;
-      case Kind::kMomentum:
+      case ProjectionKind::kMomentum:
         MIGA_FAST_CPU_CALL(mi_fgsm_kernel<T>, dp, c.momentum.data_ptr<T>(), gp, xp, ep, es, ap, as,
                           static_cast<T>(mu), dir, c.batch, c.n);
         break;
@@ -90,38 +88,8 @@ void run(Kind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* g
   c.write_back(delta, momentum);
 }
 
-void pgd_step_linf_cpu(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
-                       const at::Tensor& eps, const at::Tensor& alpha, double direction) {
-  run(Kind::kLinf, delta, nullptr, &grad, x, eps, &alpha, 0.0, direction);
-}
-
-void pgd_step_l2_cpu(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
-                     const at::Tensor& eps, const at::Tensor& alpha, double direction) {
-  run(Kind::kL2, delta, nullptr, &grad, x, eps, &alpha, 0.0, direction);
-}
-
-void mi_fgsm_step_cpu(at::Tensor& delta, at::Tensor& momentum, const at::Tensor& grad,
-                      const at::Tensor& x, const at::Tensor& eps, const at::Tensor& alpha,
-                      double mu, double direction) {
-  run(Kind::kMomentum, delta, &momentum, &grad, x, eps, &alpha, mu, direction);
-}
-
-void project_linf_cpu(at::Tensor& delta, const at::Tensor& x, const at::Tensor& eps) {
-  run(Kind::kLinf, delta, nullptr, nullptr, x, eps, nullptr, 0.0, 1.0);
-}
-
-void project_l2_cpu(at::Tensor& delta, const at::Tensor& x, const at::Tensor& eps) {
-  run(Kind::kL2, delta, nullptr, nullptr, x, eps, nullptr, 0.0, 1.0);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(miga_fast, CPU, m) {
-  m.impl("pgd_step_linf_", &pgd_step_linf_cpu);
-  m.impl("pgd_step_l2_", &pgd_step_l2_cpu);
-  m.impl("mi_fgsm_step_", &mi_fgsm_step_cpu);
-  m.impl("project_linf_", &project_linf_cpu);
-  m.impl("project_l2_", &project_l2_cpu);
-}
+TORCH_LIBRARY_IMPL(miga_fast, CPU, m) { ProjectionOps<&run>::register_all(m); }
 
 }  // namespace miga_fast
