@@ -295,8 +295,11 @@ def test_bad_norm_direction_empty_batch_and_requires_grad(rng):
     empty = torch.empty((0, 3, 4, 4))
     with pytest.raises(ValueError, match="`delta`"):
         ops.pgd_step_(empty, empty, empty, 0.1, 0.01)
+    leaf = d.clone().requires_grad_()
     with pytest.raises(ValueError, match="`delta` requires grad"):
-        ops.pgd_step_(d.clone().requires_grad_(), g, x, 0.1, 0.01)
+        ops.pgd_step_(leaf, g, x, 0.1, 0.01)
+    with torch.no_grad():  # an optimiser-style update of a leaf is fine
+        ops.pgd_step_(leaf, g, x, 0.1, 0.01)
     with pytest.raises(ValueError, match="`mu`"):
         ops.mi_fgsm_step_(d, torch.zeros_like(d), g, x, 0.1, 0.01, mu=-1.0)
     with pytest.raises(ValueError, match="`momentum`"):

@@ -56,9 +56,9 @@ def _check_images(delta, x, **others):
     check_like(delta, "delta", x, "x")
     for name, t in others.items():
         check_like(delta, "delta", t, name)
-    if delta.requires_grad:
+    if delta.requires_grad and torch.is_grad_enabled():
         raise ValueError("`delta` requires grad: the projection ops are in-place optimiser "
-                         "steps; pass delta.detach() (or call under torch.no_grad())")
+                         "steps; call them under torch.no_grad() or pass delta.detach()")
     check_unit_range(x, "x")
 
 
