@@ -28,6 +28,7 @@ install: $(VENV)/.deps
 
 demo: install
 	$(BIN)/miga-fast backends
+	$(BIN)/miga-fast models
 	$(BIN)/python benchmarks/bench_projection.py --quick
 
 test-cpp: install

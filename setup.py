@@ -104,8 +104,12 @@ setup(
         "miga_fast.ops",
         "miga_fast.reference",
         "miga_fast.attacks",
+        "miga_fast.models",
+        "miga_fast.purify",
         "miga_fast.triton_kernels",
     ],
+    # The committed checkpoints, their manifest and the diffusion model's sample sheet.
+    package_data={"miga_fast.models": ["checkpoints/*.pt", "checkpoints/*.json", "checkpoints/*.png"]},
     # Triton kernels live in the top-level triton_kernels/ folder and install inside the
     # package: a bare `triton_kernels` would clash with another published package.
     package_dir={"miga_fast.triton_kernels": "triton_kernels"},

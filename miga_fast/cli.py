@@ -26,6 +26,56 @@ def _print_backends(as_json: bool) -> int:
     return 0
 
 
+def _print_models(as_json: bool, evaluate: bool) -> int:
+    from miga_fast import models
+
+    infos = models.available()
+    if not infos:
+        print("no shipped models found (miga_fast/models/checkpoints/manifest.json is missing)", file=sys.stderr)
+        return 1
+    if evaluate:
+        from miga_fast import train
+
+        for info in infos.values():
+            info.quality = _evaluate(info, train)
+    if as_json:
+        print(json.dumps({n: i.__dict__ for n, i in infos.items()}, indent=2))
+        return 0
+    print(f"{'model':<15} {'kind':<10} {'data':<10} {'size':>8}  quality (held-out split{', re-measured' if evaluate else ''})")
+    for info in infos.values():
+        print(f"{info.name:<15} {info.kind:<10} {info.data:<10} {info.bytes / 1024:6.0f}KB  {_quality_line(info)}")
+        print(f"{'':<15} {info.description}")
+    return 0
+
+
+def _quality_line(info) -> str:
+    q = info.quality
+    if info.kind == "denoiser":
+        parts = [f"sigma {s}: {q[f'psnr_noisy_sigma{s}']:.1f} -> {q[f'psnr_denoised_sigma{s}']:.1f} dB"
+                 for s in (15, 25, 50) if f"psnr_noisy_sigma{s}" in q]
+        return "PSNR noisy -> denoised  " + ", ".join(parts)
+    if info.kind == "classifier":
+        line = f"accuracy clean {q['accuracy_clean']:.1%}, noisy(25) {q.get('accuracy_noisy_sigma25', float('nan')):.1%}"
+        if "accuracy_denoised_sigma25" in q:
+            line += f", {q.get('denoiser')}(noisy(25)) {q['accuracy_denoised_sigma25']:.1%}"
+        return line
+    line = f"eps-prediction MSE {q.get('test_eps_mse', float('nan')):.4f}"
+    return line + (f"; samples: {q['samples']}" if "samples" in q else "")
+
+
+def _evaluate(info, train) -> dict:
+    from miga_fast import models
+
+    model = models.load(info.name)
+    x, y = train.load_split(info.data, "test")
+    if info.kind == "denoiser":
+        return train.evaluate_denoiser(model, x)
+    if info.kind == "classifier":
+        den = models.load(info.quality["denoiser"]) if "denoiser" in info.quality else None
+        return {**train.evaluate_classifier(model, x, y, den), "denoiser": info.quality.get("denoiser")}
+    return {**train.evaluate_diffusion(model, x), **({"samples": info.quality["samples"]} if "samples" in info.quality else {})}
+
+
 def main(argv=None) -> int:
     from miga_fast import __version__
 
@@ -34,9 +84,14 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("backends", help="what was built and what runs on this machine")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("models", help="the shipped models and their measured quality")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--evaluate", action="store_true", help="re-measure quality on the held-out splits now")
     args = parser.parse_args(argv)
     if args.command == "backends":
         return _print_backends(args.json)
+    if args.command == "models":
+        return _print_models(args.json, args.evaluate)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 
