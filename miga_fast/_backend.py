@@ -151,20 +151,25 @@ def get_backend() -> str:
     return _state["backend"]
 
 
-def resolve(device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend for a call on tensors of `device` and `dtype`."""
+def resolve(device: torch.device, dtype: torch.dtype, kernels=("cuda", "triton", "cpu")) -> str:
+    """The concrete backend for a call on tensors of `device` and `dtype`, for an op with
+    compiled `kernels` (an op family that has only its reference yet passes ())."""
     name = _state["backend"]
     kind = device.type
     half = dtype in (torch.float16, torch.bfloat16)
     if name == "auto":
         if kind == "cuda":
-            if _cuda_built():
+            if _cuda_built() and "cuda" in kernels:
                 return "cuda"
-            return "triton" if _triton_built() else "reference"
-        if kind == "cpu" and _cpu_built() and not half:
+            return "triton" if _triton_built() and "triton" in kernels else "reference"
+        if kind == "cpu" and _cpu_built() and not half and "cpu" in kernels:
             return "cpu"
         return "reference"
     _check_name(name)
+    if name != "reference" and name not in kernels:
+        raise BackendUnavailableError(
+            f"backend {name!r} has no kernel for this op yet (it has: {', '.join(kernels) or 'the reference only'}); "
+            "use set_backend('auto') or 'reference'")
     if name == "cpu" and (kind != "cpu" or half):
         raise BackendUnavailableError(
             f"backend 'cpu' runs float32/float64 CPU tensors, got {dtype} on {device}")

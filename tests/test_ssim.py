@@ -1,0 +1,105 @@
+"""SSIM: the public op (reference slice) against pytorch-msssim on random and real
+images, its gradients (float64 gradcheck), the "same" padding, and bad input."""
+import pytest
+import torch
+
+import miga_fast
+from miga_fast import data, ops
+
+pytorch_msssim = pytest.importorskip("pytorch_msssim")
+
+
+def _pair(rng, shape, dtype=torch.float32):
+    x = torch.rand(shape, generator=rng, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+    return x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 11, 11), (2, 3, 32, 32), (1, 3, 37, 53), (4, 1, 64, 20)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_equals_pytorch_msssim_on_random_images(shape, dtype, rng):
+    x, y = _pair(rng, shape, dtype)
+    ours = ops.ssim(x, y)
+    theirs = pytorch_msssim.ssim(x, y, data_range=1, size_average=False)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=tol)
+
+
+def test_equals_pytorch_msssim_on_real_images():
+    x, _ = data.load_natural_patches("test", 64)
+    x = x[:16]
+    y = data.add_gaussian_noise(x, 25, generator=0)
+    torch.testing.assert_close(ops.ssim(x, y), pytorch_msssim.ssim(x, y, data_range=1, size_average=False),
+                               rtol=0, atol=1e-5)
+    d, _ = data.load_digits("test")
+    d = d[:16]
+    dn = data.add_gaussian_noise(d, 15, generator=1)
+    torch.testing.assert_close(ops.ssim(d, dn, win_size=7, win_sigma=1.0),
+                               pytorch_msssim.ssim(d, dn, data_range=1, size_average=False, win_size=7,
+                                                   win_sigma=1.0), rtol=0, atol=1e-5)
+
+
+def test_identity_symmetry_and_the_map(rng):
+    x, y = _pair(rng, (2, 3, 24, 24), torch.float64)
+    torch.testing.assert_close(ops.ssim(x, x), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(ops.ssim(x, y), ops.ssim(y, x))
+    value, smap = ops.ssim(x, y, return_map=True)
+    assert smap.shape == (2, 3, 14, 14)
+    torch.testing.assert_close(value, smap.mean((1, 2, 3)))
+    value, smap = ops.ssim(x, y, padding="same", return_map=True)
+    assert smap.shape == x.shape and (ops.ssim(x, y, padding="same") < 1).all()
+
+
+def test_same_padding_runs_on_images_smaller_than_the_window(rng):
+    x, y = _pair(rng, (2, 1, 5, 7), torch.float64)
+    v = ops.ssim(x, y, padding="same")
+    assert v.shape == (2,) and torch.isfinite(v).all()
+
+
+def test_gradients_in_both_inputs_float64(rng):
+    x, y = _pair(rng, (2, 2, 13, 12), torch.float64)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    for padding in ("valid", "same"):
+        assert torch.autograd.gradcheck(lambda a, b: ops.ssim(a, b, padding=padding), (x, y))
+    value = ops.ssim(x, y)
+    gx, gy = torch.autograd.grad(value.sum(), (x, y))
+    theirs = pytorch_msssim.ssim(x, y, data_range=1, size_average=False)
+    tx, ty = torch.autograd.grad(theirs.sum(), (x, y))
+    torch.testing.assert_close(gx, tx)
+    torch.testing.assert_close(gy, ty)
+
+
+def test_named_backend_without_a_kernel_is_an_error(rng):
+    x, y = _pair(rng, (1, 1, 16, 16))
+    with miga_fast.set_backend("cpu"):
+        with pytest.raises(miga_fast.BackendUnavailableError, match="no kernel for this op yet"):
+            ops.ssim(x, y)
+    with miga_fast.set_backend("reference"):
+        ops.ssim(x, y)
+
+
+def test_bad_input(rng):
+    x, y = _pair(rng, (2, 1, 16, 16))
+    with pytest.raises(ValueError, match="smaller than the 11x11 window"):
+        ops.ssim(x[..., :8, :], y[..., :8, :])
+    with pytest.raises(ValueError, match="`y` has shape"):
+        ops.ssim(x, y[:1])
+    with pytest.raises(TypeError, match="`y` has dtype"):
+        ops.ssim(x, y.double())
+    with pytest.raises(ValueError, match="`x` contains NaN"):
+        ops.ssim(x.index_fill(0, torch.tensor([0]), float("nan")), y)
+    with pytest.raises(ValueError, match="`win_size`"):
+        ops.ssim(x, y, win_size=10)
+    with pytest.raises(ValueError, match="`win_sigma`"):
+        ops.ssim(x, y, win_sigma=0)
+    with pytest.raises(ValueError, match="`data_range`"):
+        ops.ssim(x, y, data_range=0)
+    with pytest.raises(TypeError, match="`K`"):
+        ops.ssim(x, y, K=0.01)
+    with pytest.raises(ValueError, match="`padding`"):
+        ops.ssim(x, y, padding="reflect")
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        ops.ssim(x[0], y[0])
+    with pytest.raises(ValueError, match="`x`"):
+        ops.ssim(x[:0], y[:0])
