@@ -103,3 +103,80 @@ def test_bad_input(rng):
         ops.ssim(x[0], y[0])
     with pytest.raises(ValueError, match="`x`"):
         ops.ssim(x[:0], y[:0])
+
+
+# ----------------------------------------------------------------------------- the SSIM ball
+
+def _ball_inputs(rng, shape=(4, 3, 24, 24), dtype=torch.float64, scale=0.3):
+    x = torch.rand(shape, generator=rng, dtype=torch.float64) * 0.8 + 0.1
+    delta = (torch.rand(shape, generator=rng, dtype=torch.float64) - 0.5) * scale
+    delta = (x + delta).clamp(0, 1) - x
+    return x.to(dtype), delta.to(dtype)
+
+
+def _brute_force_scale(x, delta, tau, n=4001):
+    """The largest t on a fine grid with SSIM(x, x + t delta) >= tau, by full SSIM passes."""
+    ts = torch.linspace(0, 1, n, dtype=torch.float64)
+    out = []
+    for i in range(x.shape[0]):
+        xs = x[i:i + 1].expand(n, *x.shape[1:])
+        vals = ops.ssim(xs, xs + ts.reshape(-1, 1, 1, 1) * delta[i:i + 1])
+        out.append(ts[(vals >= tau).nonzero().max()])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_ball_scale_satisfies_the_constraint_and_is_maximal(padding, rng):
+    x, delta = _ball_inputs(rng, scale=0.6)
+    tau = 0.97
+    t = ops.ssim_ball_scale(delta, x, tau, padding=padding)
+    assert ((t >= 0) & (t <= 1)).all() and (t < 1).any()
+    s = ops.ssim(x, x + t.reshape(-1, 1, 1, 1) * delta, padding=padding)
+    assert (s >= tau - 1e-12).all()
+    above = (t + 1e-5).clamp(max=1)
+    s_above = ops.ssim(x, x + above.reshape(-1, 1, 1, 1) * delta, padding=padding)
+    assert ((s_above < tau) | (t == 1)).all()
+
+
+def test_ball_scale_matches_a_brute_force_search_per_sample_tau(rng):
+    x, delta = _ball_inputs(rng, (3, 1, 20, 20))
+    tau = torch.tensor([0.8, 0.9, 0.97], dtype=torch.float64)
+    t = ops.ssim_ball_scale(delta, x, tau)
+    torch.testing.assert_close(t, torch.stack([_brute_force_scale(x[i:i + 1], delta[i:i + 1], float(tau[i]))[0]
+                                               for i in range(3)]), rtol=0, atol=3e-4)
+
+
+def test_ball_project_in_place_and_small_deltas_untouched(rng):
+    x, delta = _ball_inputs(rng, dtype=torch.float32)
+    small = delta * 1e-3
+    before = small.clone()
+    assert ops.ssim_ball_project_(small, x, 0.95) is small
+    assert torch.equal(small, before)  # already inside: t = 1
+    ops.ssim_ball_project_(delta, x, 0.95)
+    assert (ops.ssim(x, x + delta) >= 0.95 - 1e-5).all()
+    assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
+
+
+def test_ball_on_real_images():
+    x, _ = data.load_natural_patches("test", 32)
+    x = x[:8].double()
+    noise = data.add_gaussian_noise(x, 50, generator=0) - x
+    t = ops.ssim_ball_scale(noise, x, 0.9)
+    assert (ops.ssim(x, x + t.reshape(-1, 1, 1, 1) * noise) >= 0.9 - 1e-9).all() and (t < 1).all()
+
+
+def test_ball_bad_input(rng):
+    x, delta = _ball_inputs(rng)
+    for tau in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="`tau`"):
+            ops.ssim_ball_scale(delta, x, tau)
+    with pytest.raises(ValueError, match="`tau`"):
+        ops.ssim_ball_scale(delta, x, torch.tensor([0.9, float("nan"), 0.9, 0.9]))
+    with pytest.raises(ValueError, match="`tau`"):
+        ops.ssim_ball_scale(delta, x, torch.full((3,), 0.9))
+    with pytest.raises(ValueError, match="`x` has shape"):
+        ops.ssim_ball_scale(delta, x[:2], 0.9)
+    with pytest.raises(ValueError, match="`delta` contains NaN"):
+        ops.ssim_ball_scale(delta.index_fill(0, torch.tensor([0]), float("nan")), x, 0.9)
+    with pytest.raises(ValueError, match="`candidates`"):
+        ops.ssim_ball_scale(delta, x, 0.9, candidates=1)

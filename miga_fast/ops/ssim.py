@@ -34,18 +34,13 @@ def _check_k(K) -> tuple[float, float]:
     return check_scalar(K[0], "K[0]"), check_scalar(K[1], "K[1]")
 
 
-def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), padding="valid", return_map=False):
-    """Per-sample SSIM of images x, y [B, C, H, W] -> [B] (and the SSIM map
-    [B, C, H', W'] with return_map=True). Gaussian window `win_size` x `win_size` of
-    std `win_sigma`; C1 = (K1 * data_range)^2, C2 = (K2 * data_range)^2; the map averaged
-    over channels and pixels. padding="valid" (the default) equals
-    pytorch_msssim.ssim(x, y, data_range=1, size_average=False); "same" zero-pads
-    (fused-ssim's convention). Differentiable in x and y."""
-    check_tensor(x, "x")
-    check_batch(x, "x")
-    check_like(x, "x", y, "y")
+def _check_ssim_args(x, x_name, y, y_name, data_range, win_size, win_sigma, K, padding) -> tuple[float, float]:
+    """The checks every op of the family shares; returns K as floats."""
+    check_tensor(x, x_name)
+    check_batch(x, x_name)
+    check_like(x, x_name, y, y_name)
     if x.dim() != 4:
-        raise ValueError(f"`x` must be [B, C, H, W], got shape {tuple(x.shape)}")
+        raise ValueError(f"`{x_name}` must be [B, C, H, W], got shape {tuple(x.shape)}")
     data_range = check_scalar(data_range, "data_range")
     if data_range <= 0:
         raise ValueError(f"`data_range` must be > 0, got {data_range}")
@@ -53,9 +48,60 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     K = _check_k(K)
     check_choice(padding, "padding", PADDINGS)
     if padding == "valid" and min(x.shape[-2:]) < win_size:
-        raise ValueError(f"`x` is {x.shape[-2]}x{x.shape[-1]}, smaller than the {win_size}x{win_size} window: "
+        raise ValueError(f"`{x_name}` is {x.shape[-2]}x{x.shape[-1]}, smaller than the {win_size}x{win_size} window: "
                          "use padding='same' or a smaller win_size")
-    check_finite(x, "x")
-    check_finite(y, "y")
+    check_finite(x, x_name)
+    check_finite(y, y_name)
+    return K
+
+
+def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), padding="valid", return_map=False):
+    """Per-sample SSIM of images x, y [B, C, H, W] -> [B] (and the SSIM map
+    [B, C, H', W'] with return_map=True). Gaussian window `win_size` x `win_size` of
+    std `win_sigma`; C1 = (K1 * data_range)^2, C2 = (K2 * data_range)^2; the map averaged
+    over channels and pixels. padding="valid" (the default) equals
+    pytorch_msssim.ssim(x, y, data_range=1, size_average=False); "same" zero-pads
+    (fused-ssim's convention). Differentiable in x and y."""
+    K = _check_ssim_args(x, "x", y, "y", data_range, win_size, win_sigma, K, padding)
     _backend.resolve(x.device, x.dtype, KERNELS)  # a backend named without a kernel is an error
-    return ref.ssim(x, y, data_range, win_size, win_sigma, K, padding, return_map)
+    return ref.ssim(x, y, float(data_range), win_size, win_sigma, K, padding, return_map)
+
+
+def _check_tau(tau, like: torch.Tensor):
+    if isinstance(tau, torch.Tensor):
+        if tau.dim() > 1 or (tau.dim() == 1 and tau.shape[0] not in (1, like.shape[0])):
+            raise ValueError(f"`tau` must be a float or a [{like.shape[0]}] tensor, got shape {tuple(tau.shape)}")
+        if not bool(((tau > 0) & (tau <= 1)).all()):
+            raise ValueError("`tau` must lie in (0, 1]")
+        return tau.to(like.device)
+    tau = check_scalar(tau, "tau", minimum=None)
+    if not 0 < tau <= 1:
+        raise ValueError(f"`tau` must lie in (0, 1], got {tau}")
+    return tau
+
+
+def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03),
+                    padding="valid", candidates=16, rounds=5):
+    """Per sample [B], the largest t in [0, 1] with SSIM(x, x + t*delta) >= tau, to
+    (candidates - 1) ** -rounds (default about 1e-6) in t. The moments of SSIM(x, x + t
+    delta) are polynomials in t, so one blur pass over (x, delta) serves every candidate.
+    tau: a float or a [B] tensor in (0, 1]. Not differentiable (a projection)."""
+    K = _check_ssim_args(delta, "delta", x, "x", data_range, win_size, win_sigma, K, padding)
+    tau = _check_tau(tau, delta)
+    for name, v in (("candidates", candidates), ("rounds", rounds)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "candidates" else 1):
+            raise ValueError(f"`{name}` must be an int >= {2 if name == 'candidates' else 1}, got {v!r}")
+    _backend.resolve(x.device, x.dtype, KERNELS)
+    with torch.no_grad():
+        return ref.ssim_ball_scale(delta, x, tau, float(data_range), win_size, win_sigma, K, padding,
+                                   candidates, rounds)
+
+
+def ssim_ball_project_(delta, x, tau, **kwargs):
+    """delta <- t * delta with t = ssim_ball_scale(delta, x, tau, **kwargs): the largest
+    step back along delta into the SSIM ball {x' : SSIM(x, x') >= tau}. When x and x + delta
+    lie in the box [0, 1], so does x + t * delta. Returns delta."""
+    t = ssim_ball_scale(delta, x, tau, **kwargs)
+    with torch.no_grad():
+        delta.mul_(t.reshape(-1, *([1] * (delta.dim() - 1))))
+    return delta

@@ -36,3 +36,52 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)) * cs_map
     value = ssim_map.flatten(2).mean(-1).mean(-1)
     return (value, ssim_map) if return_map else value
+
+
+def ball_moments(x, delta, win, padding="valid"):
+    """The blurred moments of (x, delta) from which SSIM(x, x + t*delta) follows for any t:
+    mu_x, mu_d, var_x, var_d, cov_xd (each [B, C, H', W'])."""
+    mu_x, mu_d = blur(x, win, padding), blur(delta, win, padding)
+    var_x = blur(x * x, win, padding) - mu_x * mu_x
+    var_d = blur(delta * delta, win, padding) - mu_d * mu_d
+    cov = blur(x * delta, win, padding) - mu_x * mu_d
+    return mu_x, mu_d, var_x, var_d, cov
+
+
+def ssim_at_scales(moments, t, c1, c2):
+    """SSIM(x, x + t*delta) per sample for candidate scales t [B, K] -> [B, K]. With
+    y = x + t*delta: mu_y = mu_x + t mu_d, var_y = var_x + 2t cov + t^2 var_d,
+    cov_xy = var_x + t cov: polynomials in t, so no image is blurred again."""
+    mu_x, mu_d, var_x, var_d, cov = (m.unsqueeze(1) for m in moments)  # [B, 1, C, H, W]
+    t = t.reshape(t.shape[0], t.shape[1], 1, 1, 1).to(mu_x.dtype)
+    mu_y = mu_x + t * mu_d
+    var_y = var_x + 2 * t * cov + t * t * var_d
+    cov_xy = var_x + t * cov
+    smap = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return smap.flatten(2).mean(-1)
+
+
+def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03),
+                    padding="valid", candidates=16, rounds=5):
+    """Per sample, the largest t in [0, 1] (on a grid refined `rounds` times, to
+    (candidates - 1) ** -rounds) with SSIM(x, x + t*delta) >= tau. Each round evaluates
+    `candidates` values of t at once from one set of moments, keeps the largest feasible
+    one and refines up to the next candidate. The result always satisfies the constraint
+    (t = 0 does: SSIM(x, x) = 1)."""
+    c1 = (K[0] * data_range) ** 2
+    c2 = (K[1] * data_range) ** 2
+    win = gaussian_window(win_size, win_sigma, x.dtype, x.device)
+    moments = ball_moments(x, delta, win, padding)
+    b = x.shape[0]
+    tau = torch.as_tensor(tau, dtype=torch.float64, device=x.device).reshape(-1, 1).expand(b, 1)
+    lo = torch.zeros(b, 1, dtype=torch.float64, device=x.device)
+    hi = torch.ones_like(lo)
+    grid = torch.linspace(0, 1, candidates, dtype=torch.float64, device=x.device).reshape(1, -1)
+    for _ in range(rounds):
+        ts = lo + (hi - lo) * grid  # [B, K]; ts[:, 0] = lo is feasible
+        ok = ssim_at_scales(moments, ts, c1, c2).double() >= tau
+        ok[:, 0] = True
+        last = (ok * torch.arange(1, candidates + 1, device=x.device)).argmax(1, keepdim=True)  # last feasible
+        lo = ts.gather(1, last)
+        hi = ts.gather(1, (last + 1).clamp(max=candidates - 1))
+    return lo.squeeze(1).to(x.dtype)
