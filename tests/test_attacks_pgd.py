@@ -126,3 +126,29 @@ def test_bad_input(rng):
         PGD(model)(x, y[:2])
     with pytest.raises(TypeError, match="`labels`"):
         PGD(model)(x, y.float())
+
+
+def test_ssim_attack_fools_the_natural_patch_classifier_inside_the_ssim_ball():
+    from miga_fast import data, models, ops
+    from miga_fast.attacks import SSIMAttack
+    from miga_fast.metrics import predict
+
+    x, y = data.load_natural_patches("test", 32)
+    x, y = x[::7][:48], y[::7][:48]
+    model = models.load("resnet_natural")
+    correct = predict(model, x) == y
+    adv = SSIMAttack(model, tau=0.95, steps=10)(x, y)
+    assert (ops.ssim(x.double(), adv.double()) >= 0.95 - 1e-6).all()  # float32 SSIM itself is off by ~1e-5
+    assert adv.min() >= 0 and adv.max() <= 1
+    fooled = (predict(model, adv) != y)[correct].float().mean()
+    assert fooled > 0.5, f"fooling rate {fooled:.2f}"
+
+
+def test_ssim_attack_bad_arguments():
+    model = _model()
+    with pytest.raises(ValueError, match="`tau`"):
+        from miga_fast.attacks import SSIMAttack
+
+        SSIMAttack(model, tau=1.5)
+    with pytest.raises(ValueError, match="`solver`"):
+        SSIMAttack(model, solver="cvxpy")

@@ -70,8 +70,10 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
     (t = 0 does: SSIM(x, x) = 1)."""
     c1 = (K[0] * data_range) ** 2
     c2 = (K[1] * data_range) ** 2
-    win = gaussian_window(win_size, win_sigma, x.dtype, x.device)
-    moments = ball_moments(x, delta, win, padding)
+    # float64 moments: the constraint is checked right at tau, where float32 rounding
+    # (about 1e-5 in SSIM) would decide.
+    win = gaussian_window(win_size, win_sigma, torch.float64, x.device)
+    moments = ball_moments(x.double(), delta.double(), win, padding)
     b = x.shape[0]
     tau = torch.as_tensor(tau, dtype=torch.float64, device=x.device).reshape(-1, 1).expand(b, 1)
     lo = torch.zeros(b, 1, dtype=torch.float64, device=x.device)
