@@ -45,6 +45,7 @@ test: test-cpp test-python
 
 bench: install
 	$(BIN)/python benchmarks/bench_projection.py
+	$(BIN)/python benchmarks/bench_ssim.py
 
 clean:
 	rm -rf build dist *.egg-info miga_fast/_C*.so miga_fast/_build_info.py

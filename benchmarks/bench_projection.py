@@ -13,15 +13,11 @@ an NVTX range named impl/norm/shape, for Nsight (see benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
+from _common import device_name, time_call, write_json
 
 import miga_fast
 from miga_fast import ops
@@ -50,51 +46,6 @@ def torchattacks_l2(adv, grad, x, eps, alpha):
     factor = torch.min(eps / delta_norms, torch.ones_like(delta_norms))
     delta = delta * factor.view(-1, 1, 1, 1)
     return torch.clamp(x + delta, min=0, max=1)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn, device, warmup: int, reps: int, min_time: float) -> float:
-    """Median seconds per call: `reps` samples, each enough calls to last `min_time`."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    once = max(time.perf_counter() - start, 1e-7)
-    inner = max(1, int(min_time / once))
-    samples = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(inner):
-                fn()
-            b.record()
-            b.synchronize()
-            samples.append(a.elapsed_time(b) / 1e3 / inner)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples)
 
 
 def copy_bandwidth(device, nbytes: int) -> float:
@@ -203,17 +154,7 @@ def main(argv=None) -> int:
     args.min_time = args.min_time or (0.02 if args.quick else 0.1)
     result = run(args)
     print_table(result)
-    root = Path(__file__).resolve().parent
-    if args.out:
-        out = Path(args.out)
-    elif args.quick:
-        out = root.parent / "bench-out" / "projection_quick.json"
-    else:
-        slug = "".join(c if c.isalnum() else "_" for c in result["device"].split(" (")[0]).strip("_").lower()
-        out = root / "results" / f"projection_{result['device_type']}_{slug}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {os.path.relpath(out)}")
+    write_json(result, "projection", args.out, args.quick)
     return 0
 
 

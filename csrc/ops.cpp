@@ -19,4 +19,16 @@ TORCH_LIBRARY(miga_fast, m) {
       "Tensor alpha, float mu, float direction) -> ()");
   m.def("project_linf_(Tensor(a!) delta, Tensor x, Tensor eps) -> ()");
   m.def("project_l2_(Tensor(a!) delta, Tensor x, Tensor eps) -> ()");
+
+  // SSIM family (ALGORITHMS.md section 2): per-sample SSIM [B]; and, in one pass over the
+  // blurred moments, the value with its gradients d value_b / d x and d value_b / d y. The
+  // upstream gradient of a per-sample value is one number per sample, so the backward is
+  // a scaling of these maps: nothing per pixel is recomputed or kept besides them.
+  // `window` is the normalised 1-D Gaussian (odd length, x's dtype and device).
+  m.def(
+      "ssim(Tensor x, Tensor y, Tensor window, float data_range, float k1, float k2, "
+      "bool same_padding) -> Tensor");
+  m.def(
+      "ssim_value_and_grad(Tensor x, Tensor y, Tensor window, float data_range, float k1, float k2, "
+      "bool same_padding) -> (Tensor, Tensor, Tensor)");
 }

@@ -74,9 +74,82 @@ def test_named_backend_without_a_kernel_is_an_error(rng):
     x, y = _pair(rng, (1, 1, 16, 16))
     with miga_fast.set_backend("cpu"):
         with pytest.raises(miga_fast.BackendUnavailableError, match="no kernel for this op yet"):
-            ops.ssim(x, y)
+            ops.ssim_ball_scale(y - x, x, 0.9)
     with miga_fast.set_backend("reference"):
-        ops.ssim(x, y)
+        ops.ssim_ball_scale(y - x, x, 0.9)
+
+
+# ----------------------------------------------------------------------------- the CPU kernel
+
+CPU = pytest.mark.skipif(not miga_fast.backends()["cpu"]["built"], reason="C++ kernels not built")
+
+
+def _random_shape(rng, padding):
+    lo = 1 if padding == "same" else 11
+    b, c = int(torch.randint(1, 4, (1,), generator=rng)), int(torch.randint(1, 4, (1,), generator=rng))
+    h, w = (int(v) for v in torch.randint(lo, 40, (2,), generator=rng))
+    return (b, c, h, w)
+
+
+@CPU
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_kernel_matches_the_reference_forward_and_backward(padding, dtype, rng):
+    for _ in range(4):
+        shape = _random_shape(rng, padding)
+        x, y = _pair(rng, shape, dtype)
+        upstream = torch.randn(shape[0], generator=rng, dtype=torch.float64).to(dtype)
+        results = []
+        for backend in ("cpu", "reference"):
+            xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+            with miga_fast.set_backend(backend):
+                v = ops.ssim(xx, yy, padding=padding)
+            gx, gy = torch.autograd.grad((v * upstream).sum(), (xx, yy))
+            results.append((v.detach(), gx, gy))
+        tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
+        for got, want in zip(*results):
+            torch.testing.assert_close(got, want, **tol)
+
+
+@CPU
+def test_cpu_kernel_window_and_constants_and_real_images():
+    x, _ = data.load_natural_patches("test", 64)
+    x = x[:8]
+    y = data.add_gaussian_noise(x, 25, generator=0)
+    with miga_fast.set_backend("cpu"):
+        got = ops.ssim(x, y, win_size=7, win_sigma=1.2, K=(0.02, 0.05), data_range=1.0)
+    want = pytorch_msssim.ssim(x, y, data_range=1, size_average=False, win_size=7, win_sigma=1.2, K=(0.02, 0.05))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@CPU
+def test_cpu_kernel_gradcheck_and_opcheck(rng):
+    x, y = _pair(rng, (2, 2, 13, 12), torch.float64)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    with miga_fast.set_backend("cpu"):
+        for padding in ("valid", "same"):
+            assert torch.autograd.gradcheck(lambda a, b: ops.ssim(a, b, padding=padding), (x, y))
+    from miga_fast.reference.ssim import gaussian_window
+
+    args = (x.detach(), y.detach(), gaussian_window(11, 1.5, torch.float64), 1.0, 0.01, 0.03, False)
+    torch.library.opcheck(torch.ops.miga_fast.ssim.default, args)
+    torch.library.opcheck(torch.ops.miga_fast.ssim_value_and_grad.default, args)
+
+
+@CPU
+def test_cpu_kernel_under_torch_compile(rng):
+    x, y = _pair(rng, (2, 3, 16, 16))
+    x.requires_grad_(True)
+
+    def loss(a, b):
+        return (1 - ops.ssim(a, b)).sum()
+
+    with miga_fast.set_backend("cpu"):
+        eager = torch.autograd.grad(loss(x, y), x)[0]
+        torch._dynamo.reset()
+        compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x, y), x)[0]
+    torch.testing.assert_close(compiled, eager)
 
 
 def test_bad_input(rng):

@@ -15,6 +15,7 @@
 
 #include "../common/projection_checks.h"
 #include "../common/projection_math.h"
+#include "dispatch.h"
 
 namespace miga_fast {
 namespace {
@@ -26,30 +27,13 @@ namespace generic {
 #include "projection_loops.h"
 }  // namespace generic
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MIGA_FAST_HAVE_AVX2_PATH 1
+#ifdef MIGA_FAST_HAVE_AVX2_PATH
 #pragma GCC push_options
 #pragma GCC target("avx2")
 namespace avx2 {
 #include "projection_loops.h"
 }  // namespace avx2
 #pragma GCC pop_options
-#endif
-
-bool use_avx2() {
-#ifdef MIGA_FAST_HAVE_AVX2_PATH
-  static const bool supported = __builtin_cpu_supports("avx2");
-  return supported;
-#else
-  return false;
-#endif
-}
-
-// Calls the generic or the AVX2 build of a loop with the same arguments.
-#ifdef MIGA_FAST_HAVE_AVX2_PATH
-#define MIGA_FAST_CPU_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : generic::fn(__VA_ARGS__))
-#else
-#define MIGA_FAST_CPU_CALL(fn, ...) generic::fn(__VA_ARGS__)
 #endif
 
 // Shared driver: checks, contiguous views, dtype dispatch, write-back of strided outputs.

@@ -1,9 +1,10 @@
 """The SSIM family (ALGORITHMS.md section 2): SSIM value and map, differentiable in both
-inputs.
+inputs, and the SSIM ball.
 
-This slice runs the plain-PyTorch reference on every device (autograd through it); the
-fused value+gradient kernels (CPU, CUDA, Triton) and the SSIM-ball projections come next
-(issue 4). Asking for a compiled backend by name is an error until they exist.
+Backends: the C++ CPU kernel (the value alone, or the value with its gradients from one
+pass over the blurred moments when an input requires grad) and the plain-PyTorch reference. The CUDA and Triton kernels
+and the ball's fused kernels come next (issue 4); naming a backend that has no kernel for
+an op is an error. The SSIM map (return_map=True) always comes from the reference.
 """
 from __future__ import annotations
 
@@ -11,12 +12,38 @@ import numbers
 
 import torch
 
-from .. import _backend
+from .. import _backend, _extension
 from .._validation import check_batch, check_choice, check_finite, check_like, check_scalar, check_tensor
 from ..reference import ssim as ref
 
 PADDINGS = ("valid", "same")
-KERNELS = ()  # compiled backends that implement this family so far
+KERNELS = ("cpu",)  # compiled backends that implement ssim() so far
+BALL_KERNELS = ()  # ... and the ball ops
+
+
+def _register_cpp() -> None:
+    """Fake kernels (torch.compile) and autograd of the C++ SSIM ops. The value-and-gradient
+    op returns d value_b / d x and d value_b / d y; the backward scales them by the
+    upstream gradient of each sample."""
+    if _extension.load() is None:
+        return
+    torch.library.register_fake("miga_fast::ssim")(lambda x, y, *args: x.new_empty(x.shape[:1]))
+    torch.library.register_fake("miga_fast::ssim_value_and_grad")(
+        lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[1], output[2])
+
+    def backward(ctx, grad_value, _grad_gx, _grad_gy):
+        gx, gy = ctx.saved_tensors
+        scale = grad_value.reshape(-1, 1, 1, 1)
+        return (scale * gx if ctx.needs_input_grad[0] else None, scale * gy if ctx.needs_input_grad[1] else None,
+                None, None, None, None, None)
+
+    torch.library.register_autograd("miga_fast::ssim_value_and_grad", backward, setup_context=setup_context)
+
+
+_register_cpp()
 
 
 def _check_window(win_size, win_sigma) -> None:
@@ -63,8 +90,14 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     pytorch_msssim.ssim(x, y, data_range=1, size_average=False); "same" zero-pads
     (fused-ssim's convention). Differentiable in x and y."""
     K = _check_ssim_args(x, "x", y, "y", data_range, win_size, win_sigma, K, padding)
-    _backend.resolve(x.device, x.dtype, KERNELS)  # a backend named without a kernel is an error
-    return ref.ssim(x, y, float(data_range), win_size, win_sigma, K, padding, return_map)
+    backend = _backend.resolve(x.device, x.dtype, KERNELS)
+    if backend == "reference" or return_map:
+        return ref.ssim(x, y, float(data_range), win_size, win_sigma, K, padding, return_map)
+    window = ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
+    args = (x, y, window, float(data_range), K[0], K[1], padding == "same")
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        return torch.ops.miga_fast.ssim_value_and_grad(*args)[0]
+    return torch.ops.miga_fast.ssim(*args)
 
 
 def _check_tau(tau, like: torch.Tensor):
@@ -91,7 +124,7 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
     for name, v in (("candidates", candidates), ("rounds", rounds)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "candidates" else 1):
             raise ValueError(f"`{name}` must be an int >= {2 if name == 'candidates' else 1}, got {v!r}")
-    _backend.resolve(x.device, x.dtype, KERNELS)
+    _backend.resolve(x.device, x.dtype, BALL_KERNELS)
     with torch.no_grad():
         return ref.ssim_ball_scale(delta, x, tau, float(data_range), win_size, win_sigma, K, padding,
                                    candidates, rounds)

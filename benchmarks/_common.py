@@ -1,0 +1,74 @@
+"""Shared by the benchmark scripts: timing, device names, JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device, warmup: int, reps: int, min_time: float) -> float:
+    """Median seconds per call: `reps` samples, each enough calls to last `min_time`."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    once = max(time.perf_counter() - start, 1e-7)
+    inner = max(1, int(min_time / once))
+    samples = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(inner):
+                fn()
+            b.record()
+            b.synchronize()
+            samples.append(a.elapsed_time(b) / 1e3 / inner)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def write_json(result: dict, family: str, out: str | None, quick: bool) -> Path:
+    """results/<family>_<device>.json for a full run, bench-out/<family>_quick.json for a
+    quick one, or `out`."""
+    if out:
+        path = Path(out)
+    elif quick:
+        path = ROOT.parent / "bench-out" / f"{family}_quick.json"
+    else:
+        slug = "".join(c if c.isalnum() else "_" for c in result["device"].split(" (")[0]).strip("_").lower()
+        path = ROOT / "results" / f"{family}_{result['device_type']}_{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {os.path.relpath(path)}")
+    return path

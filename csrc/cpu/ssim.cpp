@@ -1,0 +1,138 @@
+// CPU kernels of the SSIM family (ALGORITHMS.md section 2): per-sample SSIM, and the value
+// with its gradients in both inputs from one pass over the blurred moments (the upstream
+// gradient of a per-sample value is one number per sample, so autograd's backward only
+// scales these). Planes (b, c) run in parallel; the loops (ssim_loops.h) are built for
+// plain x86-64 and for AVX2 and chosen at run time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "dispatch.h"
+
+namespace miga_fast {
+namespace {
+
+namespace generic {
+#include "ssim_loops.h"
+}  // namespace generic
+
+#ifdef MIGA_FAST_HAVE_AVX2_PATH
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#include "ssim_loops.h"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+void check(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, bool same) {
+  TORCH_CHECK(x.dim() == 4, "miga_fast.ssim: `x` must be [B, C, H, W], got ", x.sizes());
+  TORCH_CHECK(y.sizes() == x.sizes() && y.scalar_type() == x.scalar_type() && y.device() == x.device(),
+              "miga_fast.ssim: `y` must match `x` in shape, dtype and device");
+  TORCH_CHECK(x.device().is_cpu(), "miga_fast.ssim: CPU kernel called with tensors on ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "miga_fast.ssim: the CPU kernel takes float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.size(0) > 0, "miga_fast.ssim: empty batch");
+  TORCH_CHECK(window.dim() == 1 && window.size(0) % 2 == 1 && window.scalar_type() == x.scalar_type() &&
+                  window.device() == x.device(),
+              "miga_fast.ssim: `window` must be a 1-D tensor of odd length in x's dtype and device");
+  const int64_t k = window.size(0);
+  TORCH_CHECK(same || (x.size(2) >= k && x.size(3) >= k),
+              "miga_fast.ssim: images smaller than the window need padding='same'");
+}
+
+struct Geometry {
+  int64_t b, c, h, w, pad, ho, wo;
+};
+
+Geometry geometry(const at::Tensor& x, int64_t k, bool same) {
+  Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), same ? k / 2 : 0, 0, 0};
+  g.ho = g.h + 2 * g.pad - k + 1;
+  g.wo = g.w + 2 * g.pad - k + 1;
+  return g;
+}
+
+// value_b = the mean of sample b's SSIM maps, from the per-plane sums.
+at::Tensor per_sample_mean(const std::vector<double>& sums, const Geometry& gm, at::ScalarType dtype) {
+  at::Tensor value = at::empty({gm.b}, at::TensorOptions().dtype(at::kDouble));
+  double* v = value.data_ptr<double>();
+  const double n = static_cast<double>(gm.c * gm.ho * gm.wo);
+  for (int64_t b = 0; b < gm.b; ++b) {
+    double s = 0.0;
+    for (int64_t c = 0; c < gm.c; ++c) s += sums[b * gm.c + c];
+    v[b] = s / n;
+  }
+  return value.to(dtype);
+}
+
+at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& window, double data_range,
+                    double k1, double k2, bool same_padding) {
+  check(x_in, y_in, window, same_padding);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), win_t = window.contiguous();
+  const int64_t win_size = win_t.size(0);
+  const Geometry gm = geometry(x, win_size, same_padding);
+  std::vector<double> sums(gm.b * gm.c);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_cpu", [&] {
+    using T = scalar_t;
+    const std::vector<T> win(win_t.data_ptr<T>(), win_t.data_ptr<T>() + win_size);
+    const T c1 = static_cast<T>((k1 * data_range) * (k1 * data_range));
+    const T c2 = static_cast<T>((k2 * data_range) * (k2 * data_range));
+    const T* xp = x.data_ptr<T>();
+    const T* yp = y.data_ptr<T>();
+    const int64_t plane = gm.h * gm.w;
+    at::parallel_for(0, gm.b * gm.c, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<T> scratch;
+      for (int64_t p = p0; p < p1; ++p)
+        sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_forward<T>, xp + p * plane, yp + p * plane, gm.h, gm.w, gm.pad,
+                                     win.data(), static_cast<int>(win_size), c1, c2, scratch);
+    });
+  });
+  return per_sample_mean(sums, gm, x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at::Tensor& x_in,
+                                                                     const at::Tensor& y_in,
+                                                                     const at::Tensor& window, double data_range,
+                                                                     double k1, double k2, bool same_padding) {
+  check(x_in, y_in, window, same_padding);
+  const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), win_t = window.contiguous();
+  const int64_t win_size = win_t.size(0);
+  const Geometry gm = geometry(x, win_size, same_padding);
+  at::Tensor gx = at::empty_like(x), gy = at::empty_like(y);
+  std::vector<double> sums(gm.b * gm.c);
+  const double n = static_cast<double>(gm.c * gm.ho * gm.wo);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_value_and_grad_cpu", [&] {
+    using T = scalar_t;
+    const std::vector<T> win(win_t.data_ptr<T>(), win_t.data_ptr<T>() + win_size);
+    const T c1 = static_cast<T>((k1 * data_range) * (k1 * data_range));
+    const T c2 = static_cast<T>((k2 * data_range) * (k2 * data_range));
+    const T* xp = x.data_ptr<T>();
+    const T* yp = y.data_ptr<T>();
+    T* gxp = gx.data_ptr<T>();
+    T* gyp = gy.data_ptr<T>();
+    const int64_t plane = gm.h * gm.w;
+    const T gs = static_cast<T>(1.0 / n);  // value_b is the mean over its C planes' maps
+    at::parallel_for(0, gm.b * gm.c, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<T> scratch;
+      for (int64_t p = p0; p < p1; ++p)
+        sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_value_and_grad<T>, xp + p * plane, yp + p * plane, gm.h, gm.w,
+                                     gm.pad, win.data(), static_cast<int>(win_size), c1, c2, gs, gxp + p * plane,
+                                     gyp + p * plane, scratch);
+    });
+  });
+  return {per_sample_mean(sums, gm, x.scalar_type()), gx, gy};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(miga_fast, CPU, m) {
+  m.impl("ssim", &ssim_cpu);
+  m.impl("ssim_value_and_grad", &ssim_value_and_grad_cpu);
+}
+
+}  // namespace miga_fast
