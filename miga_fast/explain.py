@@ -1,0 +1,82 @@
+"""Explanation maps (seed 001): where does a perceptual perturbation sit, and is that
+where the classifier looks? Grad-CAM of the classifier against the SSIM map of
+(x, x_adv)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops import ssim as _ssim
+
+
+def _resolve_layer(model: nn.Module, layer) -> nn.Module:
+    if isinstance(layer, nn.Module):
+        return layer
+    if isinstance(layer, str):
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise ValueError(f"`layer` {layer!r} is not a sub-module of the model; some are: "
+                             f"{[n for n in modules if n][:8]}")
+        return modules[layer]
+    raise TypeError(f"`layer` must be a module or its name, got {type(layer).__name__}")
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, layer, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) maps [B, H, W] in [0, 1]: ReLU of the layer's
+    activations weighted by the spatial mean of the target logit's gradient, upsampled
+    bilinearly to the image and min-max normalised per image. `target` defaults to the
+    predicted class; `layer` is a sub-module or its name (e.g. "stages.2")."""
+    module = _resolve_layer(model, layer)
+    store = {}
+    handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
+    try:
+        with torch.enable_grad():
+            xi = x.detach().requires_grad_(True)  # gradients reach the layer even for frozen models
+            logits = model(xi)
+            if "act" not in store:
+                raise ValueError("`layer` did not run in the model's forward pass")
+            act = store["act"]
+            if target is None:
+                target = logits.argmax(1)
+            score = logits.gather(1, target.reshape(-1, 1).to(logits.device)).sum()
+            (grad,) = torch.autograd.grad(score, act)
+    finally:
+        handle.remove()
+    weights = grad.mean((2, 3), keepdim=True)
+    cam = F.relu((weights * act).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    lo = cam.flatten(1).min(1).values.reshape(-1, 1, 1)
+    hi = cam.flatten(1).max(1).values.reshape(-1, 1, 1)
+    return ((cam - lo) / (hi - lo).clamp_min(1e-12)).detach()
+
+
+def _top_mask(m: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Exactly the top `fraction` of pixels per image (ties broken by topk, so a flat map
+    does not select everything)."""
+    flat = m.flatten(1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, flat.topk(k, dim=1).indices, True)
+    return mask.reshape(m.shape)
+
+
+def ssim_vs_cam(x: torch.Tensor, x_adv: torch.Tensor, cam: torch.Tensor, top: float = 0.2, **ssim_kwargs) -> dict:
+    """Per image: the Pearson correlation between the dissimilarity map 1 - SSIM(x, x_adv)
+    (channel mean, "same" padding so it covers the image) and the CAM [B, H, W], and the
+    IoU of their top-`top` fractions of pixels. Returns {"correlation": [B], "iou": [B],
+    "dissimilarity": [B, H, W]}."""
+    if not 0 < top <= 1:
+        raise ValueError(f"`top` must lie in (0, 1], got {top}")
+    if cam.shape != (x.shape[0],) + tuple(x.shape[-2:]):
+        raise ValueError(f"`cam` must be [B, H, W] = {(x.shape[0],) + tuple(x.shape[-2:])}, got {tuple(cam.shape)}")
+    ssim_kwargs.setdefault("padding", "same")
+    with torch.no_grad():
+        _, smap = _ssim(x, x_adv, return_map=True, **ssim_kwargs)
+    d = (1 - smap.mean(1)).to(cam.dtype)
+    a = d.flatten(1) - d.flatten(1).mean(1, keepdim=True)
+    b = cam.flatten(1) - cam.flatten(1).mean(1, keepdim=True)
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+    ma, mb = _top_mask(d, top), _top_mask(cam, top)
+    iou = (ma & mb).flatten(1).sum(1) / (ma | mb).flatten(1).sum(1).clamp_min(1)
+    return {"correlation": corr, "iou": iou.to(cam.dtype), "dissimilarity": d}
