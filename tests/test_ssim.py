@@ -253,3 +253,70 @@ def test_ball_bad_input(rng):
         ops.ssim_ball_scale(delta.index_fill(0, torch.tensor([0]), float("nan")), x, 0.9)
     with pytest.raises(ValueError, match="`candidates`"):
         ops.ssim_ball_scale(delta, x, 0.9, candidates=1)
+
+
+# ----------------------------------------------------------------------------- the window ball
+
+def _window_inputs(rng, shape=(2, 3, 20, 13), scale=0.08):
+    x = torch.rand(shape, generator=rng, dtype=torch.float64) * 0.4 + 0.3  # the box stays inactive
+    delta = (torch.rand(shape, generator=rng, dtype=torch.float64) - 0.5) * 2 * scale
+    return x, delta
+
+
+@pytest.mark.parametrize("gamma", [0.9, 0.99])
+def test_window_ball_lands_in_every_ball_and_is_the_nearest_point(gamma, rng):
+    from miga_fast.reference.ssim import structural_ssim_windows, window_ids
+
+    x, d0 = _window_inputs(rng)
+    before = structural_ssim_windows(x, d0)
+    assert (before < gamma).any()  # some windows start outside
+    d = ops.ssim_window_ball_project_(d0.clone(), x, gamma, window=8)
+    after = structural_ssim_windows(x, d)
+    assert (after >= gamma - 1e-10).all()
+    active = before < gamma
+    torch.testing.assert_close(after[active], torch.full_like(after[active], gamma))  # on the sphere
+    torch.testing.assert_close(after[~active], before[~active], rtol=0, atol=1e-12)  # untouched, up to rounding
+    # window means of delta are kept; the change is along the outward normal (KKT)
+    idx, n = window_ids(20, 13, 8)
+    flat0, flat = d0.reshape(6, -1), d.reshape(6, -1)
+    count = torch.bincount(idx, minlength=n).double()
+    mean = lambda t: torch.zeros(6, n, dtype=t.dtype).scatter_add_(1, idx.expand_as(t), t) / count  # noqa: E731
+    torch.testing.assert_close(mean(flat), mean(flat0))
+    u = x.reshape(6, -1) - mean(x.reshape(6, -1)).gather(1, idx.expand(6, -1))
+    eta = flat - mean(flat).gather(1, idx.expand(6, -1))
+    eta0 = flat0 - mean(flat0).gather(1, idx.expand(6, -1))
+    a = (1 - gamma) / gamma
+    for row in range(6):
+        for wdx in torch.nonzero(active.reshape(6, n)[row]).flatten().tolist():
+            sel = idx == wdx
+            normal = eta[row, sel] - a * u[row, sel]
+            step = eta0[row, sel] - eta[row, sel]
+            cos = (normal @ step) / (normal.norm() * step.norm())
+            assert cos > 1 - 1e-9
+
+
+def test_window_ball_is_idempotent_per_sample_gamma(rng):
+    x, d0 = _window_inputs(rng, (3, 1, 16, 16))
+    gamma = torch.tensor([0.8, 0.95, 0.999], dtype=torch.float64)
+    once = ops.ssim_window_ball_project_(d0.clone(), x, gamma)
+    twice = ops.ssim_window_ball_project_(once.clone(), x, gamma)
+    torch.testing.assert_close(twice, once, rtol=0, atol=1e-12)
+    assert not torch.equal(once[0], d0[0]) or not torch.equal(once[2], d0[2])
+
+
+def test_window_ball_then_box(rng):
+    x = torch.rand((2, 3, 16, 16), generator=rng)
+    d = ops.ssim_window_ball_project_(torch.randn((2, 3, 16, 16), generator=rng), x, 0.9)
+    assert ((x + d) >= 0).all() and ((x + d) <= 1).all()
+
+
+def test_window_ball_bad_input(rng):
+    x, d = _window_inputs(rng)
+    with pytest.raises(ValueError, match="`gamma`"):
+        ops.ssim_window_ball_project_(d, x, 0.0)
+    with pytest.raises(ValueError, match="`window`"):
+        ops.ssim_window_ball_project_(d, x, 0.9, window=1)
+    with pytest.raises(ValueError, match="`x`"):
+        ops.ssim_window_ball_project_(d, x + 1, 0.9)
+    with pytest.raises(ValueError, match="`x` has shape"):
+        ops.ssim_window_ball_project_(d, x[:1], 0.9)

@@ -13,7 +13,15 @@ import numbers
 import torch
 
 from .. import _backend, _extension
-from .._validation import check_batch, check_choice, check_finite, check_like, check_scalar, check_tensor
+from .._validation import (
+    check_batch,
+    check_choice,
+    check_finite,
+    check_like,
+    check_scalar,
+    check_tensor,
+    check_unit_range,
+)
 from ..reference import ssim as ref
 
 PADDINGS = ("valid", "same")
@@ -100,16 +108,16 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     return torch.ops.miga_fast.ssim(*args)
 
 
-def _check_tau(tau, like: torch.Tensor):
+def _check_tau(tau, like: torch.Tensor, name: str = "tau"):
     if isinstance(tau, torch.Tensor):
         if tau.dim() > 1 or (tau.dim() == 1 and tau.shape[0] not in (1, like.shape[0])):
-            raise ValueError(f"`tau` must be a float or a [{like.shape[0]}] tensor, got shape {tuple(tau.shape)}")
+            raise ValueError(f"`{name}` must be a float or a [{like.shape[0]}] tensor, got shape {tuple(tau.shape)}")
         if not bool(((tau > 0) & (tau <= 1)).all()):
-            raise ValueError("`tau` must lie in (0, 1]")
+            raise ValueError(f"`{name}` must lie in (0, 1]")
         return tau.to(like.device)
-    tau = check_scalar(tau, "tau", minimum=None)
+    tau = check_scalar(tau, name, minimum=None)
     if not 0 < tau <= 1:
-        raise ValueError(f"`tau` must lie in (0, 1], got {tau}")
+        raise ValueError(f"`{name}` must lie in (0, 1], got {tau}")
     return tau
 
 
@@ -138,3 +146,27 @@ def ssim_ball_project_(delta, x, tau, **kwargs):
     with torch.no_grad():
         delta.mul_(t.reshape(-1, *([1] * (delta.dim() - 1))))
     return delta
+
+
+def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01, 0.03)):
+    """The convex SSIM ball (seed 001's "mathematically amenable variant"; our
+    reconstruction): per non-overlapping `window` x `window` window of each channel, the
+    exact Euclidean projection of delta's zero-mean part onto {S(u, u + eta) >= gamma}, the
+    zero-mean structural SSIM, which is a ball; window means stay; then the box
+    x + delta in [0, 1]. Closed form, one pass. gamma: a float or [B] tensor in (0, 1].
+    Returns delta."""
+    check_tensor(delta, "delta")
+    check_batch(delta, "delta")
+    check_like(delta, "delta", x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"`x` must be [B, C, H, W], got shape {tuple(x.shape)}")
+    gamma = _check_tau(gamma, delta, name="gamma")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ValueError(f"`window` must be an int >= 2, got {window!r}")
+    data_range = check_scalar(data_range, "data_range")
+    K = _check_k(K)
+    check_unit_range(x, "x")
+    check_finite(delta, "delta")
+    _backend.resolve(x.device, x.dtype, BALL_KERNELS)
+    with torch.no_grad():
+        return ref.window_ball_project_(delta, x, gamma, window, data_range, K[1])

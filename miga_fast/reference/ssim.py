@@ -87,3 +87,59 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
         lo = ts.gather(1, last)
         hi = ts.gather(1, (last + 1).clamp(max=candidates - 1))
     return lo.squeeze(1).to(x.dtype)
+
+
+def window_ids(h: int, w: int, window: int, device=None) -> tuple[torch.Tensor, int]:
+    """Index [H*W] of the non-overlapping window of each pixel (edge windows may be
+    smaller), and the number of windows."""
+    nh, nw = -(-h // window), -(-w // window)
+    rows = torch.arange(h, device=device) // window
+    cols = torch.arange(w, device=device) // window
+    return (rows[:, None] * nw + cols[None, :]).flatten(), nh * nw
+
+
+def _window_sum(t: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(t.shape[0], n, dtype=t.dtype, device=t.device).scatter_add_(1, idx.expand_as(t), t)
+
+
+def structural_ssim_windows(x, delta, window=8, data_range=1.0, K2=0.03):
+    """Per window (b, c, window) the zero-mean structural SSIM
+    S(u, u + eta) = (2 u.(u + eta) + C) / (|u|^2 + |u + eta|^2 + C), u and eta the window's
+    mean-removed pixels of x and delta, C = (pixels in the window) * (K2 * data_range)^2."""
+    b, c, h, w = x.shape
+    idx, n = window_ids(h, w, window, x.device)
+    fx, fd = x.reshape(b * c, h * w), delta.reshape(b * c, h * w)
+    count = torch.bincount(idx, minlength=n).to(x.dtype)
+    u = fx - (_window_sum(fx, idx, n) / count).gather(1, idx.expand_as(fx))
+    eta = fd - (_window_sum(fd, idx, n) / count).gather(1, idx.expand_as(fd))
+    cw = count * (K2 * data_range) ** 2
+    v = u + eta
+    num = 2 * _window_sum(u * v, idx, n) + cw
+    den = _window_sum(u * u, idx, n) + _window_sum(v * v, idx, n) + cw
+    return (num / den).reshape(b, c, n)
+
+
+def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03):
+    """The exact Euclidean projection, per non-overlapping window, onto the convex set
+    {eta : S(u, u + eta) >= gamma} (ALGORITHMS.md: the ball |eta - a u|^2 <= a (2|u|^2 + C)
+    + a^2 |u|^2, a = (1 - gamma) / gamma) of the zero-mean part of delta; the window means
+    of delta are left as they are (the structural SSIM does not see them). Then the box."""
+    b, c, h, w = x.shape
+    idx, n = window_ids(h, w, window, x.device)
+    fx, fd = x.reshape(b * c, h * w), delta.reshape(b * c, h * w)
+    count = torch.bincount(idx, minlength=n).to(x.dtype)
+    gat = idx.expand_as(fx)
+    mean_d = (_window_sum(fd, idx, n) / count).gather(1, gat)
+    u = fx - (_window_sum(fx, idx, n) / count).gather(1, gat)
+    eta = fd - mean_d
+    g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
+    a = ((1 - g) / g).repeat_interleave(c, 0) if g.shape[0] == b and b > 1 else (1 - g) / g
+    cw = count * (K2 * data_range) ** 2
+    uu = _window_sum(u * u, idx, n)
+    r2 = a * (2 * uu + cw) + a * a * uu
+    off = eta - a * u
+    oo = _window_sum(off * off, idx, n)
+    scale = torch.where(oo > r2, torch.sqrt(r2 / oo.clamp_min(torch.finfo(x.dtype).tiny)), torch.ones_like(oo))
+    d = mean_d + a * u + off * scale.gather(1, gat)
+    delta.copy_((torch.clamp(x.reshape(b * c, h * w) + d, 0, 1) - fx).reshape(delta.shape))
+    return delta
