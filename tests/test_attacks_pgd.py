@@ -152,3 +152,20 @@ def test_ssim_attack_bad_arguments():
         SSIMAttack(model, tau=1.5)
     with pytest.raises(ValueError, match="`solver`"):
         SSIMAttack(model, solver="cvxpy")
+
+
+def test_ssim_attack_convex_solver_keeps_every_window_in_its_ball():
+    from miga_fast import data, models
+    from miga_fast.attacks import SSIMAttack
+    from miga_fast.metrics import predict
+    from miga_fast.reference.ssim import structural_ssim_windows
+
+    x, y = data.load_natural_patches("test", 32)
+    x, y = x[::7][:48], y[::7][:48]
+    model = models.load("resnet_natural")
+    correct = predict(model, x) == y
+    adv = SSIMAttack(model, tau=0.9, steps=10, solver="convex")(x, y)
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert structural_ssim_windows(x.double(), (adv - x).double()).min() >= 0.9 - 1e-4
+    fooled = (predict(model, adv) != y)[correct].float().mean()
+    assert fooled > 0.25, f"fooling rate {fooled:.2f}"

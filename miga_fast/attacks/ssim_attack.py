@@ -7,9 +7,10 @@ import torch
 from .. import ops
 from .._validation import check_choice, check_scalar, value_checks
 from ..nvtx import nvtx_range
+from ..reference import ssim as ssim_ref
 from .pgd import PGD
 
-SOLVERS = ("pgd",)
+SOLVERS = ("pgd", "convex")
 
 
 class SSIMAttack(PGD):
@@ -18,15 +19,21 @@ class SSIMAttack(PGD):
         attack = SSIMAttack(model, tau=0.95, steps=20, alpha=2/255)
         adv_images = attack(images, labels)
 
-    Each step: delta += alpha * sign(grad) (descending for targeted=True), the box
-    x + delta in [0, 1], then ops.ssim_ball_project_ (the largest step back along delta
-    into the ball). solver="pgd" is the projected-gradient solver; the convex solver over
-    the structural-SSIM window balls comes with the window-ball op. `ssim_kwargs` go to
-    the SSIM (win_size, win_sigma, K, padding).
+    solver="pgd": each step delta += alpha * sign(grad) (descending for targeted=True), the
+    box x + delta in [0, 1], then ops.ssim_ball_project_ (the largest step back along delta
+    into the ball of the Gaussian SSIM). `ssim_kwargs` go to that SSIM (win_size,
+    win_sigma, K, padding).
+
+    solver="convex": the convex route of seed 001 over the structural-SSIM window balls
+    (ops.ssim_window_ball_project_'s set, tau as gamma, `window` pixels square, delta's
+    window means kept at zero): Frank-Wolfe steps — linearise the classifier at the
+    current point, take the closed-form maximiser of the linear model over the ball set,
+    move delta <- (1 - b) delta + b s with b = 2 / (k + 2) — then the box. Batched on
+    tensors; no external solver in the loop.
     """
 
     def __init__(self, model, tau=0.95, steps=20, alpha=2 / 255, solver="pgd", targeted=False,
-                 loss_fn=None, ssim_kwargs=None):
+                 loss_fn=None, ssim_kwargs=None, window=8):
         super().__init__(model, eps=1.0, alpha=alpha, steps=steps, norm="linf", random_start=False,
                          targeted=targeted, fused=True, loss_fn=loss_fn)
         self.tau = check_scalar(tau, "tau")
@@ -34,6 +41,9 @@ class SSIMAttack(PGD):
             raise ValueError(f"`tau` must lie in (0, 1], got {self.tau}")
         self.solver = check_choice(solver, "solver", SOLVERS)
         self.ssim_kwargs = dict(ssim_kwargs or {})
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ValueError(f"`window` must be an int >= 2, got {window!r}")
+        self.window = window
 
     def __repr__(self):
         return (f"SSIMAttack(tau={self.tau}, steps={self.steps}, alpha={self.alpha:.4g}, "
@@ -46,14 +56,20 @@ class SSIMAttack(PGD):
         direction = -1.0 if self.targeted else 1.0
         delta = torch.zeros_like(x)
         with value_checks(False):
-            for _ in range(self.steps):
+            for k in range(self.steps):
                 delta.requires_grad_(True)
                 with torch.enable_grad(), nvtx_range("ssim_attack.forward_backward"):
                     loss = self.loss_fn(self.model(x + delta), labels)
                     (grad,) = torch.autograd.grad(loss, delta)
                 delta = delta.detach()
                 with torch.no_grad(), nvtx_range("ssim_attack.project"):
-                    # eps = 1 leaves the l-inf ball inactive: the fused step is step + box
-                    ops.pgd_step_(delta, grad, x, 1.0, self.alpha, "linf", direction)
-                    ops.ssim_ball_project_(delta, x, self.tau, **self.ssim_kwargs)
+                    if self.solver == "pgd":
+                        # eps = 1 leaves the l-inf ball inactive: the fused step is step + box
+                        ops.pgd_step_(delta, grad, x, 1.0, self.alpha, "linf", direction)
+                        ops.ssim_ball_project_(delta, x, self.tau, **self.ssim_kwargs)
+                    else:
+                        s = ssim_ref.window_ball_linear_max(x, direction * grad, self.tau, self.window)
+                        b = 2.0 / (k + 2)
+                        delta.mul_(1 - b).add_(s, alpha=b)
+                        ops.project_(delta, x, 1.0)  # the box (the l-inf ball of radius 1 is inactive)
         return (x + delta).detach()

@@ -143,3 +143,24 @@ def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03):
     d = mean_d + a * u + off * scale.gather(1, gat)
     delta.copy_((torch.clamp(x.reshape(b * c, h * w) + d, 0, 1) - fx).reshape(delta.shape))
     return delta
+
+
+def window_ball_linear_max(x, g, gamma, window=8, data_range=1.0, K2=0.03):
+    """argmax of <g, eta> over the zero-mean perturbations eta in every window's
+    structural-SSIM ball (the linear step of the convex solver): per window,
+    eta* = a u + r g0 / |g0|, with g0 the window's zero-mean part of g, u that of x,
+    a = (1 - gamma) / gamma and r the ball's radius. Windows where g0 = 0 get eta* = a u."""
+    b, c, h, w = x.shape
+    idx, n = window_ids(h, w, window, x.device)
+    fx, fg = x.reshape(b * c, h * w), g.reshape(b * c, h * w)
+    count = torch.bincount(idx, minlength=n).to(x.dtype)
+    gat = idx.expand_as(fx)
+    u = fx - (_window_sum(fx, idx, n) / count).gather(1, gat)
+    g0 = fg - (_window_sum(fg, idx, n) / count).gather(1, gat)
+    gm = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
+    a = ((1 - gm) / gm).repeat_interleave(c, 0) if gm.shape[0] == b and b > 1 else (1 - gm) / gm
+    uu = _window_sum(u * u, idx, n)
+    r = torch.sqrt(a * (2 * uu + count * (K2 * data_range) ** 2) + a * a * uu)
+    gn = torch.sqrt(_window_sum(g0 * g0, idx, n))
+    coef = torch.where(gn > 0, r / gn.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(gn))
+    return (a * u + g0 * coef.gather(1, gat)).reshape(x.shape)
