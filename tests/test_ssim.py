@@ -1,7 +1,11 @@
-"""SSIM: the public op (reference slice) against pytorch-msssim on random and real
-images, its gradients (float64 gradcheck), the "same" padding, and bad input."""
+"""SSIM: the public op and every kernel against the reference and pytorch-msssim on
+random and real images, gradients (float64 gradcheck), opcheck, the "same" padding, the
+SSIM ball and the window ball, and bad input."""
+import importlib
+
 import pytest
 import torch
+from conftest import backend_params
 
 import miga_fast
 from miga_fast import data, ops
@@ -84,29 +88,39 @@ def test_named_backend_without_a_kernel_is_an_error(rng):
 CPU = pytest.mark.skipif(not miga_fast.backends()["cpu"]["built"], reason="C++ kernels not built")
 
 
-def _random_shape(rng, padding):
+def _random_shape(rng, padding, small=False):
+    """Random [B, C, H, W]; `small` for the Triton interpreter (every tap is a numpy call)."""
     lo = 1 if padding == "same" else 11
-    b, c = int(torch.randint(1, 4, (1,), generator=rng)), int(torch.randint(1, 4, (1,), generator=rng))
-    h, w = (int(v) for v in torch.randint(lo, 40, (2,), generator=rng))
+    b, c = int(torch.randint(1, 3 if small else 4, (1,), generator=rng)), int(torch.randint(1, 4, (1,), generator=rng))
+    h, w = (int(v) for v in torch.randint(lo, 20 if small else 40, (2,), generator=rng))
     return (b, c, h, w)
 
 
-@CPU
+KERNEL_BACKENDS = [p for p in backend_params() if p.id in ("cpu", "triton")]
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_kernel_matches_the_reference_forward_and_backward(padding, dtype, rng):
-    for _ in range(4):
-        shape = _random_shape(rng, padding)
+def test_kernels_match_the_reference_forward_and_backward(backend, device, padding, dtype, rng):
+    for _ in range(4 if backend == "cpu" else 2):
+        shape = _random_shape(rng, padding, small=backend == "triton" and device == "cpu")
         x, y = _pair(rng, shape, dtype)
-        upstream = torch.randn(shape[0], generator=rng, dtype=torch.float64).to(dtype)
+        x, y = x.to(device), y.to(device)
+        upstream = torch.randn(shape[0], generator=rng, dtype=torch.float64).to(dtype).to(device)
         results = []
-        for backend in ("cpu", "reference"):
+        for backend_ in (backend, "reference"):
             xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
-            with miga_fast.set_backend(backend):
+            with miga_fast.set_backend(backend_):
                 v = ops.ssim(xx, yy, padding=padding)
+                with torch.no_grad():
+                    torch.testing.assert_close(ops.ssim(x, y, padding=padding), v.detach())  # value-only op
             gx, gy = torch.autograd.grad((v * upstream).sum(), (xx, yy))
             results.append((v.detach(), gx, gy))
-        tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
+        if dtype == torch.float32:
+            tol = dict(rtol=1e-4, atol=1e-5)
+        else:  # Triton's scalar arguments (C1, C2) travel as float32: ~1e-8 relative
+            tol = dict(rtol=1e-9, atol=1e-11) if backend == "cpu" else dict(rtol=1e-7, atol=1e-9)
         for got, want in zip(*results):
             torch.testing.assert_close(got, want, **tol)
 
@@ -135,6 +149,11 @@ def test_cpu_kernel_gradcheck_and_opcheck(rng):
     args = (x.detach(), y.detach(), gaussian_window(11, 1.5, torch.float64), 1.0, 0.01, 0.03, False)
     torch.library.opcheck(torch.ops.miga_fast.ssim.default, args)
     torch.library.opcheck(torch.ops.miga_fast.ssim_value_and_grad.default, args)
+    if miga_fast.backends()["triton"]["runs_here"] and not torch.cuda.is_available():
+        importlib.import_module("miga_fast.triton_kernels")  # registers torch.ops.miga_fast_triton
+        small = (x.detach()[:1, :1], y.detach()[:1, :1]) + args[2:]
+        torch.library.opcheck(torch.ops.miga_fast_triton.ssim.default, small)
+        torch.library.opcheck(torch.ops.miga_fast_triton.ssim_value_and_grad.default, small)
 
 
 @CPU

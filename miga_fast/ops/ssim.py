@@ -2,9 +2,11 @@
 inputs, and the SSIM ball.
 
 Backends: the C++ CPU kernel (the value alone, or the value with its gradients from one
-pass over the blurred moments when an input requires grad) and the plain-PyTorch reference. The CUDA and Triton kernels
-and the ball's fused kernels come next (issue 4); naming a backend that has no kernel for
-an op is an error. The SSIM map (return_map=True) always comes from the reference.
+pass over the blurred moments when an input requires grad), the Triton kernels (the same
+math; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and the plain-PyTorch
+reference. The CUDA-extension kernels and the ball's fused kernels come next (issue 4);
+naming a backend that has no kernel for an op is an error. The SSIM map
+(return_map=True) always comes from the reference.
 """
 from __future__ import annotations
 
@@ -25,19 +27,13 @@ from .._validation import (
 from ..reference import ssim as ref
 
 PADDINGS = ("valid", "same")
-KERNELS = ("cpu",)  # compiled backends that implement ssim() so far
+KERNELS = ("cpu", "triton")  # compiled backends that implement ssim() so far
 BALL_KERNELS = ()  # ... and the ball ops
 
 
-def _register_cpp() -> None:
-    """Fake kernels (torch.compile) and autograd of the C++ SSIM ops. The value-and-gradient
-    op returns d value_b / d x and d value_b / d y; the backward scales them by the
-    upstream gradient of each sample."""
-    if _extension.load() is None:
-        return
-    torch.library.register_fake("miga_fast::ssim")(lambda x, y, *args: x.new_empty(x.shape[:1]))
-    torch.library.register_fake("miga_fast::ssim_value_and_grad")(
-        lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)))
+def _register_autograd(namespace: str) -> None:
+    """Autograd of <namespace>::ssim_value_and_grad: it returns d value_b / d x and
+    d value_b / d y, so the backward scales them by the upstream gradient of each sample."""
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output[1], output[2])
@@ -48,7 +44,31 @@ def _register_cpp() -> None:
         return (scale * gx if ctx.needs_input_grad[0] else None, scale * gy if ctx.needs_input_grad[1] else None,
                 None, None, None, None, None)
 
-    torch.library.register_autograd("miga_fast::ssim_value_and_grad", backward, setup_context=setup_context)
+    torch.library.register_autograd(f"{namespace}::ssim_value_and_grad", backward, setup_context=setup_context)
+
+
+def _register_cpp() -> None:
+    """Fake kernels (torch.compile) and autograd of the C++ SSIM ops."""
+    if _extension.load() is None:
+        return
+    torch.library.register_fake("miga_fast::ssim")(lambda x, y, *args: x.new_empty(x.shape[:1]))
+    torch.library.register_fake("miga_fast::ssim_value_and_grad")(
+        lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)))
+    _register_autograd("miga_fast")
+
+
+_triton_ready = []
+
+
+def _ops_for(backend: str):
+    if backend == "triton":
+        if not _triton_ready:
+            from .. import triton_kernels  # noqa: F401  (registers torch.ops.miga_fast_triton)
+
+            _register_autograd("miga_fast_triton")
+            _triton_ready.append(True)
+        return torch.ops.miga_fast_triton
+    return torch.ops.miga_fast
 
 
 _register_cpp()
@@ -103,9 +123,10 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
         return ref.ssim(x, y, float(data_range), win_size, win_sigma, K, padding, return_map)
     window = ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
     args = (x, y, window, float(data_range), K[0], K[1], padding == "same")
+    ops_ = _ops_for(backend)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-        return torch.ops.miga_fast.ssim_value_and_grad(*args)[0]
-    return torch.ops.miga_fast.ssim(*args)
+        return ops_.ssim_value_and_grad(*args)[0]
+    return ops_.ssim(*args)
 
 
 def _check_tau(tau, like: torch.Tensor, name: str = "tau"):
