@@ -46,6 +46,17 @@ void check(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, b
               "miga_fast.ssim: images smaller than the window need padding='same'");
 }
 
+// The window as a vector and C1, C2 in dtype T.
+template <typename T>
+struct Constants {
+  std::vector<T> win;
+  T c1, c2;
+  Constants(const at::Tensor& window, double data_range, double k1, double k2)
+      : win(window.data_ptr<T>(), window.data_ptr<T>() + window.size(0)),
+        c1(static_cast<T>((k1 * data_range) * (k1 * data_range))),
+        c2(static_cast<T>((k2 * data_range) * (k2 * data_range))) {}
+};
+
 struct Geometry {
   int64_t b, c, h, w, pad, ho, wo;
 };
@@ -79,9 +90,7 @@ at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Te
   std::vector<double> sums(gm.b * gm.c);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_cpu", [&] {
     using T = scalar_t;
-    const std::vector<T> win(win_t.data_ptr<T>(), win_t.data_ptr<T>() + win_size);
-    const T c1 = static_cast<T>((k1 * data_range) * (k1 * data_range));
-    const T c2 = static_cast<T>((k2 * data_range) * (k2 * data_range));
+    const Constants<T> k(win_t, data_range, k1, k2);
     const T* xp = x.data_ptr<T>();
     const T* yp = y.data_ptr<T>();
     const int64_t plane = gm.h * gm.w;
@@ -89,7 +98,7 @@ at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Te
       std::vector<T> scratch;
       for (int64_t p = p0; p < p1; ++p)
         sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_forward<T>, xp + p * plane, yp + p * plane, gm.h, gm.w, gm.pad,
-                                     win.data(), static_cast<int>(win_size), c1, c2, scratch);
+                                     k.win.data(), static_cast<int>(win_size), k.c1, k.c2, scratch);
     });
   });
   return per_sample_mean(sums, gm, x.scalar_type());
@@ -108,9 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at:
   const double n = static_cast<double>(gm.c * gm.ho * gm.wo);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_value_and_grad_cpu", [&] {
     using T = scalar_t;
-    const std::vector<T> win(win_t.data_ptr<T>(), win_t.data_ptr<T>() + win_size);
-    const T c1 = static_cast<T>((k1 * data_range) * (k1 * data_range));
-    const T c2 = static_cast<T>((k2 * data_range) * (k2 * data_range));
+    const Constants<T> k(win_t, data_range, k1, k2);
     const T* xp = x.data_ptr<T>();
     const T* yp = y.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();
@@ -121,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at:
       std::vector<T> scratch;
       for (int64_t p = p0; p < p1; ++p)
         sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_value_and_grad<T>, xp + p * plane, yp + p * plane, gm.h, gm.w,
-                                     gm.pad, win.data(), static_cast<int>(win_size), c1, c2, gs, gxp + p * plane,
+                                     gm.pad, k.win.data(), static_cast<int>(win_size), k.c1, k.c2, gs, gxp + p * plane,
                                      gyp + p * plane, scratch);
     });
   });

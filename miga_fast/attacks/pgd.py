@@ -56,6 +56,14 @@ class PGD:
         if labels.device != images.device:
             raise ValueError(f"`labels` is on {labels.device}, expected {images.device}")
 
+    def _grad(self, x: torch.Tensor, delta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """d loss(model(x + delta), labels) / d delta."""
+        delta = delta.detach().requires_grad_(True)
+        with torch.enable_grad(), nvtx_range("attack.forward_backward"):
+            loss = self.loss_fn(self.model(x + delta), labels)
+            (grad,) = torch.autograd.grad(loss, delta)
+        return grad
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.forward(images, labels)
 
@@ -71,11 +79,7 @@ class PGD:
             if self.random_start:
                 ops.random_init_(delta, x, self.eps, self.norm, self.generator)
             for _ in range(self.steps):
-                delta.requires_grad_(True)
-                with torch.enable_grad(), nvtx_range("pgd.forward_backward"):
-                    loss = self.loss_fn(self.model(x + delta), labels)
-                    (grad,) = torch.autograd.grad(loss, delta)
-                delta = delta.detach()
+                grad = self._grad(x, delta, labels)
                 with torch.no_grad(), nvtx_range("pgd.step"):
                     step.pgd_step_(delta, grad, x, self.eps, self.alpha, self.norm, direction)
         return (x + delta).detach()

@@ -57,11 +57,7 @@ class SSIMAttack(PGD):
         delta = torch.zeros_like(x)
         with value_checks(False):
             for k in range(self.steps):
-                delta.requires_grad_(True)
-                with torch.enable_grad(), nvtx_range("ssim_attack.forward_backward"):
-                    loss = self.loss_fn(self.model(x + delta), labels)
-                    (grad,) = torch.autograd.grad(loss, delta)
-                delta = delta.detach()
+                grad = self._grad(x, delta, labels)
                 with torch.no_grad(), nvtx_range("ssim_attack.project"):
                     if self.solver == "pgd":
                         # eps = 1 leaves the l-inf ball inactive: the fused step is step + box
