@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 
 def gaussian_window(win_size: int, win_sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The normalised 1-D Gaussian [win_size] (built in float32, as pytorch-msssim does)."""
-    coords = torch.arange(win_size, dtype=torch.float32) - win_size // 2
+    """The normalised 1-D Gaussian [win_size], built in float32 as pytorch-msssim does, and
+    directly on `device` (no host-to-device copy in an attack step)."""
+    coords = torch.arange(win_size, dtype=torch.float32, device=device) - win_size // 2
     g = torch.exp(-(coords ** 2) / (2 * win_sigma ** 2))
-    return (g / g.sum()).to(dtype=dtype, device=device)
+    return (g / g.sum()).to(dtype=dtype)
 
 
 def blur(t: torch.Tensor, win: torch.Tensor, padding: str = "valid") -> torch.Tensor:
