@@ -31,4 +31,14 @@ TORCH_LIBRARY(miga_fast, m) {
   m.def(
       "ssim_value_and_grad(Tensor x, Tensor y, Tensor window, float data_range, float k1, float k2, "
       "bool same_padding) -> (Tensor, Tensor, Tensor)");
+
+  // MINE family (ALGORITHMS.md section 3). With u = U + b1, v = V [B, H] and w = w2 [H],
+  // the critic scores are T_ij = sum_h w_h act(u_ih + v_jh) (b2 is added by the caller);
+  // mine_row_lse returns lse_i = log sum_j exp(T_ij) over all j (or j != i), never storing
+  // anything B x B; its backward recomputes rows and columns and returns d/du, d/dv, d/dw.
+  // activation: 0 relu, 1 elu, 2 softplus.
+  m.def("mine_row_lse(Tensor u, Tensor v, Tensor w2, int activation, bool exclude_diag) -> Tensor");
+  m.def(
+      "mine_row_lse_backward(Tensor grad, Tensor u, Tensor v, Tensor w2, Tensor lse, int activation, "
+      "bool exclude_diag) -> (Tensor, Tensor, Tensor)");
 }

@@ -1,4 +1,4 @@
 """Plain-PyTorch implementations of every op: the oracle for tests and the last fallback."""
-from . import projection, ssim
+from . import mine, projection, ssim
 
-__all__ = ["projection", "ssim"]
+__all__ = ["mine", "projection", "ssim"]

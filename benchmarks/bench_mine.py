@@ -1,0 +1,166 @@
+"""Benchmark of the MINE bound (DV, all i != j pairs, ReLU critic head): forward, and
+forward + backward (gradients in u, v, b1, w2, b2), with peak memory.
+
+Compared in one run: the plain-PyTorch reference (eager; it materialises the B x B x H
+hidden tensor, so large B does not fit) and every miga_fast backend with a mine kernel
+that runs here (C++ on CPU; CUDA and Triton on a GPU). Interleaved rounds, medians,
+NVTX ranges per impl/pass/size; the peak memory each call adds (CUDA: the allocator's
+peak; CPU: the process's peak RSS, reset before each measurement).
+
+    python benchmarks/bench_mine.py            # full run, JSON in benchmarks/results/
+    python benchmarks/bench_mine.py --quick    # B = 1024, H = 128 only
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+
+import torch
+from _common import device_name, sync, time_call, write_json
+
+import miga_fast
+from miga_fast import ops
+from miga_fast.nvtx import nvtx_range
+from miga_fast.ops import mine as family
+
+CPU_SIZES = [(256, 64), (1024, 128), (4096, 128), (4096, 256)]
+GPU_SIZES = [(256, 64), (1024, 128), (4096, 256), (16384, 256), (16384, 512)]
+QUICK_SIZES = [(1024, 128)]
+
+
+def implementations(device):
+    impls = {"reference (eager)": "reference"}
+    for backend in family.KERNELS:
+        wanted = "cpu" if backend == "cpu" else "cuda"
+        if device.type == wanted and miga_fast.backends()[backend]["runs_here"]:
+            impls[f"miga_fast {backend}"] = backend
+    return impls
+
+
+def reference_fits(b, h, device) -> bool:
+    """The eager reference keeps about three B x B x H float32 tensors alive (the sum, the
+    activation and, with autograd, its mask)."""
+    need = 3 * b * b * h * 4
+    if device.type == "cuda":
+        return need < 0.8 * torch.cuda.mem_get_info(device)[0]
+    return need < 6 * 2 ** 30
+
+
+def _cpu_peak_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_peak() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_extra_bytes(fn, device):
+    """Memory the call needs beyond what was allocated before it (None if unmeasurable)."""
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    if not _cpu_peak_reset():
+        return None
+    base = _cpu_peak()
+    fn()
+    return max(0, _cpu_peak() - base)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    sizes = QUICK_SIZES if args.quick else (GPU_SIZES if device.type == "cuda" else CPU_SIZES)
+    rows = []
+    for b, h in sizes:
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(b, h, generator=gen), torch.randn(b, h, generator=gen),
+                  0.1 * torch.randn(h, generator=gen), torch.randn(h, generator=gen) / math.sqrt(h), torch.zeros(())]
+        params = [p.to(device).requires_grad_() for p in params]
+        impls = {k: v for k, v in implementations(device).items()
+                 if v != "reference" or reference_fits(b, h, device)}
+        skipped = [k for k in implementations(device) if k not in impls]
+        times = {(name, p): [] for name in impls for p in ("forward", "forward+backward")}
+        memory = {}
+
+        def calls(backend):
+            def forward():
+                with torch.no_grad(), miga_fast.set_backend(backend):
+                    ops.mine_bound(*params)
+
+            def forward_backward():
+                with miga_fast.set_backend(backend):
+                    out = ops.mine_bound(*params)
+                torch.autograd.grad(out, params)
+
+            return (("forward", forward), ("forward+backward", forward_backward))
+
+        for _ in range(args.rounds):
+            for name, backend in impls.items():
+                for pass_name, f in calls(backend):
+                    with miga_fast.value_checks(False), nvtx_range(f"{name}/{pass_name}/B{b}xH{h}"):
+                        times[(name, pass_name)].append(time_call(f, device, 1, 1, args.min_time))
+        for name, backend in impls.items():
+            for pass_name, f in calls(backend):
+                with miga_fast.value_checks(False):
+                    memory[(name, pass_name)] = peak_extra_bytes(f, device)
+        for pass_name in ("forward", "forward+backward"):
+            eager = (statistics.median(times[("reference (eager)", pass_name)])
+                     if ("reference (eager)", pass_name) in times else None)
+            for name in impls:
+                t = statistics.median(times[(name, pass_name)])
+                mem = memory[(name, pass_name)]
+                rows.append({"B": b, "H": h, "pass": pass_name, "impl": name, "ms": t * 1e3,
+                             "peak_extra_mib": None if mem is None else mem / 2 ** 20,
+                             "speedup_vs_eager": (eager / t) if eager else None})
+            for name in skipped:
+                rows.append({"B": b, "H": h, "pass": pass_name, "impl": name, "ms": None,
+                             "peak_extra_mib": 3 * b * b * h * 4 / 2 ** 20, "speedup_vs_eager": None,
+                             "note": "does not fit (estimated memory shown)"})
+    return {"benchmark": "mine", "device": device_name(device), "device_type": device.type,
+            "torch": torch.__version__, "miga_fast": miga_fast.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "rounds": args.rounds, "quick": args.quick, "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"MINE DV bound, all pairs, ReLU head, on {result['device']}; torch {result['torch']}; "
+          f"median of {result['rounds']} interleaved rounds")
+    print(f"{'B':>6} {'H':>4} {'pass':<17} {'implementation':<20} {'ms':>10} {'peak MiB':>10} {'vs eager':>9}")
+    for r in result["rows"]:
+        ms = f"{r['ms']:10.2f}" if r["ms"] is not None else f"{'-':>10}"
+        mem = f"{r['peak_extra_mib']:10.1f}" if r["peak_extra_mib"] is not None else f"{'?':>10}"
+        sp = f"{r['speedup_vs_eager']:.1f}x" if r["speedup_vs_eager"] else ("no fit" if r.get("note") else "-")
+        print(f"{r['B']:>6} {r['H']:>4} {r['pass']:<17} {r['impl']:<20} {ms} {mem} {sp:>9}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (median reported)")
+    p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed sample")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    result = run(args)
+    print_table(result)
+    write_json(result, "mine", args.out, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+// CPU kernels of the MINE family (ALGORITHMS.md section 3): for the critic scores
+// T_ij = sum_h w_h act(u_ih + v_jh), the row-wise log-sum-exp over j (all j, or j != i),
+// and its backward, which recomputes each row (for d/du, d/dw) and each column (for d/dv)
+// instead of storing anything B x B. Memory: O(B * H) plus one B-vector per thread.
+// Rows run in parallel; results do not depend on the thread count (d/dw is summed from
+// per-row partials in a fixed order). The loops (mine_loops.h) are built for plain x86-64
+// and for AVX2 and chosen at run time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "../common/mine_checks.h"
+#include "../common/mine_math.h"
+#include "dispatch.h"
+
+namespace miga_fast {
+namespace {
+
+namespace generic {
+#include "mine_loops.h"
+}  // namespace generic
+
+#ifdef MIGA_FAST_HAVE_AVX2_PATH
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "mine_loops.h"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+// fn(Act<T>{}) for the activation code.
+template <typename T, typename F>
+void with_activation(int64_t code, F&& fn) {
+  switch (static_cast<MineActivation>(code)) {
+    case MineActivation::kRelu:
+      fn(Relu<T>{});
+      break;
+    case MineActivation::kElu:
+      fn(Elu<T>{});
+      break;
+    default:
+      fn(Softplus<T>{});
+  }
+}
+
+// Rows per parallel task: enough work (rows x B x H) to amortise the scheduling.
+int64_t grain(int64_t B, int64_t H) { return std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, B * H)); }
+
+at::Tensor mine_row_lse_cpu(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
+                            int64_t activation, bool exclude_diag) {
+  check_mine_inputs("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, c10::DeviceType::CPU);
+  const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
+  const int64_t B = u.size(0), H = u.size(1);
+  at::Tensor lse = at::empty({B}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "miga_fast_mine_row_lse_cpu", [&] {
+    using T = scalar_t;
+    const T *up = u.data_ptr<T>(), *vp = v.data_ptr<T>(), *wp = w.data_ptr<T>();
+    T* lp = lse.data_ptr<T>();
+    at::parallel_for(0, B, grain(B, H), [&](int64_t i0, int64_t i1) {
+      std::vector<T> row;
+      with_activation<T>(activation, [&](auto act) {
+        MIGA_FAST_CPU_CALL(row_lse<decltype(act)>, up, vp, wp, B, H, exclude_diag, i0, i1, lp, row);
+      });
+    });
+  });
+  return lse;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cpu(const at::Tensor& grad_in,
+                                                                       const at::Tensor& u_in,
+                                                                       const at::Tensor& v_in,
+                                                                       const at::Tensor& w_in,
+                                                                       const at::Tensor& lse_in,
+                                                                       int64_t activation, bool exclude_diag) {
+  check_mine_inputs("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, c10::DeviceType::CPU);
+  check_mine_backward("miga_fast.mine_row_lse_backward", u_in, grad_in, lse_in);
+  const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
+  const at::Tensor g = grad_in.contiguous(), lse = lse_in.contiguous();
+  const int64_t B = u.size(0), H = u.size(1);
+  at::Tensor gu = at::empty_like(u), gv = at::empty_like(v), gw_rows = at::empty_like(u);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "miga_fast_mine_row_lse_backward_cpu", [&] {
+    using T = scalar_t;
+    const T *up = u.data_ptr<T>(), *vp = v.data_ptr<T>(), *wp = w.data_ptr<T>();
+    const T *gp = g.data_ptr<T>(), *lp = lse.data_ptr<T>();
+    T *gup = gu.data_ptr<T>(), *gvp = gv.data_ptr<T>(), *gwp = gw_rows.data_ptr<T>();
+    at::parallel_for(0, B, grain(B, H), [&](int64_t i0, int64_t i1) {
+      std::vector<T> row;
+      with_activation<T>(activation, [&](auto act) {
+        MIGA_FAST_CPU_CALL(row_grads<decltype(act)>, up, vp, wp, gp, lp, B, H, exclude_diag, i0, i1, gup, gwp, row);
+      });
+    });
+    at::parallel_for(0, B, grain(B, H), [&](int64_t j0, int64_t j1) {
+      std::vector<T> col;
+      with_activation<T>(activation, [&](auto act) {
+        MIGA_FAST_CPU_CALL(column_grads<decltype(act)>, up, vp, wp, gp, lp, B, H, exclude_diag, j0, j1, gvp, col);
+      });
+    });
+  });
+  return {gu, gv, gw_rows.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(miga_fast, CPU, m) {
+  m.impl("mine_row_lse", &mine_row_lse_cpu);
+  m.impl("mine_row_lse_backward", &mine_row_lse_backward_cpu);
+}
+
+}  // namespace miga_fast

@@ -1,0 +1,111 @@
+// The loops of the CPU MINE kernels. Included twice by mine.cpp (namespaces `generic` and
+// `avx2`); no include guard on purpose.
+//
+// Notation (ALGORITHMS.md section 3): u = U + b1 and v = V are [B, H] row-major, w = w2
+// [H]; the critic score without its bias b2 is T_ij = sum_h w_h act(u_ih + v_jh). Nothing
+// B x B (let alone B x B x H) is stored: a row (or column) of T lives in a scratch vector
+// of B numbers, recomputed by the backward. The inner loops run over h with LANES
+// independent accumulators, the form gcc vectorises without reassociating sums.
+
+// The activations (Relu, Elu, Softplus; each with ::type = T) are in ../common/mine_math.h.
+
+constexpr int kLanes = 16;
+
+// sum_h w[h] * act(a[h] + b[h]).
+template <typename Act, typename T = typename Act::type>
+T critic_score(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w, int64_t H) {
+  T acc[kLanes] = {};
+  int64_t h = 0;
+  for (; h + kLanes <= H; h += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += w[h + k] * Act::f(a[h + k] + b[h + k]);
+  T s = T(0);
+  for (int k = 0; k < kLanes; ++k) s += acc[k];
+  for (; h < H; ++h) s += w[h] * Act::f(a[h] + b[h]);
+  return s;
+}
+
+// log sum_j exp(t[j]) over the n entries of t (entries of -inf are left out).
+template <typename T>
+T log_sum_exp(const T* t, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, t[j]);
+  if (m == -std::numeric_limits<T>::infinity()) return m;
+  double s = 0.0;
+  for (int64_t j = 0; j < n; ++j) s += std::exp(static_cast<double>(t[j] - m));
+  return m + static_cast<T>(std::log(s));
+}
+
+// lse[i] = log sum_{j (!= i when exclude_diag)} exp(T_ij) for rows [i0, i1).
+template <typename Act, typename T = typename Act::type>
+void row_lse(const T* u, const T* v, const T* w, int64_t B, int64_t H, bool exclude_diag, int64_t i0, int64_t i1,
+             T* lse, std::vector<T>& row) {
+  row.resize(B);
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* ui = u + i * H;
+    for (int64_t j = 0; j < B; ++j) row[j] = critic_score<Act>(ui, v + j * H, w, H);
+    if (exclude_diag) row[i] = -std::numeric_limits<T>::infinity();
+    lse[i] = log_sum_exp(row.data(), B);
+  }
+}
+
+// p[k] = g * exp(t[k] - l): the softmax weight of pair k times the upstream gradient.
+template <typename T>
+void softmax_weights(T* t, int64_t n, T g, T l) {
+  for (int64_t k = 0; k < n; ++k) t[k] = g * std::exp(t[k] - l);
+}
+
+// acc_d[h] += p * act'(a[h] + b[h]); acc_f[h] += p * act(a[h] + b[h]) (when acc_f is given).
+template <typename Act, typename T = typename Act::type>
+void accumulate(const T* __restrict__ a, const T* __restrict__ b, T p, int64_t H, T* __restrict__ acc_d,
+                T* __restrict__ acc_f) {
+  if (acc_f != nullptr) {
+    for (int64_t h = 0; h < H; ++h) {
+      const T z = a[h] + b[h];
+      acc_d[h] += p * Act::df(z);
+      acc_f[h] += p * Act::f(z);
+    }
+  } else {
+    for (int64_t h = 0; h < H; ++h) acc_d[h] += p * Act::df(a[h] + b[h]);
+  }
+}
+
+// Rows [i0, i1) of the backward: with p_ij = g_i exp(T_ij - lse_i),
+//   gu[i, h]  = w_h sum_j p_ij act'(u_ih + v_jh)
+//   gwr[i, h] =     sum_j p_ij act(u_ih + v_jh)      (summed over i afterwards: d/dw)
+template <typename Act, typename T = typename Act::type>
+void row_grads(const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t B, int64_t H,
+               bool exclude_diag, int64_t i0, int64_t i1, T* gu, T* gwr, std::vector<T>& row) {
+  row.resize(B);
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* ui = u + i * H;
+    T* gui = gu + i * H;
+    T* gwi = gwr + i * H;
+    std::fill(gui, gui + H, T(0));
+    std::fill(gwi, gwi + H, T(0));
+    if (g[i] == T(0)) continue;
+    for (int64_t j = 0; j < B; ++j) row[j] = critic_score<Act>(ui, v + j * H, w, H);
+    softmax_weights(row.data(), B, g[i], lse[i]);
+    if (exclude_diag) row[i] = T(0);
+    for (int64_t j = 0; j < B; ++j)
+      if (row[j] != T(0)) accumulate<Act>(ui, v + j * H, row[j], H, gui, gwi);
+    for (int64_t h = 0; h < H; ++h) gui[h] *= w[h];
+  }
+}
+
+// Columns [j0, j1) of the backward: gv[j, h] = w_h sum_i p_ij act'(u_ih + v_jh).
+template <typename Act, typename T = typename Act::type>
+void column_grads(const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t B, int64_t H,
+                  bool exclude_diag, int64_t j0, int64_t j1, T* gv, std::vector<T>& col) {
+  col.resize(B);
+  for (int64_t j = j0; j < j1; ++j) {
+    const T* vj = v + j * H;
+    T* gvj = gv + j * H;
+    std::fill(gvj, gvj + H, T(0));
+    for (int64_t i = 0; i < B; ++i)
+      col[i] = g[i] == T(0) ? T(0) : g[i] * std::exp(critic_score<Act>(u + i * H, vj, w, H) - lse[i]);
+    if (exclude_diag) col[j] = T(0);
+    for (int64_t i = 0; i < B; ++i)
+      if (col[i] != T(0)) accumulate<Act>(u + i * H, vj, col[i], H, gvj, static_cast<T*>(nullptr));
+    for (int64_t h = 0; h < H; ++h) gvj[h] *= w[h];
+  }
+}

@@ -1,0 +1,212 @@
+// CUDA kernels of the MINE family (ALGORITHMS.md section 3), raw pointers only: the same
+// math as csrc/cpu/mine_loops.h and triton_kernels/mine.py.
+//
+// A block of 16 x 16 threads owns a 16-row (or 16-column) strip of the B x B score matrix
+// T_ij = sum_h w_h act(u_ih + v_jh) and walks the other axis in 16-wide tiles. The u and v
+// slices of a tile sit in shared memory kChunk hidden units at a time; thread (ty, tx)
+// scores pair (ty, tx). The forward keeps an online log-sum-exp per row (shuffles across
+// the 16 lanes of a row), so nothing B x B is written. The backward recomputes each tile,
+// puts p_ij = g_i exp(T_ij - lse_i) in shared memory, and thread (ty, tx) then adds the
+// tile's contribution for hidden units tx, tx + 16, ... of its row (or column) to the
+// output, which only this block writes: no atomics, deterministic.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <limits>
+
+#include "../common/mine_math.h"
+#include "mine.h"
+
+namespace miga_fast {
+namespace cuda {
+namespace {
+
+constexpr int kTile = 16;
+constexpr int kChunk = 32;
+
+template <typename T>
+struct Smem {
+  T u[kTile][kChunk + 1];
+  T v[kTile][kChunk + 1];
+  T w[kChunk];
+  T p[kTile][kTile + 1];
+};
+
+// Loads hidden units [h0, h0 + kChunk) of rows r0.. and columns c0.. (zeros past the ends).
+template <typename T>
+__device__ void load_chunk(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B,
+                           int64_t H, int64_t h0) {
+  const int tid = threadIdx.y * kTile + threadIdx.x;
+  for (int e = tid; e < kTile * kChunk; e += kTile * kTile) {
+    const int r = e / kChunk, k = e % kChunk;
+    const int64_t h = h0 + k;
+    s.u[r][k] = (r0 + r < B && h < H) ? u[(r0 + r) * H + h] : T(0);
+    s.v[r][k] = (c0 + r < B && h < H) ? v[(c0 + r) * H + h] : T(0);
+  }
+  for (int k = tid; k < kChunk; k += kTile * kTile) s.w[k] = h0 + k < H ? w[h0 + k] : T(0);
+}
+
+// T[r0 + ty, c0 + tx] (every thread of the block takes part: it synchronises).
+template <typename Act, typename T>
+__device__ T tile_score(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B,
+                        int64_t H) {
+  T t = T(0);
+  for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
+    __syncthreads();
+    load_chunk(s, u, v, w, r0, c0, B, H, h0);
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < kChunk; ++k) t += s.w[k] * Act::f(s.u[threadIdx.y][k] + s.v[threadIdx.x][k]);
+  }
+  return t;
+}
+
+template <typename T>
+__device__ T row_max(T x) {
+  for (int o = kTile / 2; o > 0; o /= 2) x = fmax(x, __shfl_xor_sync(0xffffffffu, x, o, kTile));
+  return x;
+}
+
+template <typename T>
+__device__ T row_sum(T x) {
+  for (int o = kTile / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o, kTile);
+  return x;
+}
+
+template <typename Act, typename T>
+__global__ void __launch_bounds__(kTile* kTile) lse_kernel(const T* u, const T* v, const T* w, T* lse, int64_t B,
+                                                           int64_t H, bool exclude_diag) {
+  __shared__ Smem<T> s;
+  const T ninf = static_cast<T>(-INFINITY);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t i = r0 + threadIdx.y;
+  T m = ninf, acc = T(0);
+  for (int64_t c0 = 0; c0 < B; c0 += kTile) {
+    const int64_t j = c0 + threadIdx.x;
+    T t = tile_score<Act>(s, u, v, w, r0, c0, B, H);
+    if (i >= B || j >= B || (exclude_diag && i == j)) t = ninf;
+    const T m_new = fmax(m, row_max(t));
+    const T m_safe = m_new == ninf ? T(0) : m_new;
+    acc = acc * std::exp(m - m_safe) + row_sum(std::exp(t - m_safe));
+    m = m_new;
+  }
+  if (threadIdx.x == 0 && i < B) lse[i] = m + std::log(acc);
+}
+
+// p_ij into shared memory for the tile (rows r0.., columns c0..).
+template <typename Act, typename T>
+__device__ void tile_weights(Smem<T>& s, const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t r0,
+                             int64_t c0, int64_t B, int64_t H, bool exclude_diag) {
+  const int64_t i = r0 + threadIdx.y, j = c0 + threadIdx.x;
+  const T t = tile_score<Act>(s, u, v, w, r0, c0, B, H);
+  const bool valid = i < B && j < B && !(exclude_diag && i == j);
+  s.p[threadIdx.y][threadIdx.x] = valid ? g[i] * std::exp(t - lse[i]) : T(0);
+}
+
+template <typename Act, typename T>
+__global__ void __launch_bounds__(kTile* kTile)
+    grad_rows_kernel(const T* u, const T* v, const T* w, const T* g, const T* lse, T* gu, T* gw_rows, int64_t B,
+                     int64_t H, bool exclude_diag) {
+  __shared__ Smem<T> s;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t i = r0 + threadIdx.y;
+  for (int64_t c0 = 0; c0 < B; c0 += kTile) {
+    tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
+    for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
+      __syncthreads();
+      load_chunk(s, u, v, w, r0, c0, B, H, h0);
+      __syncthreads();
+      for (int k = threadIdx.x; k < kChunk; k += kTile) {
+        if (i >= B || h0 + k >= H) continue;
+        T du = T(0), dw = T(0);
+        for (int jj = 0; jj < kTile; ++jj) {
+          const T z = s.u[threadIdx.y][k] + s.v[jj][k];
+          du += s.p[threadIdx.y][jj] * Act::df(z);
+          dw += s.p[threadIdx.y][jj] * Act::f(z);
+        }
+        gu[i * H + h0 + k] += du;
+        gw_rows[i * H + h0 + k] += dw;
+      }
+    }
+  }
+}
+
+template <typename Act, typename T>
+__global__ void __launch_bounds__(kTile* kTile)
+    grad_cols_kernel(const T* u, const T* v, const T* w, const T* g, const T* lse, T* gv, int64_t B, int64_t H,
+                     bool exclude_diag) {
+  __shared__ Smem<T> s;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t j = c0 + threadIdx.y;  // in the accumulation, ty indexes the block's columns
+  for (int64_t r0 = 0; r0 < B; r0 += kTile) {
+    tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
+    for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
+      __syncthreads();
+      load_chunk(s, u, v, w, r0, c0, B, H, h0);
+      __syncthreads();
+      for (int k = threadIdx.x; k < kChunk; k += kTile) {
+        if (j >= B || h0 + k >= H) continue;
+        T dv = T(0);
+        for (int ii = 0; ii < kTile; ++ii) dv += s.p[ii][threadIdx.y] * Act::df(s.u[ii][k] + s.v[threadIdx.y][k]);
+        gv[j * H + h0 + k] += dv;
+      }
+    }
+  }
+}
+
+template <typename T, typename F>
+cudaError_t with_activation(int code, F&& fn) {
+  switch (code) {
+    case 0:
+      return fn(Relu<T>{});
+    case 1:
+      return fn(Elu<T>{});
+    default:
+      return fn(Softplus<T>{});
+  }
+}
+
+template <typename T>
+cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
+  const dim3 block(kTile, kTile);
+  const unsigned grid = static_cast<unsigned>((a.batch + kTile - 1) / kTile);
+  return with_activation<T>(a.activation, [&](auto act) {
+    using Act = decltype(act);
+    lse_kernel<Act, T><<<grid, block, 0, stream>>>(static_cast<const T*>(a.u), static_cast<const T*>(a.v),
+                                                   static_cast<const T*>(a.w), static_cast<T*>(a.out), a.batch,
+                                                   a.hidden, a.exclude_diag);
+    return cudaGetLastError();
+  });
+}
+
+template <typename T>
+cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
+  const dim3 block(kTile, kTile);
+  const unsigned grid = static_cast<unsigned>((a.batch + kTile - 1) / kTile);
+  return with_activation<T>(a.activation, [&](auto act) {
+    using Act = decltype(act);
+    const T *u = static_cast<const T*>(a.u), *v = static_cast<const T*>(a.v), *w = static_cast<const T*>(a.w);
+    const T *g = static_cast<const T*>(a.grad), *lse = static_cast<const T*>(a.lse);
+    grad_rows_kernel<Act, T><<<grid, block, 0, stream>>>(u, v, w, g, lse, static_cast<T*>(a.gu),
+                                                         static_cast<T*>(a.gw_rows), a.batch, a.hidden,
+                                                         a.exclude_diag);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    grad_cols_kernel<Act, T><<<grid, block, 0, stream>>>(u, v, w, g, lse, static_cast<T*>(a.gv), a.batch,
+                                                         a.hidden, a.exclude_diag);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace
+
+cudaError_t launch_mine_row_lse(const MineArgs& a, cudaStream_t stream) {
+  return a.is_double ? forward_typed<double>(a, stream) : forward_typed<float>(a, stream);
+}
+
+cudaError_t launch_mine_row_lse_backward(const MineArgs& a, cudaStream_t stream) {
+  return a.is_double ? backward_typed<double>(a, stream) : backward_typed<float>(a, stream);
+}
+
+}  // namespace cuda
+}  // namespace miga_fast
