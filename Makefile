@@ -28,8 +28,7 @@ install: $(VENV)/.deps
 
 demo: install
 	$(BIN)/miga-fast backends
-	$(BIN)/miga-fast models
-	$(BIN)/python benchmarks/bench_projection.py --quick
+	$(BIN)/miga-fast demo
 
 test-cpp: install
 	mkdir -p build && cmake -S . -B build/cmake $(CMAKE_CUDA) -DCMAKE_PREFIX_PATH="$$($(BIN)/python -c 'import torch; print(torch.utils.cmake_prefix_path)')" > build/cmake.log 2>&1 || (cat build/cmake.log; exit 1)

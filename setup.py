@@ -106,6 +106,7 @@ setup(
         "miga_fast.ops",
         "miga_fast.reference",
         "miga_fast.attacks",
+        "miga_fast.defenses",
         "miga_fast.models",
         "miga_fast.purify",
         "miga_fast.triton_kernels",

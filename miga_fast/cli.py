@@ -106,6 +106,103 @@ def _ssim_attack(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from pathlib import Path
+
+    from miga_fast import demo
+
+    if args.n < 2 or args.steps < 1:
+        print("miga-fast: --n must be >= 2 and --steps >= 1", file=sys.stderr)
+        return 2
+    print(f"miga-fast demo: MIGA and baselines on the shipped models ({args.n} images per data set, "
+          f"{args.steps} steps); output in {args.out}/", flush=True)
+    results = demo.run(args.out, n=args.n, steps=args.steps, compile=args.compile,
+                       log=lambda s: print(s, flush=True))
+    demo.print_table(results)
+    out = Path(args.out)
+    print(f"\nwrote {out / 'report.md'}, {out / 'results.json'} and "
+          + ", ".join(str(Path(r["grid"])) for r in results))
+    return 0
+
+
+def _load_data(name: str, size: int | None, channels: int):
+    from miga_fast import data
+
+    if name == "natural":
+        return data.load_natural_patches("test", 32)
+    if name == "digits":
+        return data.load_digits("test")
+    if name == "faces":
+        x, y = data.load_faces("test")
+        return x, y
+    return data.ImageFolderDataset(name, size=size, channels=channels).tensors()
+
+
+def _attack(args) -> int:
+    """miga-fast attack: any configuration, the user's models and folders included. Bad
+    input ends with a one-line message and exit status 2, never a traceback."""
+    import torch
+
+    from miga_fast.attacks import MIGA, DenoiserDegradation, EndToEndPGD
+    from miga_fast.models import registry
+
+    def fail(msg):
+        print(f"miga-fast attack: {msg}", file=sys.stderr)
+        return 2
+
+    eps = args.eps / 255 if args.eps > 1 else args.eps
+    if not 0 <= eps <= 1:
+        return fail(f"--eps must lie in [0, 1] (or [0, 255] on the 0-255 scale), got {args.eps}")
+    if args.batch_size < 1 or args.steps < 0 or (args.n is not None and args.n < 1):
+        return fail("--batch-size and --n must be >= 1, --steps >= 0")
+    kwargs = {}
+    for side in ("denoiser", "classifier"):
+        text = getattr(args, f"{side}_kwargs")
+        try:
+            kwargs[side] = json.loads(text) if text else {}
+            if not isinstance(kwargs[side], dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return fail(f"--{side}-kwargs must be a JSON object of the architecture's arguments: {exc}")
+    try:
+        denoiser = registry.load(args.denoiser, arch=args.denoiser_arch, **kwargs["denoiser"])
+        classifier = (registry.load(args.classifier, arch=args.classifier_arch, **kwargs["classifier"])
+                      if args.classifier else None)
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
+        return fail(str(exc).splitlines()[0])
+    try:
+        x, y = _load_data(args.data, args.size, args.channels)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        return fail(f"cannot read --data {args.data!r}: {str(exc).splitlines()[0]}")
+    if x.shape[0] == 0:
+        return fail(f"--data {args.data!r} holds no images")
+    if args.n is not None:
+        x, y = x[:args.n], y[:args.n]
+    try:
+        with torch.no_grad():
+            denoiser(x[:1])
+            if classifier is not None:
+                classifier(x[:1])
+    except Exception as exc:  # noqa: BLE001 - the models cannot take these images: say so
+        return fail(f"the models cannot take images of shape {tuple(x.shape[1:])}: {str(exc).splitlines()[0]}")
+    try:
+        kw = dict(eps=eps, norm=args.norm, steps=args.steps, compile=args.compile)
+        if args.attack == "miga":
+            attack = MIGA(denoiser, classifier, task=args.task, **kw)
+        elif args.attack == "degradation":
+            attack = DenoiserDegradation(denoiser, classifier, **kw)
+        else:
+            if classifier is None:
+                return fail("--attack e2e-pgd needs --classifier")
+            attack = EndToEndPGD(denoiser, classifier, **kw)
+        summary = attack.run((x, y), args.out, batch_size=args.batch_size, sigma=args.sigma)
+    except (ValueError, TypeError) as exc:
+        return fail(str(exc).splitlines()[0])
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/results.jsonl and {args.out}/summary.json")
+    return 0
+
+
 def main(argv=None) -> int:
     from miga_fast import __version__
 
@@ -123,7 +220,36 @@ def main(argv=None) -> int:
     p.add_argument("--tau", type=float, default=0.95, help="the SSIM bound")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", default="miga-fast-out", help="folder for the JSON and the PNG grids")
+    p = sub.add_parser("demo", help="MIGA end to end on the shipped models: the main job (a few minutes)")
+    p.add_argument("--n", type=int, default=64, help="test images per data set")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="torch.compile the attack loss (slow to start on CPU)")
+    p.add_argument("--out", default="miga-fast-demo", help="folder for report.md, results.json, grids")
+    p = sub.add_parser("attack", help="any attack configuration on shipped or your own models and images")
+    p.add_argument("--denoiser", required=True, help="a shipped denoiser name or a model file")
+    p.add_argument("--denoiser-arch", default=None, help="architecture of a .pt state dict")
+    p.add_argument("--classifier", default=None, help="a shipped classifier name or a model file")
+    p.add_argument("--classifier-arch", default=None, help="architecture of a .pt state dict")
+    p.add_argument("--denoiser-kwargs", default=None, help='the architecture\'s arguments as JSON, e.g. {"channels": 1}')
+    p.add_argument("--classifier-kwargs", default=None, help="the architecture's arguments as JSON")
+    p.add_argument("--data", required=True, help="natural, digits, faces, or an image folder")
+    p.add_argument("--size", type=int, default=None, help="resize folder images to size x size")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="folder images: 1 or 3 channels")
+    p.add_argument("--attack", choices=["miga", "degradation", "e2e-pgd"], default="miga")
+    p.add_argument("--task", choices=["known", "unknown"], default=None)
+    p.add_argument("--eps", type=float, default=8.0, help="radius: a fraction, or > 1 on the 0-255 scale")
+    p.add_argument("--norm", choices=["linf", "l2", "ssim"], default="linf")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sigma", type=float, default=25.0, help="noise level (0-255 scale)")
+    p.add_argument("--n", type=int, default=None, help="attack only the first n images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--out", default="miga-fast-attack")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "attack":
+        return _attack(args)
     if args.command == "ssim-attack":
         return _ssim_attack(args)
     if args.command == "backends":

@@ -1,0 +1,126 @@
+"""Feature squeezing (Xu et al. 2018), non-local means (Buades et al. 2005) and DDPM
+purification with uniform noise (Nie et al. 2022, DiffPure), in plain PyTorch."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._validation import check_batch, check_scalar, check_tensor, check_unit_range
+from ..purify.schedules import LinearSchedule
+
+
+def _check_images(x):
+    check_tensor(x, "x")
+    check_batch(x, "x")
+    if x.dim() != 4:
+        raise ValueError(f"`x` must be [B, C, H, W], got shape {tuple(x.shape)}")
+    check_unit_range(x, "x")
+
+
+class FeatureSqueeze:
+    """Bit-depth reduction to `bits` bits, then a `median` x `median` median filter
+    (reflect-padded; Xu et al. use 5 bits and 2 x 2 on CIFAR-10). median=1: none."""
+
+    name = "squeeze"
+
+    def __init__(self, bits: int = 5, median: int = 2):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+            raise ValueError(f"`bits` must be an int in [1, 16], got {bits!r}")
+        if isinstance(median, bool) or not isinstance(median, int) or median < 1:
+            raise ValueError(f"`median` must be an int >= 1, got {median!r}")
+        self.bits, self.median = bits, median
+
+    @torch.no_grad()
+    def __call__(self, x):
+        _check_images(x)
+        levels = 2 ** self.bits - 1
+        x = torch.round(x * levels) / levels
+        k = self.median
+        if k == 1:
+            return x
+        b, c, h, w = x.shape
+        xp = F.pad(x, (k // 2, (k - 1) // 2, k // 2, (k - 1) // 2), mode="reflect" if min(h, w) > k else "replicate")
+        patches = F.unfold(xp, k).reshape(b, c, k * k, h, w)
+        return patches.median(dim=2).values
+
+
+class NonLocalMeans:
+    """Non-local means: each pixel becomes the average of the pixels in its `search` x
+    `search` neighbourhood, weighted by exp(-max(d2 - 2 sigma^2, 0) / h^2) with d2 the mean
+    squared difference of their `patch` x `patch` patches (over channels). h defaults to
+    0.8 sigma as scikit-image suggests; sigma is the noise level on the [0, 1] scale."""
+
+    name = "nlm"
+
+    def __init__(self, sigma: float = 0.04, h: float | None = None, patch: int = 3, search: int = 7):
+        self.sigma = check_scalar(sigma, "sigma")
+        self.h = check_scalar(h if h is not None else 0.8 * self.sigma, "h")
+        if self.h <= 0:
+            raise ValueError(f"`h` must be > 0, got {self.h}")
+        for name, v in (("patch", patch), ("search", search)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
+                raise ValueError(f"`{name}` must be an odd positive int, got {v!r}")
+        self.patch, self.search = patch, search
+
+    @torch.no_grad()
+    def __call__(self, x):
+        _check_images(x)
+        b, c, h, w = x.shape
+        r, p = self.search // 2, self.patch // 2
+        xp = F.pad(x, (r + p,) * 4, mode="replicate")
+        center = xp[..., r:r + h + 2 * p, r:r + w + 2 * p]
+        box = torch.ones(1, 1, self.patch, self.patch, dtype=x.dtype, device=x.device) / self.patch ** 2
+        num = torch.zeros_like(x)
+        den = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                shifted = xp[..., r + dy:r + dy + h + 2 * p, r + dx:r + dx + w + 2 * p]
+                d2 = F.conv2d((shifted - center).pow(2).mean(1, keepdim=True), box)
+                wgt = torch.exp(-(d2 - 2 * self.sigma ** 2).clamp_min(0) / self.h ** 2)
+                num += wgt * shifted[..., p:p + h, p:p + w]
+                den += wgt
+        return num / den
+
+
+class DiffusionPurifier:
+    """DDPM purification with uniform noise: diffuse x (scaled to [-1, 1]) to step
+    `t_star` of the model's linear schedule, then run deterministic DDIM back to 0 in
+    `steps` steps. `model(x_t, t)` returns an object with `.sample` (the predicted noise),
+    as miga_fast.models.DiffusionUNet does; the shipped `ddpm_digits` fits 1 x 32 x 32.
+    generator: a seed or torch.Generator for the forward noise (reproducible runs)."""
+
+    name = "diffusion"
+
+    def __init__(self, model, t_star: int = 100, steps: int = 10, schedule: LinearSchedule | None = None,
+                 generator=0):
+        self.model = model
+        self.schedule = schedule or LinearSchedule()
+        if isinstance(t_star, bool) or not isinstance(t_star, int) or not 1 <= t_star < self.schedule.T:
+            raise ValueError(f"`t_star` must be an int in [1, {self.schedule.T - 1}], got {t_star!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= t_star:
+            raise ValueError(f"`steps` must be an int in [1, t_star], got {steps!r}")
+        self.t_star, self.steps, self.generator = t_star, steps, generator
+
+    @torch.no_grad()
+    def __call__(self, x):
+        _check_images(x)
+        gen = self.generator
+        if gen is None or isinstance(gen, int):
+            gen = torch.Generator(device=x.device).manual_seed(gen or 0)
+        x0 = 2 * x - 1
+        b = x.shape[0]
+        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+        t = torch.full((b,), self.t_star, dtype=torch.long, device=x.device)
+        xt = self.schedule.q_sample(x0, t, noise)
+        ts = torch.linspace(self.t_star, 0, self.steps + 1, dtype=torch.float64).round().long().tolist()
+        for i in range(self.steps):
+            tt = torch.full((b,), ts[i], dtype=torch.long, device=x.device)
+            eps = self.model(xt, tt).sample
+            a = self.schedule.abar(tt, xt)
+            pred = ((xt - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+            if ts[i + 1] > 0:
+                a_next = self.schedule.abar(torch.full_like(tt, ts[i + 1]), xt)
+                xt = a_next.sqrt() * pred + (1 - a_next).sqrt() * eps
+            else:
+                xt = pred
+        return ((xt + 1) / 2).clamp(0, 1)
