@@ -1,0 +1,104 @@
+"""Benchmark of MIGA end to end: images per second of the known-task attack on the
+shipped denoiser + classifier, three ways:
+
+  eager            compile=False, fused=False: plain PyTorch loss, backward and update
+  compiled         compile=True,  fused=False: torch.compile'd denoiser and loss (forward
+                   and backward), the update in plain PyTorch
+  compiled+fused   compile=True,  fused=True: the same with the fused projection op
+
+Compilation happens in a warm-up call and is reported apart (it is paid once per shape).
+The paths are timed in interleaved rounds; NVTX ranges mark each path and, inside the
+attack, the phases `miga.forward_backward` (denoiser and classifier forward, backward)
+and `miga.update` (the projected step) for Nsight Systems.
+
+    python benchmarks/bench_attack.py            # full run, JSON in benchmarks/results/
+    python benchmarks/bench_attack.py --quick    # one configuration, fewer steps
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from _common import device_name, sync, write_json
+
+import miga_fast
+from miga_fast.attacks import MIGA
+from miga_fast.models import registry
+from miga_fast.nvtx import nvtx_range
+
+PATHS = {"eager": (False, False), "compiled": (True, False), "compiled+fused": (True, True)}
+CPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 64), ("digits", "dncnn_digits", "cnn_digits", 1, 32, 64)]
+GPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 256),
+               ("natural", "dncnn_natural", "resnet_natural", 3, 64, 256),
+               ("digits", "dncnn_digits", "cnn_digits", 1, 32, 256)]
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    configs = (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS)[:1 if args.quick else None]
+    rows = []
+    for name, den, cls, channels, size, batch in configs:
+        D, F = registry.load(den, device=device), registry.load(cls, device=device)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, channels, size, size, generator=gen).to(device)
+        y = torch.randint(0, 8, (batch,), generator=gen).to(device)
+        attacks, compile_s = {}, {}
+        for path, (comp, fused) in PATHS.items():
+            attacks[path] = MIGA(D, F, eps=8 / 255, steps=args.steps, compile=comp, fused=fused)
+            start = time.perf_counter()
+            attacks[path](x, y)  # warm-up: compilation for the compiled paths
+            sync(device)
+            compile_s[path] = time.perf_counter() - start
+        times = {p: [] for p in PATHS}
+        for _ in range(args.rounds):
+            for path, attack in attacks.items():
+                with miga_fast.value_checks(False), nvtx_range(f"{path}/{name}/{batch}x{channels}x{size}x{size}"):
+                    sync(device)
+                    start = time.perf_counter()
+                    attack(x, y)
+                    sync(device)
+                    times[path].append(time.perf_counter() - start)
+        eager = statistics.median(times["eager"])
+        for path in PATHS:
+            t = statistics.median(times[path])
+            rows.append({"data": name, "shape": [batch, channels, size, size], "steps": args.steps, "path": path,
+                         "seconds": t, "images_per_s": batch / t, "speedup_vs_eager": eager / t,
+                         "first_call_s": compile_s[path],
+                         "compiled": bool(attacks[path].compile)})
+    return {"benchmark": "attack", "device": device_name(device), "device_type": device.type,
+            "torch": torch.__version__, "miga_fast": miga_fast.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "rounds": args.rounds, "quick": args.quick, "rows": rows}
+
+
+def print_table(result: dict) -> None:
+    print(f"MIGA known task ({result['rows'][0]['steps']} steps) on {result['device']}; torch {result['torch']}; "
+          f"median of {result['rounds']} interleaved rounds")
+    print(f"{'data':<8} {'shape':<14} {'path':<15} {'s/batch':>8} {'img/s':>8} {'vs eager':>9} {'first call s':>13}")
+    for r in result["rows"]:
+        print(f"{r['data']:<8} {'x'.join(map(str, r['shape'])):<14} {r['path']:<15} {r['seconds']:8.3f} "
+              f"{r['images_per_s']:8.1f} {r['speedup_vs_eager']:8.2f}x {r['first_call_s']:13.1f}"
+              + ("" if r["compiled"] or r["path"] == "eager" else "  (fell back to eager)"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    args.steps = args.steps or (5 if args.quick else 10)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    result = run(args)
+    print_table(result)
+    write_json(result, "attack", args.out, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
