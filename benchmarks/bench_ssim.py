@@ -67,6 +67,27 @@ def run(args) -> dict:
                     with miga_fast.set_backend(backend or "auto"), miga_fast.value_checks(False), \
                             nvtx_range(f"{name}/{pass_name}/{'x'.join(map(str, shape))}"):
                         times[(name, pass_name)].append(time_call(f, device, 1, 1, args.min_time))
+        # The SSIM ball: the largest step t back into SSIM(x, x + t delta) >= 0.95 (16 candidates, 5 rounds).
+        ball_impls = {"reference (eager)": "reference"}
+        family = importlib.import_module("miga_fast.ops.ssim")
+        for backend in family.BALL_KERNELS:
+            if device.type == ("cpu" if backend == "cpu" else "cuda") and miga_fast.backends()[backend]["runs_here"]:
+                ball_impls[f"miga_fast {backend}"] = backend
+        delta = y - x
+        for name in ball_impls:
+            times[(name, "ball_scale")] = []
+        for _ in range(args.rounds):
+            for name, backend in ball_impls.items():
+                with miga_fast.set_backend(backend), miga_fast.value_checks(False), \
+                        nvtx_range(f"{name}/ball_scale/{'x'.join(map(str, shape))}"):
+                    times[(name, "ball_scale")].append(
+                        time_call(lambda: ops.ssim_ball_scale(delta, x, 0.95), device, 1, 1, args.min_time))
+        ref_ball = statistics.median(times[("reference (eager)", "ball_scale")])
+        for name in ball_impls:
+            t = statistics.median(times[(name, "ball_scale")])
+            rows.append({"shape": list(shape), "pass": "ball_scale", "impl": name, "ms": t * 1e3,
+                         "images_per_s": shape[0] / t, "speedup_vs_pytorch_msssim": None,
+                         "speedup_vs_reference": ref_ball / t})
         for pass_name in ("forward", "forward+backward"):
             peer = statistics.median(times[("pytorch-msssim", pass_name)]) if ("pytorch-msssim", pass_name) in times else None
             for name in impls:
@@ -82,9 +103,11 @@ def run(args) -> dict:
 def print_table(result: dict) -> None:
     print(f"SSIM (11x11 Gaussian, valid) on {result['device']}; torch {result['torch']}; "
           f"median of {result['rounds']} interleaved rounds")
-    print(f"{'shape':<16} {'pass':<17} {'implementation':<20} {'ms':>9} {'img/s':>9} {'vs msssim':>9}")
+    print(f"{'shape':<16} {'pass':<17} {'implementation':<20} {'ms':>9} {'img/s':>9} {'speed-up':>9}")
     for r in result["rows"]:
         sp = f"{r['speedup_vs_pytorch_msssim']:.2f}x" if r["speedup_vs_pytorch_msssim"] else "-"
+        if r["pass"] == "ball_scale":
+            sp = f"{r['speedup_vs_reference']:.1f}x ref"
         print(f"{'x'.join(map(str, r['shape'])):<16} {r['pass']:<17} {r['impl']:<20} {r['ms']:9.2f} "
               f"{r['images_per_s']:9.0f} {sp:>9}")
 

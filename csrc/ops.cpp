@@ -31,6 +31,12 @@ TORCH_LIBRARY(miga_fast, m) {
   m.def(
       "ssim_value_and_grad(Tensor x, Tensor y, Tensor window, float data_range, float k1, float k2, "
       "bool same_padding) -> (Tensor, Tensor, Tensor)");
+  // Per sample the largest t in [0, 1] with SSIM(x, x + t delta) >= tau[b], refined on a grid
+  // of `candidates` scales `rounds` times; the moments (float64 window) are polynomials in t,
+  // so one blur pass serves every candidate. Returns [B] in x's dtype.
+  m.def(
+      "ssim_ball_scale(Tensor delta, Tensor x, Tensor window, Tensor tau, float data_range, float k1, float k2, "
+      "bool same_padding, int candidates, int rounds) -> Tensor");
 
   // MINE family (ALGORITHMS.md section 3). With u = U + b1, v = V [B, H] and w = w2 [H],
   // the critic scores are T_ij = sum_h w_h act(u_ih + v_jh) (b2 is added by the caller);

@@ -76,11 +76,11 @@ def test_gradients_in_both_inputs_float64(rng):
 
 def test_named_backend_without_a_kernel_is_an_error(rng):
     x, y = _pair(rng, (1, 1, 16, 16))
-    with miga_fast.set_backend("cpu"):
+    with miga_fast.set_backend("cpu"):  # the window ball has no compiled kernel
         with pytest.raises(miga_fast.BackendUnavailableError, match="no kernel for this op yet"):
-            ops.ssim_ball_scale(y - x, x, 0.9)
+            ops.ssim_window_ball_project_(y - x, x, 0.9)
     with miga_fast.set_backend("reference"):
-        ops.ssim_ball_scale(y - x, x, 0.9)
+        ops.ssim_window_ball_project_(y - x, x, 0.9)
 
 
 # ----------------------------------------------------------------------------- the CPU kernel
@@ -96,7 +96,7 @@ def _random_shape(rng, padding, small=False):
     return (b, c, h, w)
 
 
-KERNEL_BACKENDS = [p for p in backend_params() if p.id in ("cpu", "triton")]
+KERNEL_BACKENDS = backend_params()  # cpu, triton, cuda (each skipped where it cannot run)
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
@@ -154,6 +154,30 @@ def test_cpu_kernel_gradcheck_and_opcheck(rng):
         small = (x.detach()[:1, :1], y.detach()[:1, :1]) + args[2:]
         torch.library.opcheck(torch.ops.miga_fast_triton.ssim.default, small)
         torch.library.opcheck(torch.ops.miga_fast_triton.ssim_value_and_grad.default, small)
+
+
+@pytest.mark.skipif(not miga_fast.backends()["cuda"]["runs_here"], reason="needs a GPU and the CUDA build")
+def test_cuda_kernel_gradcheck_opcheck_and_large_tiles(rng):
+    x, y = _pair(rng, (2, 2, 21, 19), torch.float64)
+    x, y = x.cuda().requires_grad_(True), y.cuda().requires_grad_(True)
+    with miga_fast.set_backend("cuda"):
+        for padding in ("valid", "same"):
+            assert torch.autograd.gradcheck(lambda a, b: ops.ssim(a, b, padding=padding), (x, y))
+    from miga_fast.reference.ssim import gaussian_window
+
+    args = (x.detach(), y.detach(), gaussian_window(11, 1.5, torch.float64, "cuda"), 1.0, 0.01, 0.03, False)
+    torch.library.opcheck(torch.ops.miga_fast.ssim.default, args)
+    torch.library.opcheck(torch.ops.miga_fast.ssim_value_and_grad.default, args)
+    a, b = _pair(rng, (3, 3, 131, 77))  # many 16 x 16 tiles, ragged edges
+    a, b = a.cuda().requires_grad_(True), b.cuda()
+    for padding in ("valid", "same"):
+        with miga_fast.set_backend("cuda"):
+            got = ops.ssim(a, b, padding=padding)
+            (g,) = torch.autograd.grad(got.sum(), a)
+        want = miga_fast.reference.ssim.ssim(a, b, padding=padding)
+        (w,) = torch.autograd.grad(want.sum(), a)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 @CPU
@@ -217,11 +241,19 @@ def _brute_force_scale(x, delta, tau, n=4001):
     return torch.stack(out)
 
 
+BALL_BACKENDS = ["reference", pytest.param("cpu", marks=CPU),
+                 pytest.param("triton", marks=pytest.mark.skipif(not miga_fast.backends()["triton"]["runs_here"],
+                                                                 reason="Triton cannot run here"))]
+
+
+@pytest.mark.parametrize("backend", BALL_BACKENDS)
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_ball_scale_satisfies_the_constraint_and_is_maximal(padding, rng):
-    x, delta = _ball_inputs(rng, scale=0.6)
+def test_ball_scale_satisfies_the_constraint_and_is_maximal(backend, padding, rng):
+    # small for the Triton interpreter (every window tap is a numpy call on CPU)
+    x, delta = _ball_inputs(rng, (2, 2, 16, 13) if backend == "triton" else (4, 3, 24, 24), scale=0.6)
     tau = 0.97
-    t = ops.ssim_ball_scale(delta, x, tau, padding=padding)
+    with miga_fast.set_backend(backend):
+        t = ops.ssim_ball_scale(delta, x, tau, padding=padding)
     assert ((t >= 0) & (t <= 1)).all() and (t < 1).any()
     s = ops.ssim(x, x + t.reshape(-1, 1, 1, 1) * delta, padding=padding)
     assert (s >= tau - 1e-12).all()
@@ -236,6 +268,33 @@ def test_ball_scale_matches_a_brute_force_search_per_sample_tau(rng):
     t = ops.ssim_ball_scale(delta, x, tau)
     torch.testing.assert_close(t, torch.stack([_brute_force_scale(x[i:i + 1], delta[i:i + 1], float(tau[i]))[0]
                                                for i in range(3)]), rtol=0, atol=3e-4)
+
+
+@pytest.mark.parametrize("backend", BALL_BACKENDS[1:])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ball_scale_kernels_match_the_reference(backend, dtype, rng):
+    """Same moments (float64), same grid: the same t up to a decision right at tau."""
+    shapes = (((4, 3, 23, 31), "valid"), ((3, 1, 9, 12), "same"), ((2, 3, 40, 40), "same"))
+    if backend == "triton":  # small for the interpreter
+        shapes = (((2, 2, 13, 15), "valid"), ((2, 1, 9, 12), "same"))
+    for shape, padding in shapes:
+        x, delta = _ball_inputs(rng, shape, dtype=dtype)
+        tau = torch.rand(shape[0], generator=rng, dtype=torch.float64) * 0.2 + 0.79
+        with miga_fast.set_backend(backend):
+            t_cpu = ops.ssim_ball_scale(delta, x, tau, padding=padding, candidates=9, rounds=4)
+        with miga_fast.set_backend("reference"):
+            t_ref = ops.ssim_ball_scale(delta, x, tau, padding=padding, candidates=9, rounds=4)
+        assert t_cpu.dtype == dtype
+        torch.testing.assert_close(t_cpu, t_ref, rtol=0, atol=1e-6)
+    from miga_fast.reference.ssim import gaussian_window
+
+    x, delta = _ball_inputs(rng, (2, 1, 12, 12))
+    if backend == "triton":
+        importlib.import_module("miga_fast.triton_kernels")
+    namespace = torch.ops.miga_fast_triton if backend == "triton" else torch.ops.miga_fast
+    torch.library.opcheck(namespace.ssim_ball_scale.default,
+                          (delta, x, gaussian_window(11, 1.5, torch.float64), torch.full((2,), 0.9, dtype=torch.float64),
+                           1.0, 0.01, 0.03, False, 8, 3))
 
 
 def test_ball_project_in_place_and_small_deltas_untouched(rng):

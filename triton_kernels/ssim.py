@@ -8,8 +8,13 @@ WITH_GRAD it also writes the four partial maps of the gradient (ssim_loops.h exp
 them). _ssim_grad_kernel: a program per tile of input pixels gathers those maps through
 the transposed window and combines them into d value / d x and d value / d y.
 
-Exposed as the opaque custom ops miga_fast_triton::ssim and ::ssim_value_and_grad (the
-schemas of the C++ ops) with fake kernels; autograd is registered by miga_fast.ops.ssim.
+_ball_moments_kernel / _ball_sums_kernel: the SSIM ball's scale search (the moments of
+(x, delta) once in float64, then per round every candidate scale of every sample scored
+from them).
+
+Exposed as the opaque custom ops miga_fast_triton::ssim, ::ssim_value_and_grad and
+::ssim_ball_scale (the schemas of the C++ ops) with fake kernels; autograd is registered
+by miga_fast.ops.ssim.
 """
 from __future__ import annotations
 
@@ -17,9 +22,36 @@ import torch
 import triton
 import triton.language as tl
 
-from .projection import DEVICE_TYPES
+from .projection import DEVICE_TYPES, POISON
 
 BLOCK = 256
+
+
+@triton.jit
+def _window_moments(x_ptr, y_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K: tl.constexpr, BLOCK: tl.constexpr):
+    """mu_x, mu_y, E[x^2], E[y^2], E[xy] over the k x k Gaussian window (weights g_i g_j,
+    zero padding) at output pixels (oi, oj) of the plane at `base`, in the window's dtype."""
+    dt = win_ptr.dtype.element_ty
+    mx = tl.zeros((BLOCK,), dtype=dt)
+    my = tl.zeros((BLOCK,), dtype=dt)
+    exx = tl.zeros((BLOCK,), dtype=dt)
+    eyy = tl.zeros((BLOCK,), dtype=dt)
+    exy = tl.zeros((BLOCK,), dtype=dt)
+    for i in range(K):
+        gi = tl.load(win_ptr + i)
+        ii = oi + i - PAD
+        for j in range(K):
+            wgt = gi * tl.load(win_ptr + j)
+            jj = oj + j - PAD
+            inb = mask & (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W)
+            xv = tl.load(x_ptr + base + ii * W + jj, mask=inb, other=0.0).to(dt)
+            yv = tl.load(y_ptr + base + ii * W + jj, mask=inb, other=0.0).to(dt)
+            mx += wgt * xv
+            my += wgt * yv
+            exx += wgt * xv * xv
+            eyy += wgt * yv * yv
+            exy += wgt * xv * yv
+    return mx, my, exx, eyy, exy
 
 
 @triton.jit
@@ -33,26 +65,7 @@ def _ssim_kernel(x_ptr, y_ptr, win_ptr, part_ptr, pm_ptr, H, W, HO, WO, PAD, c1,
     oi = offs // WO
     oj = offs % WO
     base = plane * H * W
-    w0 = tl.load(win_ptr)
-    mx = tl.zeros((BLOCK,), dtype=w0.dtype)
-    my = tl.zeros((BLOCK,), dtype=w0.dtype)
-    exx = tl.zeros((BLOCK,), dtype=w0.dtype)
-    eyy = tl.zeros((BLOCK,), dtype=w0.dtype)
-    exy = tl.zeros((BLOCK,), dtype=w0.dtype)
-    for i in range(K):
-        gi = tl.load(win_ptr + i)
-        ii = oi + i - PAD
-        for j in range(K):
-            wgt = gi * tl.load(win_ptr + j)
-            jj = oj + j - PAD
-            inb = mask & (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W)
-            xv = tl.load(x_ptr + base + ii * W + jj, mask=inb, other=0.0).to(w0.dtype)
-            yv = tl.load(y_ptr + base + ii * W + jj, mask=inb, other=0.0).to(w0.dtype)
-            mx += wgt * xv
-            my += wgt * yv
-            exx += wgt * xv * xv
-            eyy += wgt * yv * yv
-            exy += wgt * xv * yv
+    mx, my, exx, eyy, exy = _window_moments(x_ptr, y_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K, BLOCK)
     a = 2 * mx * my + c1
     b = 2 * (exy - mx * my) + c2
     c = mx * mx + my * my + c1
@@ -159,3 +172,96 @@ def _(x, y, *args):
 @ssim_value_and_grad.register_fake
 def _(x, y, *args):
     return x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)
+
+
+# ---------------------------------------------------------------- the SSIM ball
+
+@triton.jit
+def _ball_moments_kernel(x_ptr, d_ptr, win_ptr, mom_ptr, H, W, HO, WO, PAD, K: tl.constexpr, BLOCK: tl.constexpr):
+    """The ball moments of a tile of output pixels in float64: mu_x, mu_d, var_x, var_d,
+    cov_xd, stored as mom[5, planes, HO * WO]."""
+    pid = tl.program_id(0)
+    plane = tl.program_id(1).to(tl.int64)
+    nplanes = tl.num_programs(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < HO * WO
+    oi = offs // WO
+    oj = offs % WO
+    base = plane * H * W
+    # the window is float64 here, so the moments are too
+    mx, md, exx, edd, exd = _window_moments(x_ptr, d_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K, BLOCK)
+    n = HO * WO
+    o = plane * n + offs
+    stride = n * nplanes
+    tl.store(mom_ptr + o, mx, mask=mask)
+    tl.store(mom_ptr + stride + o, md, mask=mask)
+    tl.store(mom_ptr + 2 * stride + o, exx - mx * mx, mask=mask)
+    tl.store(mom_ptr + 3 * stride + o, edd - md * md, mask=mask)
+    tl.store(mom_ptr + 4 * stride + o, exd - mx * md, mask=mask)
+
+
+@triton.jit
+def _ball_sums_kernel(mom_ptr, ts_ptr, part_ptr, C, N, c1, c2, NT: tl.constexpr, BLOCK: tl.constexpr):
+    """part[plane, pid, q] = the sum over this tile of SSIM(x, x + t_q delta), t_q the
+    sample's candidates: the moments are polynomials in t (reference.ssim.ssim_at_scales)."""
+    pid = tl.program_id(0)
+    plane = tl.program_id(1).to(tl.int64)
+    nplanes = tl.num_programs(1)
+    nprog = tl.num_programs(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    o = plane * N + offs
+    stride = N * nplanes
+    mx = tl.load(mom_ptr + o, mask=mask, other=0.0)
+    md = tl.load(mom_ptr + stride + o, mask=mask, other=0.0)
+    vx = tl.load(mom_ptr + 2 * stride + o, mask=mask, other=0.0)
+    vd = tl.load(mom_ptr + 3 * stride + o, mask=mask, other=0.0)
+    cv = tl.load(mom_ptr + 4 * stride + o, mask=mask, other=0.0)
+    sample = plane // C
+    for q in tl.static_range(NT):
+        t = tl.load(ts_ptr + sample * NT + q)
+        my = mx + t * md
+        vy = vx + 2.0 * t * cv + t * t * vd
+        cxy = vx + t * cv
+        s = ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        tl.store(part_ptr + (plane * nprog + pid) * NT + q, tl.sum(tl.where(mask, s, 0.0), axis=0))
+
+
+@torch.library.custom_op("miga_fast_triton::ssim_ball_scale", mutates_args=(), device_types=DEVICE_TYPES)
+def ssim_ball_scale(delta: Tensor, x: Tensor, window: Tensor, tau: Tensor, data_range: float, k1: float,
+                    k2: float, same_padding: bool, candidates: int, rounds: int) -> Tensor:
+    """Per sample the largest t in [0, 1] with SSIM(x, x + t delta) >= tau (the schema of
+    the C++ op): the moments once, then per round one launch that scores every candidate;
+    the choice of the next interval stays on the device (no host sync)."""
+    x, delta = x.contiguous(), delta.contiguous()
+    window = window.to(torch.float64).contiguous()
+    b, c, h, w, k, pad, ho, wo = _geometry(x, window, same_padding)
+    planes, n = b * c, ho * wo
+    mom = torch.empty((5, planes, n), dtype=torch.float64, device=x.device)
+    if POISON:
+        mom.fill_(float("nan"))
+    nprog = triton.cdiv(n, BLOCK)
+    _ball_moments_kernel[(nprog, planes)](x, delta, window, mom, h, w, ho, wo, pad, K=k, BLOCK=BLOCK)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    tau = tau.to(device=x.device, dtype=torch.float64).reshape(-1, 1)
+    lo = torch.zeros(b, 1, dtype=torch.float64, device=x.device)
+    hi = torch.ones_like(lo)
+    grid = torch.linspace(0, 1, candidates, dtype=torch.float64, device=x.device).reshape(1, -1)
+    index = torch.arange(1, candidates + 1, device=x.device)
+    part = torch.empty((planes, nprog, candidates), dtype=torch.float64, device=x.device)
+    for _ in range(rounds):
+        ts = (lo + (hi - lo) * grid).contiguous()
+        if POISON:
+            part.fill_(float("nan"))
+        _ball_sums_kernel[(nprog, planes)](mom, ts, part, c, n, c1, c2, NT=candidates, BLOCK=BLOCK)
+        value = part.sum(1).reshape(b, c, candidates).sum(1) / (c * n)
+        ok = value >= tau
+        ok[:, 0] = True
+        last = (ok * index).argmax(1, keepdim=True)
+        lo, hi = ts.gather(1, last), ts.gather(1, (last + 1).clamp(max=candidates - 1))
+    return lo.squeeze(1).to(x.dtype)
+
+
+@ssim_ball_scale.register_fake
+def _(delta, x, *args):
+    return x.new_empty(x.shape[:1])

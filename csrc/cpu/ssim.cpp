@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/ssim_checks.h"
 #include "dispatch.h"
 
 namespace miga_fast {
@@ -31,19 +32,7 @@ namespace avx2 {
 #endif
 
 void check(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, bool same) {
-  TORCH_CHECK(x.dim() == 4, "miga_fast.ssim: `x` must be [B, C, H, W], got ", x.sizes());
-  TORCH_CHECK(y.sizes() == x.sizes() && y.scalar_type() == x.scalar_type() && y.device() == x.device(),
-              "miga_fast.ssim: `y` must match `x` in shape, dtype and device");
-  TORCH_CHECK(x.device().is_cpu(), "miga_fast.ssim: CPU kernel called with tensors on ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "miga_fast.ssim: the CPU kernel takes float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.size(0) > 0, "miga_fast.ssim: empty batch");
-  TORCH_CHECK(window.dim() == 1 && window.size(0) % 2 == 1 && window.scalar_type() == x.scalar_type() &&
-                  window.device() == x.device(),
-              "miga_fast.ssim: `window` must be a 1-D tensor of odd length in x's dtype and device");
-  const int64_t k = window.size(0);
-  TORCH_CHECK(same || (x.size(2) >= k && x.size(3) >= k),
-              "miga_fast.ssim: images smaller than the window need padding='same'");
+  check_ssim_inputs(x, y, window, same, c10::DeviceType::CPU);
 }
 
 // The window as a vector and C1, C2 in dtype T.
@@ -135,11 +124,78 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at:
   return {per_sample_mean(sums, gm, x.scalar_type()), gx, gy};
 }
 
+// Per sample, the largest t in [0, 1] with SSIM(x, x + t delta) >= tau: the ball moments
+// of every plane once (double; planes in parallel), then `rounds` rounds of `candidates`
+// scales per sample (samples in parallel), each round keeping the largest feasible
+// candidate and refining up to the next one (reference/ssim.py: ssim_ball_scale).
+at::Tensor ssim_ball_scale_cpu(const at::Tensor& delta_in, const at::Tensor& x_in, const at::Tensor& window,
+                               const at::Tensor& tau_in, double data_range, double k1, double k2, bool same_padding,
+                               int64_t candidates, int64_t rounds) {
+  TORCH_CHECK(x_in.dim() == 4 && delta_in.sizes() == x_in.sizes() && delta_in.scalar_type() == x_in.scalar_type(),
+              "miga_fast.ssim_ball_scale: `delta` and `x` must be [B, C, H, W] of one shape and dtype");
+  TORCH_CHECK(x_in.device().is_cpu() && delta_in.device().is_cpu(), "miga_fast.ssim_ball_scale: CPU kernel, got ",
+              x_in.device());
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+              "miga_fast.ssim_ball_scale: the CPU kernel takes float32 or float64, got ", x_in.scalar_type());
+  TORCH_CHECK(window.dim() == 1 && window.size(0) % 2 == 1 && window.scalar_type() == at::kDouble,
+              "miga_fast.ssim_ball_scale: `window` must be a 1-D float64 tensor of odd length");
+  TORCH_CHECK(tau_in.dim() == 1 && tau_in.size(0) == x_in.size(0) && tau_in.scalar_type() == at::kDouble,
+              "miga_fast.ssim_ball_scale: `tau` must be a float64 [B] tensor");
+  TORCH_CHECK(candidates >= 2 && rounds >= 1, "miga_fast.ssim_ball_scale: need candidates >= 2 and rounds >= 1");
+  const int64_t k = window.size(0);
+  TORCH_CHECK(same_padding || (x_in.size(2) >= k && x_in.size(3) >= k),
+              "miga_fast.ssim_ball_scale: images smaller than the window need padding='same'");
+  const at::Tensor x = x_in.contiguous(), delta = delta_in.contiguous(), tau = tau_in.contiguous();
+  const at::Tensor win = window.contiguous();
+  const Geometry gm = geometry(x, k, same_padding);
+  const int64_t ms = gm.ho * gm.wo, plane = gm.h * gm.w;
+  std::vector<double> moments(static_cast<size_t>(gm.b * gm.c * 5 * ms));
+  const double* g = win.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_ball_moments_cpu", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* dp = delta.data_ptr<scalar_t>();
+    at::parallel_for(0, gm.b * gm.c, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<double> scratch;
+      for (int64_t p = p0; p < p1; ++p)
+        MIGA_FAST_CPU_CALL(ball_plane_moments<scalar_t>, xp + p * plane, dp + p * plane, gm.h, gm.w, gm.pad, g,
+                           static_cast<int>(k), moments.data() + p * 5 * ms, scratch);
+    });
+  });
+  const double c1 = (k1 * data_range) * (k1 * data_range), c2 = (k2 * data_range) * (k2 * data_range);
+  const double n = static_cast<double>(gm.c * ms);
+  at::Tensor out = at::empty({gm.b}, x.options().dtype(at::kDouble));
+  double* op = out.data_ptr<double>();
+  const double* tp = tau.data_ptr<double>();
+  const int nt = static_cast<int>(candidates);
+  at::parallel_for(0, gm.b, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> ts(nt), acc(nt);
+    for (int64_t b = b0; b < b1; ++b) {
+      double lo = 0.0, hi = 1.0;
+      for (int64_t r = 0; r < rounds; ++r) {
+        for (int q = 0; q < nt; ++q) ts[q] = lo + (hi - lo) * (static_cast<double>(q) / (nt - 1));
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t c = 0; c < gm.c; ++c)
+          MIGA_FAST_CPU_CALL(ball_ssim_sums, moments.data() + (b * gm.c + c) * 5 * ms, ms, ts.data(), nt, c1, c2,
+                             acc.data());
+        int last = 0;  // t = lo is feasible
+        for (int q = 1; q < nt; ++q)
+          if (acc[q] / n >= tp[b]) last = q;
+        const double new_lo = ts[last];
+        hi = ts[std::min(last + 1, nt - 1)];
+        lo = new_lo;
+      }
+      op[b] = lo;
+    }
+  });
+  return out.to(x.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(miga_fast, CPU, m) {
   m.impl("ssim", &ssim_cpu);
   m.impl("ssim_value_and_grad", &ssim_value_and_grad_cpu);
+  m.impl("ssim_ball_scale", &ssim_ball_scale_cpu);
 }
 
 }  // namespace miga_fast

@@ -197,3 +197,41 @@ double ssim_plane_value_and_grad(const T* x, const T* y, int64_t h, int64_t w, i
   }
   return sum;
 }
+
+// ---------------------------------------------------------------- the SSIM ball
+
+// The ball moments of one plane in double: mu_x, mu_d, var_x, var_d, cov_xd (each ho x wo,
+// written to m). x, d are one h x w plane of x and delta (any float type).
+template <typename S>
+void ball_plane_moments(const S* x, const S* d, int64_t h, int64_t w, int64_t pad, const double* g, int k, double* m,
+                        std::vector<double>& scratch) {
+  std::vector<double> xs(x, x + h * w), ds(d, d + h * w);
+  PlaneBuffers<double> b(xs.data(), ds.data(), h, w, pad, k, 0, scratch);
+  blurred_moments(b.xp, b.yp, b.hp, b.wp, g, k, b.m, b.prod, b.tmp);
+  const int64_t ms = b.ms;
+  const double *mx = b.m, *md = b.m + ms, *exx = b.m + 2 * ms, *edd = b.m + 3 * ms, *exd = b.m + 4 * ms;
+  for (int64_t i = 0; i < ms; ++i) {
+    m[i] = mx[i];
+    m[ms + i] = md[i];
+    m[2 * ms + i] = exx[i] - mx[i] * mx[i];
+    m[3 * ms + i] = edd[i] - md[i] * md[i];
+    m[4 * ms + i] = exd[i] - mx[i] * md[i];
+  }
+}
+
+// acc[q] += sum over the ms pixels of SSIM(x, x + t[q] delta) for the nt candidates t:
+// mu_y = mu_x + t mu_d, var_y = var_x + 2 t cov + t^2 var_d, cov_xy = var_x + t cov
+// (the moments are polynomials in t; reference/ssim.py: ssim_at_scales).
+inline void ball_ssim_sums(const double* m, int64_t ms, const double* t, int nt, double c1, double c2, double* acc) {
+  const double *mu_x = m, *mu_d = m + ms, *var_x = m + 2 * ms, *var_d = m + 3 * ms, *cov = m + 4 * ms;
+  for (int64_t i = 0; i < ms; ++i) {
+    const double mx = mu_x[i], md = mu_d[i], vx = var_x[i], vd = var_d[i], cv = cov[i];
+    for (int q = 0; q < nt; ++q) {
+      const double tq = t[q];
+      const double my = mx + tq * md;
+      const double vy = vx + (2.0 * tq) * cv + tq * tq * vd;
+      const double cxy = vx + tq * cv;
+      acc[q] += ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2));
+    }
+  }
+}

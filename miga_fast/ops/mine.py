@@ -23,6 +23,7 @@ from .. import _backend, _extension
 from .._validation import check_choice, check_finite, check_like, check_tensor, values_checked
 from ..reference import mine as ref
 from ..reference.mine import ACTIVATIONS, BOUNDS, PAIRS
+from ._namespaces import ops_for
 
 KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("mine_row_lse", "CUDA") else ())
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # csrc/common/mine_checks.h
@@ -55,18 +56,8 @@ def _register_cpp() -> None:
     _register_autograd("miga_fast")
 
 
-_triton_ready = []
-
-
 def _ops_for(backend: str):
-    if backend == "triton":
-        if not _triton_ready:
-            from .. import triton_kernels  # noqa: F401  (registers torch.ops.miga_fast_triton)
-
-            _register_autograd("miga_fast_triton")
-            _triton_ready.append(True)
-        return torch.ops.miga_fast_triton
-    return torch.ops.miga_fast
+    return ops_for(backend, "mine", _register_autograd)
 
 
 _register_cpp()

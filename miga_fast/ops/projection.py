@@ -26,6 +26,7 @@ from .._validation import (
     per_sample,
 )
 from ..reference import projection as ref
+from ._namespaces import ops_for
 
 NORMS = ("linf", "l2")
 _OPS = ("pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_")
@@ -43,11 +44,7 @@ _register_fakes()
 
 
 def _ops_for(backend: str):
-    if backend == "triton":
-        from .. import triton_kernels  # noqa: F401  (registers torch.ops.miga_fast_triton)
-
-        return torch.ops.miga_fast_triton
-    return torch.ops.miga_fast
+    return ops_for(backend, "projection")
 
 
 def _check_images(delta, x, **others):

@@ -2,10 +2,11 @@
 inputs, and the SSIM ball.
 
 Backends: the C++ CPU kernel (the value alone, or the value with its gradients from one
-pass over the blurred moments when an input requires grad), the Triton kernels (the same
-math; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and the plain-PyTorch
-reference. The CUDA-extension kernels and the ball's fused kernels come next (issue 4);
-naming a backend that has no kernel for an op is an error. The SSIM map
+pass over the blurred moments when an input requires grad), the CUDA-extension kernels
+(shared-memory tiles, separable blur; a second kernel gathers the gradient), the Triton
+kernels (the same math; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and the
+plain-PyTorch reference. The ball ops run the reference (their fused kernels are open
+work); naming a backend that has no kernel for an op is an error. The SSIM map
 (return_map=True) always comes from the reference.
 """
 from __future__ import annotations
@@ -25,10 +26,13 @@ from .._validation import (
     check_unit_range,
 )
 from ..reference import ssim as ref
+from ._namespaces import ops_for
 
 PADDINGS = ("valid", "same")
-KERNELS = ("cpu", "triton")  # compiled backends that implement ssim() so far
-BALL_KERNELS = ()  # ... and the ball ops
+# compiled backends that implement ssim(): the CUDA kernel where the extension was built with CUDA
+KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("ssim", "CUDA") else ())
+BALL_KERNELS = ("cpu", "triton")  # ... and ssim_ball_scale (the window ball runs the reference)
+WINDOW_BALL_KERNELS = ()
 
 
 def _register_autograd(namespace: str) -> None:
@@ -54,21 +58,12 @@ def _register_cpp() -> None:
     torch.library.register_fake("miga_fast::ssim")(lambda x, y, *args: x.new_empty(x.shape[:1]))
     torch.library.register_fake("miga_fast::ssim_value_and_grad")(
         lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)))
+    torch.library.register_fake("miga_fast::ssim_ball_scale")(lambda delta, x, *args: x.new_empty(x.shape[:1]))
     _register_autograd("miga_fast")
 
 
-_triton_ready = []
-
-
 def _ops_for(backend: str):
-    if backend == "triton":
-        if not _triton_ready:
-            from .. import triton_kernels  # noqa: F401  (registers torch.ops.miga_fast_triton)
-
-            _register_autograd("miga_fast_triton")
-            _triton_ready.append(True)
-        return torch.ops.miga_fast_triton
-    return torch.ops.miga_fast
+    return ops_for(backend, "ssim", _register_autograd)
 
 
 _register_cpp()
@@ -153,10 +148,16 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
     for name, v in (("candidates", candidates), ("rounds", rounds)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "candidates" else 1):
             raise ValueError(f"`{name}` must be an int >= {2 if name == 'candidates' else 1}, got {v!r}")
-    _backend.resolve(x.device, x.dtype, BALL_KERNELS)
+    backend = _backend.resolve(x.device, x.dtype, BALL_KERNELS)
     with torch.no_grad():
-        return ref.ssim_ball_scale(delta, x, tau, float(data_range), win_size, win_sigma, K, padding,
-                                   candidates, rounds)
+        if backend == "reference":
+            return ref.ssim_ball_scale(delta, x, tau, float(data_range), win_size, win_sigma, K, padding,
+                                       candidates, rounds)
+        tau_t = torch.as_tensor(tau, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
+        window = ref.gaussian_window(win_size, win_sigma, torch.float64, x.device)
+        return _ops_for(backend).ssim_ball_scale(delta.detach(), x.detach(), window, tau_t.contiguous(),
+                                                 float(data_range), K[0], K[1], padding == "same", candidates,
+                                                 rounds)
 
 
 def ssim_ball_project_(delta, x, tau, **kwargs):
@@ -188,6 +189,6 @@ def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01
     K = _check_k(K)
     check_unit_range(x, "x")
     check_finite(delta, "delta")
-    _backend.resolve(x.device, x.dtype, BALL_KERNELS)
+    _backend.resolve(x.device, x.dtype, WINDOW_BALL_KERNELS)
     with torch.no_grad():
         return ref.window_ball_project_(delta, x, gamma, window, data_range, K[1])
