@@ -37,6 +37,11 @@ TORCH_LIBRARY(miga_fast, m) {
   m.def(
       "ssim_ball_scale(Tensor delta, Tensor x, Tensor window, Tensor tau, float data_range, float k1, float k2, "
       "bool same_padding, int candidates, int rounds) -> Tensor");
+  // The convex SSIM ball in place: per non-overlapping window x window window of every
+  // plane, the exact projection of delta's zero-mean part onto the zero-mean structural
+  // SSIM ball {S >= gamma} (c_pixel = (K2 * data_range)^2), window means kept; then the box
+  // x + delta in [0, 1]. gamma: [1] or [B] in x's dtype.
+  m.def("ssim_window_ball_project_(Tensor(a!) delta, Tensor x, Tensor gamma, int window, float c_pixel) -> ()");
 
   // MINE family (ALGORITHMS.md section 3). With u = U + b1, v = V [B, H] and w = w2 [H],
   // the critic scores are T_ij = sum_h w_h act(u_ih + v_jh) (b2 is added by the caller);

@@ -5,7 +5,8 @@ shipped denoisers and classifiers. Attacks: MIGA known task, MIGA unknown task (
 minimising I(x; D(x_n + delta))), the denoiser-degradation baseline and end-to-end PGD
 on F o D; each evaluated without a defense and behind each defense (feature squeezing,
 non-local means, DDPM purification where a diffusion model fits the data), the defense
-sitting in front of the classifier. Writes report.md, results.json and PNG grids.
+sitting in front of the classifier; and the unknown task's reference variant (maximise
+I(x_r; D(x_n + delta)) for another image x_r). Writes report.md, results.json and PNG grids.
 """
 from __future__ import annotations
 
@@ -54,13 +55,15 @@ def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: b
     with torch.no_grad():
         denoised = denoiser(x_noisy)
     clean_psnr = float(metrics.psnr(denoised.clamp(0, 1), x).mean())
-    clean_ssim = float(_ssim(denoised, x).mean())
+    clean_ssim = float(metrics.ssim(denoised, x).mean())
     clean_acc = {d: float((_labels(classifier, denoised.clamp(0, 1), f) == y).float().mean())
                  for d, f in defenses.items()}
     reference = x.roll(1, 0)  # each image's neighbour: mostly another class
     attacks = {
         "MIGA (known task)": MIGA(denoiser, classifier, eps=eps, steps=steps, compile=compile),
         "MIGA (unknown task, MINE)": MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, compile=compile),
+        "MIGA (unknown task, reference)": MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0,
+                                               reference=reference, compile=compile),
         "denoiser degradation": DenoiserDegradation(denoiser, classifier, eps=eps, steps=steps, compile=compile),
         "end-to-end PGD on F(D(.))": EndToEndPGD(denoiser, classifier, eps=eps, steps=steps, compile=compile),
     }
@@ -71,10 +74,15 @@ def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: b
         res = attack(x_noisy, labels, x_clean=x)
         adv_out = res.denoised.clamp(0, 1)
         extra = {}
-        if attack_name.startswith("MIGA (unknown"):
+        if attack_name == "MIGA (unknown task, MINE)":
             kw = dict(steps=300, batch_size=64, hidden=64, held_out=0.25)
             extra["mi_before"] = estimate_mi(x, denoised, **kw)
             extra["mi_after"] = estimate_mi(x, res.denoised, **kw)
+        if attack_name == "MIGA (unknown task, reference)":
+            ref_labels = _labels(classifier, reference, None)
+            extra["toward_reference_before"] = float((_labels(classifier, denoised.clamp(0, 1), None)
+                                                      == ref_labels).float().mean())
+            extra["toward_reference_after"] = float((_labels(classifier, adv_out, None) == ref_labels).float().mean())
         for d_name, defense in defenses.items():
             before = _labels(classifier, denoised.clamp(0, 1), defense)
             after = _labels(classifier, adv_out, defense)
@@ -91,12 +99,6 @@ def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: b
             "classifier": setup["classifier"], "clean_psnr": clean_psnr, "clean_ssim": clean_ssim,
             "noisy_psnr": float(metrics.psnr(x_noisy, x).mean()), "clean_accuracy": clean_acc, "rows": rows,
             "grid": str(grid_path)}
-
-
-def _ssim(a, b):
-    from .ops import ssim
-
-    return ssim(a.clamp(0, 1), b, win_size=7 if a.shape[-1] < 16 else 11)
 
 
 def _grid(name, x, x_noisy, res, classifier, out: Path, count: int = 8) -> Path:
@@ -150,6 +152,11 @@ def report_markdown(results: list[dict], seconds: float) -> str:
         if mi:
             lines += ["", f"MI estimate I(x; D(.)) before / after the unknown-task attack: "
                           f"{mi[0]['mi_before']:.2f} / {mi[0]['mi_after']:.2f} nats."]
+        toward = [row for row in r["rows"] if "toward_reference_after" in row]
+        if toward:
+            lines += ["", f"Reference variant (maximise I(x_r; D(.)), x_r: another test image): the classifier "
+                          f"gives the output the reference's label for {toward[0]['toward_reference_before']:.1%} "
+                          f"of the images before and {toward[0]['toward_reference_after']:.1%} after the attack."]
         lines += ["", f"![grid]({Path(r['grid']).name}) rows: clean, noisy, adversarial, denoised clean, denoised "
                       "adversarial (MIGA known task); the classifier's label under each image.", ""]
     lines += [f"Total time {seconds:.0f} s on {torch.get_num_threads()} CPU threads."]
@@ -160,9 +167,9 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         print(f"\n{r['data']}: eps {r['eps'] * 255:.0f}/255, clean pipeline PSNR {r['clean_psnr']:.2f} dB, "
               f"accuracy {r['clean_accuracy']['none']:.1%}")
-        print(f"{'attack':<28} {'defense':<10} {'ASR':>6} {'PSNR':>6} {'SSIM':>6} {'linf':>6} {'l2':>5} {'img/s':>6}")
+        print(f"{'attack':<31} {'defense':<10} {'ASR':>6} {'PSNR':>6} {'SSIM':>6} {'linf':>6} {'l2':>5} {'img/s':>6}")
         for row in r["rows"]:
-            print(f"{row['attack']:<28} {row['defense']:<10} {row['asr']:6.1%} {row['psnr']:6.2f} {row['ssim']:6.3f} "
+            print(f"{row['attack']:<31} {row['defense']:<10} {row['asr']:6.1%} {row['psnr']:6.2f} {row['ssim']:6.3f} "
                   f"{row['linf'] * 255:6.1f} {row['l2']:5.2f} {row['images_per_s']:6.1f}")
 
 

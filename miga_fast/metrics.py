@@ -21,3 +21,19 @@ def predict(model, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
 @torch.no_grad()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     return float((predict(model, x, batch_size) == y.to(x.device)).float().mean())
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM per sample [B] (Gaussian 11 x 11 window; 7 x 7 for images under 16 pixels a
+    side, which an 11-tap window does not fit); x is clamped to [0, 1] first."""
+    from .ops import ssim as _ssim
+
+    win = 7 if min(x.shape[-2:]) < 16 else 11
+    return _ssim(x.clamp(0, data_range), ref, data_range=data_range, win_size=win)
+
+
+def attack_success_rate(success: torch.Tensor, correct_before: torch.Tensor) -> float:
+    """The share of the samples the pipeline got right before the attack (correct_before)
+    that the attack succeeded on; NaN when there are none."""
+    n = int(correct_before.sum())
+    return float((success & correct_before).sum()) / n if n else float("nan")

@@ -30,14 +30,15 @@ def test_demo_command(tmp_path):
     """The main job, small: both data sets, every attack and defense, the report files."""
     out = _cli("demo", "--n", "8", "--steps", "2", "--out", str(tmp_path), timeout=600)
     assert out.returncode == 0, out.stderr
-    for name in ("MIGA (known task)", "MIGA (unknown task, MINE)", "denoiser degradation", "end-to-end PGD"):
+    for name in ("MIGA (known task)", "MIGA (unknown task, MINE)", "MIGA (unknown task, reference)",
+                 "denoiser degradation", "end-to-end PGD"):
         assert name in out.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["data"] for r in results] == ["natural", "digits"]
     defenses = {row["defense"] for row in results[1]["rows"]}
     assert defenses == {"none", "squeeze", "nlm", "diffusion"}
     report = (tmp_path / "report.md").read_text()
-    assert "| attack | defense | ASR |" in report and "MI estimate" in report
+    assert "| attack | defense | ASR |" in report and "MI estimate" in report and "Reference variant" in report
     assert (tmp_path / "grid_natural.png").stat().st_size > 1000
     assert (tmp_path / "grid_digits.png").stat().st_size > 1000
 

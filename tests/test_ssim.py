@@ -74,13 +74,13 @@ def test_gradients_in_both_inputs_float64(rng):
     torch.testing.assert_close(gy, ty)
 
 
-def test_named_backend_without_a_kernel_is_an_error(rng):
+def test_named_backend_that_cannot_run_is_an_error(rng):
     x, y = _pair(rng, (1, 1, 16, 16))
-    with miga_fast.set_backend("cpu"):  # the window ball has no compiled kernel
-        with pytest.raises(miga_fast.BackendUnavailableError, match="no kernel for this op yet"):
-            ops.ssim_window_ball_project_(y - x, x, 0.9)
+    with miga_fast.set_backend("cpu"):  # float16 has no C++ kernel: an error, not the reference
+        with pytest.raises(miga_fast.BackendUnavailableError, match="float32/float64"):
+            ops.ssim_window_ball_project_((y - x).half(), x.half(), 0.9)
     with miga_fast.set_backend("reference"):
-        ops.ssim_window_ball_project_(y - x, x, 0.9)
+        ops.ssim_window_ball_project_((y - x).half(), x.half(), 0.9)
 
 
 # ----------------------------------------------------------------------------- the CPU kernel
@@ -341,14 +341,16 @@ def _window_inputs(rng, shape=(2, 3, 20, 13), scale=0.08):
     return x, delta
 
 
+@pytest.mark.parametrize("backend", BALL_BACKENDS)
 @pytest.mark.parametrize("gamma", [0.9, 0.99])
-def test_window_ball_lands_in_every_ball_and_is_the_nearest_point(gamma, rng):
+def test_window_ball_lands_in_every_ball_and_is_the_nearest_point(backend, gamma, rng):
     from miga_fast.reference.ssim import structural_ssim_windows, window_ids
 
     x, d0 = _window_inputs(rng)
     before = structural_ssim_windows(x, d0)
     assert (before < gamma).any()  # some windows start outside
-    d = ops.ssim_window_ball_project_(d0.clone(), x, gamma, window=8)
+    with miga_fast.set_backend(backend):
+        d = ops.ssim_window_ball_project_(d0.clone(), x, gamma, window=8)
     after = structural_ssim_windows(x, d)
     assert (after >= gamma - 1e-10).all()
     active = before < gamma
@@ -373,13 +375,39 @@ def test_window_ball_lands_in_every_ball_and_is_the_nearest_point(gamma, rng):
             assert cos > 1 - 1e-9
 
 
-def test_window_ball_is_idempotent_per_sample_gamma(rng):
+@pytest.mark.parametrize("backend", BALL_BACKENDS)
+def test_window_ball_is_idempotent_per_sample_gamma(backend, rng):
     x, d0 = _window_inputs(rng, (3, 1, 16, 16))
     gamma = torch.tensor([0.8, 0.95, 0.999], dtype=torch.float64)
-    once = ops.ssim_window_ball_project_(d0.clone(), x, gamma)
-    twice = ops.ssim_window_ball_project_(once.clone(), x, gamma)
+    with miga_fast.set_backend(backend):
+        once = ops.ssim_window_ball_project_(d0.clone(), x, gamma)
+        twice = ops.ssim_window_ball_project_(once.clone(), x, gamma)
     torch.testing.assert_close(twice, once, rtol=0, atol=1e-12)
     assert not torch.equal(once[0], d0[0]) or not torch.equal(once[2], d0[2])
+
+
+@pytest.mark.parametrize("backend", BALL_BACKENDS[1:])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_ball_kernels_match_the_reference(backend, dtype, rng):
+    for shape, window in (((2, 3, 20, 13), 8), ((3, 1, 9, 16), 5), ((1, 2, 7, 7), 8)):
+        x, d0 = _window_inputs(rng, shape)
+        x, d0 = x.to(dtype), d0.to(dtype)
+        gamma = torch.rand(shape[0], generator=rng, dtype=torch.float64).to(dtype) * 0.2 + 0.79
+        with miga_fast.set_backend(backend):
+            got = ops.ssim_window_ball_project_(d0.clone(), x, gamma, window=window)
+            strided = d0.clone().transpose(2, 3).contiguous().transpose(2, 3)  # a non-contiguous delta
+            ops.ssim_window_ball_project_(strided, x, gamma, window=window)
+        with miga_fast.set_backend("reference"):
+            want = ops.ssim_window_ball_project_(d0.clone(), x, gamma, window=window)
+        tol = dict(rtol=0, atol=1e-5) if dtype == torch.float32 else dict(rtol=0, atol=1e-12)
+        torch.testing.assert_close(got, want, **tol)
+        torch.testing.assert_close(strided, want, **tol)
+    if backend == "triton":
+        importlib.import_module("miga_fast.triton_kernels")
+    namespace = torch.ops.miga_fast_triton if backend == "triton" else torch.ops.miga_fast
+    x, d0 = _window_inputs(rng, (2, 1, 9, 9))
+    torch.library.opcheck(namespace.ssim_window_ball_project_.default,
+                          (d0.clone(), x, torch.tensor([0.9, 0.8], dtype=torch.float64), 4, 0.03 ** 2))
 
 
 def test_window_ball_then_box(rng):

@@ -265,3 +265,51 @@ def ssim_ball_scale(delta: Tensor, x: Tensor, window: Tensor, tau: Tensor, data_
 @ssim_ball_scale.register_fake
 def _(delta, x, *args):
     return x.new_empty(x.shape[:1])
+
+
+@triton.jit
+def _window_ball_kernel(d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    """A program per (window, plane): the exact projection of delta's zero-mean part onto
+    the window's structural-SSIM ball, window mean kept, then the box (reference/ssim.py:
+    window_ball_project_)."""
+    wid = tl.program_id(0)
+    plane = tl.program_id(1).to(tl.int64)
+    k = tl.arange(0, BLOCK)
+    rows = (wid // NWX) * WIN + k // WIN
+    cols = (wid % NWX) * WIN + k % WIN
+    mask = (k < WIN * WIN) & (rows < H) & (cols < W)
+    p = plane * H * W + rows * W + cols
+    xv = tl.load(x_ptr + p, mask=mask, other=0.0)
+    dv = tl.load(d_ptr + p, mask=mask, other=0.0)
+    cnt = tl.sum(mask.to(xv.dtype), axis=0)
+    g = tl.load(g_ptr + (plane // C) * GSTRIDE)
+    a = (1.0 - g) / g
+    u = tl.where(mask, xv - tl.sum(xv, axis=0) / cnt, 0.0)
+    md = tl.sum(dv, axis=0) / cnt
+    off = tl.where(mask, (dv - md) - a * u, 0.0)
+    uu = tl.sum(u * u, axis=0)
+    oo = tl.sum(off * off, axis=0)
+    r2 = a * (2.0 * uu + cnt * c_pixel) + a * a * uu
+    scale = tl.where(oo > r2, tl.sqrt(r2 / tl.maximum(oo, 1e-300)), 1.0)
+    v = xv + (md + a * u + off * scale)
+    tl.store(d_ptr + p, tl.minimum(tl.maximum(v, 0.0), 1.0) - xv, mask=mask)
+
+
+@torch.library.custom_op("miga_fast_triton::ssim_window_ball_project_", mutates_args=("delta",),
+                         device_types=DEVICE_TYPES)
+def ssim_window_ball_project_(delta: Tensor, x: Tensor, gamma: Tensor, window: int, c_pixel: float) -> None:
+    if not delta.is_contiguous():
+        raise ValueError("miga_fast_triton.ssim_window_ball_project_: `delta` must be contiguous")
+    x = x.contiguous()
+    b, c, h, w = x.shape
+    nwy, nwx = triton.cdiv(h, window), triton.cdiv(w, window)
+    gamma = gamma.contiguous()
+    block = triton.next_power_of_2(window * window)
+    _window_ball_kernel[(nwy * nwx, b * c)](delta, x, gamma, c, h, w, nwx, 0 if gamma.numel() == 1 else 1,
+                                            c_pixel, WIN=window, BLOCK=block)
+
+
+@ssim_window_ball_project_.register_fake
+def _(delta, x, gamma, window, c_pixel):
+    return None

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -190,9 +191,42 @@ at::Tensor ssim_ball_scale_cpu(const at::Tensor& delta_in, const at::Tensor& x_i
   return out.to(x.scalar_type());
 }
 
+// In place: the window ball of every (b, c) plane (planes in parallel), then the box.
+void ssim_window_ball_project_cpu(at::Tensor& delta, const at::Tensor& x_in, const at::Tensor& gamma_in,
+                                  int64_t window, double c_pixel) {
+  TORCH_CHECK(x_in.dim() == 4 && delta.sizes() == x_in.sizes() && delta.scalar_type() == x_in.scalar_type(),
+              "miga_fast.ssim_window_ball_project_: `delta` and `x` must be [B, C, H, W] of one shape and dtype");
+  TORCH_CHECK(x_in.device().is_cpu() && delta.device().is_cpu(), "miga_fast.ssim_window_ball_project_: CPU kernel");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
+              "miga_fast.ssim_window_ball_project_: float32 or float64, got ", x_in.scalar_type());
+  TORCH_CHECK(window >= 1, "miga_fast.ssim_window_ball_project_: window must be >= 1");
+  TORCH_CHECK(gamma_in.dim() == 1 && (gamma_in.size(0) == 1 || gamma_in.size(0) == x_in.size(0)) &&
+                  gamma_in.scalar_type() == x_in.scalar_type(),
+              "miga_fast.ssim_window_ball_project_: `gamma` must be [1] or [B] in x's dtype");
+  const at::Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous();
+  at::Tensor d = delta.is_contiguous() ? delta : delta.contiguous();
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_window_ball_cpu", [&] {
+    using T = scalar_t;
+    const T* xp = x.data_ptr<T>();
+    T* dp = d.data_ptr<T>();
+    const T* gp = gamma.data_ptr<T>();
+    const int64_t gstride = gamma.size(0) == 1 ? 0 : 1;
+    at::parallel_for(0, B * C, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const T g = gp[(p / C) * gstride];
+        MIGA_FAST_CPU_CALL(window_ball_plane<T>, dp + p * H * W, xp + p * H * W, H, W, window, (T(1) - g) / g,
+                           static_cast<T>(c_pixel));
+      }
+    });
+  });
+  if (!d.is_same(delta)) delta.copy_(d);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(miga_fast, CPU, m) {
+  m.impl("ssim_window_ball_project_", &ssim_window_ball_project_cpu);
   m.impl("ssim", &ssim_cpu);
   m.impl("ssim_value_and_grad", &ssim_value_and_grad_cpu);
   m.impl("ssim_ball_scale", &ssim_ball_scale_cpu);

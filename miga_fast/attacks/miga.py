@@ -51,6 +51,7 @@ class AttackResult:
     psnr: torch.Tensor                 # of D(x_n + delta) against the clean image (x_ref without one)
     ssim: torch.Tensor
     psnr_vs_denoised: torch.Tensor     # of D(x_n + delta) against D(x_n)
+    ssim_vs_denoised: torch.Tensor
     linf: torch.Tensor
     l2: torch.Tensor
     losses: dict[str, list[float]]     # the mean of each loss term at every step
@@ -60,12 +61,12 @@ class AttackResult:
         """Success over the samples the pipeline got right before the attack."""
         if self.success is None or self.correct_before is None:
             return None
-        n = int(self.correct_before.sum())
-        return float((self.success & self.correct_before).sum()) / n if n else float("nan")
+        return metrics.attack_success_rate(self.success, self.correct_before)
 
     def summary(self) -> dict:
         return {"n": int(self.delta.shape[0]), "asr": self.attack_success_rate(),
                 "psnr": float(self.psnr.mean()), "ssim": float(self.ssim.mean()),
+                "ssim_vs_denoised": float(self.ssim_vs_denoised.mean()),
                 "psnr_vs_denoised": float(self.psnr_vs_denoised[torch.isfinite(self.psnr_vs_denoised)].mean())
                 if torch.isfinite(self.psnr_vs_denoised).any() else float("inf"),
                 "linf": float(self.linf.max()), "l2": float(self.l2.mean()),
@@ -235,8 +236,9 @@ class DenoiserAttack:
         return AttackResult(
             adversarial=x_adv.cpu(), denoised=out.cpu(), denoised_clean=denoised_clean.cpu(), delta=delta.cpu(),
             success=success, correct_before=correct,
-            psnr=metrics.psnr(out.clamp(0, 1), target).cpu(), ssim=ops.ssim(out.clamp(0, 1), target).cpu(),
+            psnr=metrics.psnr(out.clamp(0, 1), target).cpu(), ssim=metrics.ssim(out, target).cpu(),
             psnr_vs_denoised=metrics.psnr(out, denoised_clean).cpu(),
+            ssim_vs_denoised=metrics.ssim(out, denoised_clean.clamp(0, 1)).cpu(),
             linf=flat.abs().amax(1).cpu(), l2=flat.norm(dim=1).cpu(), losses=losses, seconds=seconds)
 
     # ------------------------------------------------------------------ a dataset
@@ -327,7 +329,8 @@ def _batches(data, batch_size):
 
 
 def _per_sample(res: AttackResult) -> dict:
-    rec = {"psnr": res.psnr.tolist(), "ssim": res.ssim.tolist(), "linf": res.linf.tolist(), "l2": res.l2.tolist(),
+    rec = {"psnr": res.psnr.tolist(), "ssim": res.ssim.tolist(), "ssim_vs_denoised": res.ssim_vs_denoised.tolist(),
+           "linf": res.linf.tolist(), "l2": res.l2.tolist(),
            "psnr_vs_denoised": [x if math.isfinite(x) else None for x in res.psnr_vs_denoised.tolist()],
            "seconds": res.seconds}
     if res.success is not None:
@@ -342,6 +345,7 @@ def _summarise(records: list[dict]) -> dict:
 
     n = sum(r["n"] for r in records)
     summary = {"n": n, "batches": len(records), "psnr": _mean(flat("psnr")), "ssim": _mean(flat("ssim")),
+               "psnr_vs_denoised": _mean(flat("psnr_vs_denoised")), "ssim_vs_denoised": _mean(flat("ssim_vs_denoised")),
                "linf": max(flat("linf"), default=float("nan")), "l2": _mean(flat("l2")),
                "images_per_s": n / max(sum(r["seconds"] for r in records), 1e-9)}
     if all("success" in r for r in records):

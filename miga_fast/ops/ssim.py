@@ -31,8 +31,8 @@ from ._namespaces import ops_for
 PADDINGS = ("valid", "same")
 # compiled backends that implement ssim(): the CUDA kernel where the extension was built with CUDA
 KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("ssim", "CUDA") else ())
-BALL_KERNELS = ("cpu", "triton")  # ... and ssim_ball_scale (the window ball runs the reference)
-WINDOW_BALL_KERNELS = ()
+BALL_KERNELS = ("cpu", "triton")  # ... ssim_ball_scale
+WINDOW_BALL_KERNELS = ("cpu", "triton")  # ... and ssim_window_ball_project_
 
 
 def _register_autograd(namespace: str) -> None:
@@ -59,6 +59,7 @@ def _register_cpp() -> None:
     torch.library.register_fake("miga_fast::ssim_value_and_grad")(
         lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)))
     torch.library.register_fake("miga_fast::ssim_ball_scale")(lambda delta, x, *args: x.new_empty(x.shape[:1]))
+    torch.library.register_fake("miga_fast::ssim_window_ball_project_")(lambda *args: None)
     _register_autograd("miga_fast")
 
 
@@ -189,6 +190,13 @@ def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01
     K = _check_k(K)
     check_unit_range(x, "x")
     check_finite(delta, "delta")
-    _backend.resolve(x.device, x.dtype, WINDOW_BALL_KERNELS)
+    backend = _backend.resolve(x.device, x.dtype, WINDOW_BALL_KERNELS)
     with torch.no_grad():
-        return ref.window_ball_project_(delta, x, gamma, window, data_range, K[1])
+        if backend == "reference":
+            return ref.window_ball_project_(delta, x, gamma, window, data_range, K[1])
+        g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1).contiguous()
+        target = delta if delta.is_contiguous() else delta.contiguous()
+        _ops_for(backend).ssim_window_ball_project_(target, x, g, window, (K[1] * data_range) ** 2)
+        if target is not delta:
+            delta.copy_(target)
+        return delta
