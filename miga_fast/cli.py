@@ -116,8 +116,7 @@ def _demo(args) -> int:
         return 2
     print(f"miga-fast demo: MIGA and baselines on the shipped models ({args.n} images per data set, "
           f"{args.steps} steps); output in {args.out}/", flush=True)
-    results = demo.run(args.out, n=args.n, steps=args.steps, compile=args.compile,
-                       log=lambda s: print(s, flush=True))
+    results = demo.run(args.out, n=args.n, steps=args.steps, compile=args.compile)  # draws a progress bar
     demo.print_table(results)
     out = Path(args.out)
     print(f"\nwrote {out / 'report.md'}, {out / 'results.json'} and "

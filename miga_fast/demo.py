@@ -30,6 +30,10 @@ SETUPS = {
 }
 
 
+ATTACKS = ("MIGA (known task)", "MIGA (unknown task, MINE)", "MIGA (unknown task, reference)",
+           "denoiser degradation", "end-to-end PGD on F(D(.))")
+
+
 def _defenses(setup: dict) -> dict:
     out = {"none": None, "squeeze": FeatureSqueeze(bits=5, median=2), "nlm": NonLocalMeans(sigma=0.04)}
     if setup["diffusion"]:
@@ -42,7 +46,8 @@ def _labels(classifier, images, defense):
     return classifier(defense(images) if defense is not None else images).argmax(1)
 
 
-def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: bool, log=print) -> dict:
+def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: bool, log=print,
+              progress=None) -> dict:
     setup = SETUPS[name]
     x, y = setup["loader"]()
     g = torch.Generator().manual_seed(0)
@@ -59,17 +64,19 @@ def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: b
     clean_acc = {d: float((_labels(classifier, denoised.clamp(0, 1), f) == y).float().mean())
                  for d, f in defenses.items()}
     reference = x.roll(1, 0)  # each image's neighbour: mostly another class
-    attacks = {
-        "MIGA (known task)": MIGA(denoiser, classifier, eps=eps, steps=steps, compile=compile),
-        "MIGA (unknown task, MINE)": MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, compile=compile),
-        "MIGA (unknown task, reference)": MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0,
-                                               reference=reference, compile=compile),
-        "denoiser degradation": DenoiserDegradation(denoiser, classifier, eps=eps, steps=steps, compile=compile),
-        "end-to-end PGD on F(D(.))": EndToEndPGD(denoiser, classifier, eps=eps, steps=steps, compile=compile),
-    }
+    attacks = dict(zip(ATTACKS, (
+        MIGA(denoiser, classifier, eps=eps, steps=steps, compile=compile),
+        MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, compile=compile),
+        MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, reference=reference, compile=compile),
+        DenoiserDegradation(denoiser, classifier, eps=eps, steps=steps, compile=compile),
+        EndToEndPGD(denoiser, classifier, eps=eps, steps=steps, compile=compile),
+    )))
     rows, grids = [], {}
     for attack_name, attack in attacks.items():
-        log(f"  {name}: {attack_name} ...")
+        if progress is not None:
+            progress(f"{name}: {attack_name}")
+        else:
+            log(f"  {name}: {attack_name} ...")
         labels = y if attack.classifier is not None else None
         res = attack(x_noisy, labels, x_clean=x)
         adv_out = res.denoised.clamp(0, 1)
@@ -173,15 +180,35 @@ def print_table(results: list[dict]) -> None:
                   f"{row['linf'] * 255:6.1f} {row['l2']:5.2f} {row['images_per_s']:6.1f}")
 
 
+class _ProgressBar:
+    """One line, redrawn: [#####.....] k/total  what is running now."""
+
+    def __init__(self, total: int):
+        self.total, self.k = total, 0
+
+    def __call__(self, what: str) -> None:
+        width = 30
+        filled = width * self.k // self.total
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.k}/{self.total}  {what:<45}", end="", flush=True)
+        self.k += 1
+
+    def done(self) -> None:
+        print(f"\r[{'#' * 30}] {self.total}/{self.total}  {'done':<45}", flush=True)
+
+
 def run(out_dir="miga-fast-demo", n: int = 64, steps: int = 20, sigma: float = 25.0, compile: bool = False,
         setups=("natural", "digits"), log=print) -> list[dict]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = []
+    bar = _ProgressBar(len(setups) * len(ATTACKS)) if log is print else None
     for i, name in enumerate(setups):
-        log(f"[{i + 1}/{len(setups)}] {name}")
-        results.append(run_setup(name, n, steps, sigma, out, compile, log))
+        if bar is None:
+            log(f"[{i + 1}/{len(setups)}] {name}")
+        results.append(run_setup(name, n, steps, sigma, out, compile, log, progress=bar))
+    if bar is not None:
+        bar.done()
     seconds = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(results, seconds))
