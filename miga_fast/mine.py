@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._validation import check_choice, check_finite, check_scalar
+from ._validation import check_choice, check_finite, check_scalar, value_checks
 from .reference.mine import ACTIVATIONS, BOUNDS, PAIRS
 
 _ACT_MODULES = {"relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
@@ -174,7 +174,12 @@ class MINE:
         self.log_ma: torch.Tensor | None = None  # log of the moving average of E_Q[e^T]
 
     def loss(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """(surrogate loss to minimise, the bound's value) on one batch."""
+        """(surrogate loss to minimise, the bound's value) on one batch. The ops' data-reading
+        checks (NaN scans: host syncs) are off here: this runs in training loops."""
+        with value_checks(False):
+            return self._loss(x, y)
+
+    def _loss(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bound != "dv":
             value = self.critic.bound(x, y, bound=self.bound, pairs=self.pairs)
             return -value, value.detach()
