@@ -1,8 +1,6 @@
 // Torch glue of the CUDA MINE kernels (mine_kernels.cu): checks, contiguity, the current
 // stream, zeroed accumulators, the final scaling by w2 and the sum over rows of d/dw.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -10,6 +8,7 @@
 
 #include "../common/mine_checks.h"
 #include "mine.h"
+#include "glue.h"
 
 namespace miga_fast {
 namespace {
@@ -30,14 +29,14 @@ cuda::MineArgs make_args(const at::Tensor& u, const at::Tensor& v, const at::Ten
 
 at::Tensor mine_row_lse_cuda(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
                              int64_t activation, bool exclude_diag) {
-  check_mine_inputs("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(u_in.device());
+  check_mine_inputs("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, glue::kDevice);
+  const glue::DeviceGuard guard(u_in.device());
   const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
   at::Tensor lse = at::empty({u.size(0)}, u.options());
   if (std::getenv("MIGA_FAST_POISON") != nullptr) lse.fill_(std::numeric_limits<double>::quiet_NaN());
   cuda::MineArgs a = make_args(u, v, w, activation, exclude_diag);
   a.out = lse.data_ptr();
-  const cudaError_t err = cuda::launch_mine_row_lse(a, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = cuda::launch_mine_row_lse(a, glue::current_stream());
   TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA mine_row_lse kernel failed: ", cudaGetErrorString(err));
   return lse;
 }
@@ -48,9 +47,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cuda(const 
                                                                         const at::Tensor& w_in,
                                                                         const at::Tensor& lse_in,
                                                                         int64_t activation, bool exclude_diag) {
-  check_mine_inputs("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, c10::DeviceType::CUDA);
+  check_mine_inputs("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, glue::kDevice);
   check_mine_backward("miga_fast.mine_row_lse_backward", u_in, grad_in, lse_in);
-  const c10::cuda::CUDAGuard guard(u_in.device());
+  const glue::DeviceGuard guard(u_in.device());
   const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
   const at::Tensor g = grad_in.contiguous(), lse = lse_in.contiguous();
   at::Tensor gu = at::zeros_like(u), gv = at::zeros_like(v), gw_rows = at::zeros_like(u);
@@ -60,14 +59,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cuda(const 
   a.gu = gu.data_ptr();
   a.gv = gv.data_ptr();
   a.gw_rows = gw_rows.data_ptr();
-  const cudaError_t err = cuda::launch_mine_row_lse_backward(a, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = cuda::launch_mine_row_lse_backward(a, glue::current_stream());
   TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA mine_row_lse_backward kernel failed: ", cudaGetErrorString(err));
   return {gu.mul_(w), gv.mul_(w), gw_rows.sum(0)};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(miga_fast, CUDA, m) {
+MIGA_FAST_CUDA_IMPL(m) {
   m.impl("mine_row_lse", &mine_row_lse_cuda);
   m.impl("mine_row_lse_backward", &mine_row_lse_backward_cuda);
 }

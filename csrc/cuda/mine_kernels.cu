@@ -9,12 +9,12 @@
 // puts p_ij = g_i exp(T_ij - lse_i) in shared memory, and thread (ty, tx) then adds the
 // tile's contribution for hidden units tx, tx + 16, ... of its row (or column) to the
 // output, which only this block writes: no atomics, deterministic.
-#include <cuda_runtime.h>
 
 #include <cmath>
 #include <limits>
 
 #include "../common/mine_math.h"
+#include "device.h"
 #include "mine.h"
 
 namespace miga_fast {
@@ -172,7 +172,7 @@ cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>((a.batch + kTile - 1) / kTile);
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
-    lse_kernel<Act, T><<<grid, block, 0, stream>>>(static_cast<const T*>(a.u), static_cast<const T*>(a.v),
+    MIGA_FAST_LAUNCH(grid, block, 0, stream, lse_kernel<Act, T>)(static_cast<const T*>(a.u), static_cast<const T*>(a.v),
                                                    static_cast<const T*>(a.w), static_cast<T*>(a.out), a.batch,
                                                    a.hidden, a.exclude_diag);
     return cudaGetLastError();
@@ -187,12 +187,12 @@ cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
     using Act = decltype(act);
     const T *u = static_cast<const T*>(a.u), *v = static_cast<const T*>(a.v), *w = static_cast<const T*>(a.w);
     const T *g = static_cast<const T*>(a.grad), *lse = static_cast<const T*>(a.lse);
-    grad_rows_kernel<Act, T><<<grid, block, 0, stream>>>(u, v, w, g, lse, static_cast<T*>(a.gu),
+    MIGA_FAST_LAUNCH(grid, block, 0, stream, grad_rows_kernel<Act, T>)(u, v, w, g, lse, static_cast<T*>(a.gu),
                                                          static_cast<T*>(a.gw_rows), a.batch, a.hidden,
                                                          a.exclude_diag);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    grad_cols_kernel<Act, T><<<grid, block, 0, stream>>>(u, v, w, g, lse, static_cast<T*>(a.gv), a.batch,
+    MIGA_FAST_LAUNCH(grid, block, 0, stream, grad_cols_kernel<Act, T>)(u, v, w, g, lse, static_cast<T*>(a.gv), a.batch,
                                                          a.hidden, a.exclude_diag);
     return cudaGetLastError();
   });

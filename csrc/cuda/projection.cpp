@@ -1,14 +1,13 @@
 // Torch glue of the CUDA projection kernels: checks, contiguity, the current stream,
 // the workspace, dtype mapping. The kernels are in projection_kernels.cu (raw pointers only).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdlib>
 
 #include "../common/projection_checks.h"
 #include "projection.h"
+#include "glue.h"
 
 namespace miga_fast {
 namespace {
@@ -35,10 +34,10 @@ DType to_dtype(at::ScalarType t) {
 void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
          const at::Tensor& x, const at::Tensor& eps, const at::Tensor* alpha, double mu,
          double direction) {
-  TORCH_CHECK(delta.device().is_cuda(), "miga_fast: CUDA kernel called with `delta` on ",
+  TORCH_CHECK(delta.device().type() == glue::kDevice, "miga_fast: CUDA kernel called with `delta` on ",
               delta.device());
   const DType dtype = to_dtype(delta.scalar_type());
-  const c10::cuda::CUDAGuard guard(delta.device());
+  const glue::DeviceGuard guard(delta.device());
   const ProjectionCall c(delta, momentum, grad, x, eps, alpha);
   if (c.n == 0) return;
 
@@ -56,7 +55,7 @@ void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at:
   a.mu = mu;
   a.direction = direction;
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const cudaStream_t stream = glue::current_stream();
   at::Tensor workspace;
   if (kind != ProjectionKind::kLinf) {
     const auto bytes = static_cast<int64_t>(cuda::projection_workspace_bytes(a.batch, a.n));
@@ -85,6 +84,6 @@ void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(miga_fast, CUDA, m) { ProjectionOps<&run>::register_all(m); }
+MIGA_FAST_CUDA_IMPL(m) { ProjectionOps<&run>::register_all(m); }
 
 }  // namespace miga_fast

@@ -8,11 +8,11 @@
 // Every kernel computes in float (double for float64 data) and rounds once on store.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "../common/projection_math.h"
+#include "device.h"
 #include "projection.h"
 
 namespace miga_fast {
@@ -121,10 +121,10 @@ cudaError_t launch_linf_typed(const ProjectionArgs& a, cudaStream_t stream) {
   const A dir = static_cast<A>(a.direction);
   if (vec_ok) {
     const int64_t packs = total / kVec;
-    linf_kernel<T, kVec, HAS_GRAD><<<grid_for(packs), kThreads, 0, stream>>>(
+    MIGA_FAST_LAUNCH(grid_for(packs), kThreads, 0, stream, linf_kernel<T, kVec, HAS_GRAD>)(
         d, g, x, eps, a.eps_stride, alpha, a.alpha_stride, dir, a.n, packs);
   } else {
-    linf_kernel<T, 1, HAS_GRAD><<<grid_for(total), kThreads, 0, stream>>>(
+    MIGA_FAST_LAUNCH(grid_for(total), kThreads, 0, stream, linf_kernel<T, 1, HAS_GRAD>)(
         d, g, x, eps, a.eps_stride, alpha, a.alpha_stride, dir, a.n, total);
   }
   return cudaGetLastError();
@@ -280,10 +280,10 @@ cudaError_t launch_two_pass(const ProjectionArgs& a, cudaStream_t stream) {
   auto* partials = static_cast<double*>(a.workspace);
   T* d = static_cast<T*>(a.delta);
   const T* g = static_cast<const T*>(a.grad);
-  reduce_kernel<T, MODE><<<grid, kThreads, 0, stream>>>(d, g, a.batch, a.n, partials);
+  MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE>)(d, g, a.batch, a.n, partials);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  update_kernel<T, MODE><<<grid, kThreads, 0, stream>>>(
+  MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, update_kernel<T, MODE>)(
       d, static_cast<T*>(a.momentum), g, static_cast<const T*>(a.x),
       static_cast<const A*>(a.eps), a.eps_stride, static_cast<const A*>(a.alpha),
       a.alpha_stride, static_cast<A>(a.mu), static_cast<A>(a.direction), a.batch, a.n,
