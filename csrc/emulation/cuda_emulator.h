@@ -1,0 +1,374 @@
+// A CUDA emulator for testing the kernels in csrc/cuda/ on a machine without a GPU.
+//
+// The .cu files are compiled as plain C++ with MIGA_FAST_CUDA_EMULATION defined (see
+// csrc/cuda/device.h and csrc/emulation/README.md). Every CUDA thread of a block becomes
+// a fiber (ucontext) on one OS thread; fibers switch only at __syncthreads and warp
+// shuffles, so a run is deterministic and a missing barrier shows: a thread that reads
+// shared memory before the threads meant to write it have run sees the poison (0xFF
+// bytes, NaN as float or double) that fills dynamic shared memory before every block.
+//
+// What it checks beyond the results:
+//   - __syncthreads reached by every thread of the block the same number of times
+//     (a barrier in divergent code, or a thread that returned before one, is an error);
+//   - a warp shuffle whose source lane has exited or sits at another barrier (deadlock);
+//   - the launch configuration: block size, grid size, and dynamic shared memory against
+//     48 KiB, or against the limit a kernel opted into with cudaFuncSetAttribute (at most
+//     the H100's 227 KiB, which the emulated device reports).
+// What it does not model: concurrency between blocks (they run one after another),
+// memory coalescing, timing, fused multiply-add contraction (nvcc fuses by default, so
+// float results differ from a GPU's in the last bits).
+#pragma once
+
+#ifndef MIGA_FAST_CUDA_EMULATION
+#error "cuda_emulator.h is for the emulated build only (MIGA_FAST_CUDA_EMULATION)"
+#endif
+
+#include <cuda_runtime_api.h>
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+// Device qualifiers become host C++; __shared__ variables become function statics, which
+// every fiber of the (single running) block shares, as a block shares shared memory. They
+// are placed in one ELF section, which is poisoned (0xFF) before every block as the
+// dynamic shared memory is: stale values from an earlier block cannot hide a race.
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __shared__
+#undef __align__
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __launch_bounds__(...)
+#define __shared__ static __attribute__((section("miga_fast_emu_shared")))
+#define __align__(n) alignas(n)
+
+namespace miga_fast {
+namespace emu {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kDefaultDynamicShared = 48 * 1024;
+constexpr int kMaxSharedOptIn = 227 * 1024;  // an H100's cudaDevAttrMaxSharedMemoryPerBlockOptin
+constexpr int kEmulatedSms = 2;  // small, so grid-stride loops and partial grids get exercised
+
+enum class State { kRunnable, kAtSyncthreads, kAtShuffle, kDone };
+
+struct Fiber {
+  ucontext_t context{};
+  std::unique_ptr<char[]> stack;
+  uint3 index{};
+  int warp = 0, lane = 0;
+  State state = State::kRunnable;
+  int64_t syncs = 0;
+};
+
+struct Runtime {
+  ucontext_t scheduler{};
+  std::vector<Fiber> fibers;
+  int current = -1;
+  void (*body)(void*) = nullptr;
+  void* body_data = nullptr;
+  std::vector<uint64_t> slots;  // one shuffle slot per thread of the block
+  std::vector<unsigned char> dynamic_shared;
+  uint3 thread{}, block{};
+  dim3 block_dim{}, grid_dim{};
+  cudaError_t last_error = cudaSuccess;
+  std::string message;
+  std::map<const void*, int> shared_opt_in;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+};
+
+// The bounds of the section holding every static __shared__ variable (GNU ld defines them).
+extern "C" unsigned char __start_miga_fast_emu_shared[] __attribute__((weak));
+extern "C" unsigned char __stop_miga_fast_emu_shared[] __attribute__((weak));
+
+inline void poison_static_shared() {
+  unsigned char* begin = __start_miga_fast_emu_shared;
+  unsigned char* end = __stop_miga_fast_emu_shared;
+  if (begin != nullptr && end > begin) std::memset(begin, 0xFF, static_cast<size_t>(end - begin));
+}
+
+inline uint3 index3(unsigned x, unsigned y, unsigned z) {
+  uint3 v;
+  v.x = x;
+  v.y = y;
+  v.z = z;
+  return v;
+}
+
+inline Runtime& runtime() {
+  static Runtime r;
+  return r;
+}
+
+inline void fail(const std::string& what) {
+  Runtime& r = runtime();
+  if (r.last_error == cudaSuccess) {
+    r.last_error = cudaErrorLaunchFailure;
+    r.message = what;
+  }
+}
+
+inline void enter_scheduler(State s) {
+  Runtime& r = runtime();
+  Fiber& f = r.fibers[r.current];
+  f.state = s;
+  swapcontext(&f.context, &r.scheduler);
+  r.thread = r.fibers[r.current].index;
+}
+
+inline void syncthreads() {
+  Runtime& r = runtime();
+  ++r.fibers[r.current].syncs;
+  enter_scheduler(State::kAtSyncthreads);
+}
+
+// Lane `lane` of the calling warp receives slot[source(lane)] (its own value when the
+// source is outside the warp), after every live lane has written its slot.
+template <typename T, typename Source>
+T shuffle(T v, Source source) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "emulated shuffles move at most 8 bytes");
+  Runtime& r = runtime();
+  const int self = r.current;
+  std::memcpy(&r.slots[self], &v, sizeof(T));
+  enter_scheduler(State::kAtShuffle);
+  const Fiber& f = r.fibers[self];
+  const int src_lane = source(f.lane);
+  T out = v;
+  if (src_lane >= 0 && src_lane < 32) {
+    const int src = self - f.lane + src_lane;
+    if (src < static_cast<int>(r.fibers.size())) {
+      if (r.fibers[src].state == State::kDone)
+        fail("warp shuffle reads lane " + std::to_string(src_lane) + ", which has exited");
+      std::memcpy(&out, &r.slots[src], sizeof(T));
+    }
+  }
+  enter_scheduler(State::kAtShuffle);  // nobody overwrites a slot before all have read it
+  return out;
+}
+
+inline void trampoline() {
+  Runtime& r = runtime();
+  r.body(r.body_data);
+  r.fibers[r.current].state = State::kDone;
+  // returning resumes uc_link: the scheduler
+}
+
+inline std::string where(const Runtime& r) {
+  return "block (" + std::to_string(r.block.x) + ", " + std::to_string(r.block.y) + ", " +
+         std::to_string(r.block.z) + ")";
+}
+
+// Runs every thread of the current block to completion, releasing barriers as they fill.
+inline void run_block() {
+  Runtime& r = runtime();
+  const int n = static_cast<int>(r.fibers.size());
+  for (Fiber& f : r.fibers) {
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &r.scheduler;
+    makecontext(&f.context, trampoline, 0);
+    f.state = State::kRunnable;
+    f.syncs = 0;
+  }
+  std::memset(r.dynamic_shared.data(), 0xFF, r.dynamic_shared.size());
+  poison_static_shared();
+  for (;;) {
+    for (int i = 0; i < n; ++i) {
+      if (r.fibers[i].state != State::kRunnable) continue;
+      r.current = i;
+      r.thread = r.fibers[i].index;
+      swapcontext(&r.scheduler, &r.fibers[i].context);
+    }
+    int done = 0, at_sync = 0;
+    for (const Fiber& f : r.fibers) {
+      done += f.state == State::kDone;
+      at_sync += f.state == State::kAtSyncthreads;
+    }
+    if (done == n) break;
+    bool released = false;
+    for (int w0 = 0; w0 < n; w0 += 32) {  // warps whose live lanes all wait at a shuffle
+      const int w1 = w0 + 32 < n ? w0 + 32 : n;
+      int live = 0, shuffling = 0;
+      for (int i = w0; i < w1; ++i) {
+        live += r.fibers[i].state != State::kDone;
+        shuffling += r.fibers[i].state == State::kAtShuffle;
+      }
+      if (shuffling > 0 && shuffling == live) {
+        for (int i = w0; i < w1; ++i)
+          if (r.fibers[i].state == State::kAtShuffle) r.fibers[i].state = State::kRunnable;
+        released = true;
+      }
+    }
+    if (!released && at_sync > 0 && at_sync + done == n) {
+      if (done > 0)
+        fail("__syncthreads in " + where(r) + " reached by " + std::to_string(at_sync) + " threads while " +
+             std::to_string(done) + " had returned");
+      for (Fiber& f : r.fibers)
+        if (f.state == State::kAtSyncthreads) f.state = State::kRunnable;
+      released = true;
+    }
+    if (!released) {
+      fail("deadlock in " + where(r) + ": threads wait at different barriers (divergent __syncthreads or shuffle)");
+      return;  // the fibers are abandoned; their stacks are reset by the next block
+    }
+  }
+  for (const Fiber& f : r.fibers)
+    if (f.syncs != r.fibers[0].syncs) {
+      fail("__syncthreads in " + where(r) + " called " + std::to_string(f.syncs) + " times by one thread and " +
+           std::to_string(r.fibers[0].syncs) + " times by thread 0");
+      return;
+    }
+}
+
+template <typename Tuple, typename Kernel>
+struct Bound {
+  Kernel kernel;
+  Tuple args;
+  static void call(void* self) {
+    auto* b = static_cast<Bound*>(self);
+    std::apply(b->kernel, b->args);
+  }
+};
+
+template <typename... P>
+class Launcher {
+ public:
+  Launcher(dim3 grid, dim3 block, size_t shared, void (*kernel)(P...))
+      : grid_(grid), block_(block), shared_(shared), kernel_(kernel) {}
+
+  template <typename... A>
+  void operator()(A&&... args) const {
+    Runtime& r = runtime();
+    const uint64_t threads = uint64_t(block_.x) * block_.y * block_.z;
+    if (threads == 0 || threads > 1024 || block_.z > 64) {
+      fail("invalid block size " + std::to_string(threads));
+      return;
+    }
+    if (grid_.x == 0 || grid_.y == 0 || grid_.z == 0 || grid_.y > 65535 || grid_.z > 65535) {
+      fail("invalid grid");
+      return;
+    }
+    size_t limit = kDefaultDynamicShared;
+    const auto opted = r.shared_opt_in.find(reinterpret_cast<const void*>(kernel_));
+    if (opted != r.shared_opt_in.end()) limit = static_cast<size_t>(opted->second);
+    if (shared_ > limit) {
+      fail("dynamic shared memory of " + std::to_string(shared_) + " bytes exceeds the kernel's limit of " +
+           std::to_string(limit) + " (48 KiB unless raised with cudaFuncSetAttribute)");
+      return;
+    }
+    using Args = std::tuple<std::decay_t<P>...>;
+    Bound<Args, void (*)(P...)> bound{kernel_, Args(std::forward<A>(args)...)};
+    r.body = &Bound<Args, void (*)(P...)>::call;
+    r.body_data = &bound;
+    r.block_dim = block_;
+    r.grid_dim = grid_;
+    r.fibers.clear();
+    r.fibers.resize(threads);
+    r.slots.assign(threads, 0);
+    r.dynamic_shared.assign(shared_ > 0 ? shared_ : 16, 0xFF);
+    for (uint64_t t = 0; t < threads; ++t) {
+      Fiber& f = r.fibers[t];
+      f.stack.reset(new char[kStackBytes]);
+      f.index = index3(static_cast<unsigned>(t % block_.x), static_cast<unsigned>((t / block_.x) % block_.y),
+                           static_cast<unsigned>(t / (uint64_t(block_.x) * block_.y)));
+      f.warp = static_cast<int>(t / 32);
+      f.lane = static_cast<int>(t % 32);
+    }
+    for (unsigned z = 0; z < grid_.z; ++z)
+      for (unsigned y = 0; y < grid_.y; ++y)
+        for (unsigned x = 0; x < grid_.x; ++x) {
+          r.block = index3(x, y, z);
+          run_block();
+          if (r.last_error != cudaSuccess) return;
+        }
+  }
+
+ private:
+  dim3 grid_, block_;
+  size_t shared_;
+  void (*kernel_)(P...);
+};
+
+template <typename... P>
+Launcher<P...> launcher(dim3 grid, dim3 block, size_t shared, void (*kernel)(P...)) {
+  return Launcher<P...>(grid, block, shared, kernel);
+}
+
+inline unsigned char* dynamic_shared() { return runtime().dynamic_shared.data(); }
+
+// The runtime API calls the kernels' launchers make.
+inline cudaError_t get_last_error() {
+  Runtime& r = runtime();
+  const cudaError_t e = r.last_error;
+  r.last_error = cudaSuccess;
+  return e;
+}
+inline const char* get_error_string(cudaError_t e) {
+  return e == cudaSuccess ? "no error" : runtime().message.c_str();
+}
+inline cudaError_t get_device(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t device_get_attribute(int* value, cudaDeviceAttr attr, int) {
+  if (attr == cudaDevAttrMultiProcessorCount) {
+    *value = kEmulatedSms;
+  } else if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) {
+    *value = kMaxSharedOptIn;
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+template <typename F>
+cudaError_t func_set_attribute(F* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  if (value < 0 || value > kMaxSharedOptIn) return cudaErrorInvalidValue;
+  runtime().shared_opt_in[reinterpret_cast<const void*>(kernel)] = value;
+  return cudaSuccess;
+}
+
+}  // namespace emu
+}  // namespace miga_fast
+
+#define threadIdx (::miga_fast::emu::runtime().thread)
+#define blockIdx (::miga_fast::emu::runtime().block)
+#define blockDim (::miga_fast::emu::runtime().block_dim)
+#define gridDim (::miga_fast::emu::runtime().grid_dim)
+#define cudaGetLastError ::miga_fast::emu::get_last_error
+#define cudaGetErrorString ::miga_fast::emu::get_error_string
+#define cudaGetDevice ::miga_fast::emu::get_device
+#define cudaDeviceGetAttribute ::miga_fast::emu::device_get_attribute
+#define cudaFuncSetAttribute ::miga_fast::emu::func_set_attribute
+
+inline void __syncthreads() { ::miga_fast::emu::syncthreads(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+  return ::miga_fast::emu::shuffle(v, [&](int lane) {
+    const int src = lane ^ lane_mask;
+    return (src / width == lane / width) ? src : lane;
+  });
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+  return ::miga_fast::emu::shuffle(v, [&](int lane) {
+    const int src = lane + static_cast<int>(delta);
+    return (src / width == lane / width) ? src : lane;
+  });
+}

@@ -1,0 +1,2 @@
+// csrc/cuda/ssim_kernels.cu compiled as C++ against the emulator (see README.md here).
+#include "../cuda/ssim_kernels.cu"

@@ -1,0 +1,286 @@
+"""The CUDA kernels (csrc/cuda/) and their torch glue, run on CPU tensors through the
+emulator of csrc/emulation/ (torch.ops.miga_fast_emu): every projection, SSIM and MINE
+kernel against the references in float64 and float32 (float16 and bfloat16 for the
+projections), on shapes that span several tiles, partial tiles, grid-stride loops and
+misaligned pointers; plus the emulator's own checks on kernels with deliberate bugs.
+It needs the CUDA headers only (no GPU); on a GPU the same kernels are tested for real by
+the 'cuda' backend of the other test files."""
+import math
+
+import pytest
+import torch
+
+from miga_fast.reference import projection as ref_proj
+from miga_fast.reference import ssim as ref_ssim
+
+_cuda_emulation = pytest.importorskip("_cuda_emulation")
+
+if _cuda_emulation.cuda_include() is None:
+    pytest.skip("the CUDA headers are not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def emu():
+    _cuda_emulation.load()  # a build failure fails the tests: the headers are there
+    return torch.ops.miga_fast_emu
+
+
+# ----------------------------------------------------------------- the emulator itself
+
+def test_emulator_runs_a_correct_kernel(emu):
+    out = torch.ops.miga_fast_emu_selftest.run(0)
+    assert torch.equal(out, (torch.arange(64) + 1).remainder(64).float())
+
+
+def test_emulator_exposes_a_missing_barrier(emu):
+    """Without __syncthreads each thread reads its neighbour's slot before the neighbour
+    wrote it: the poisoned shared memory shows as NaN."""
+    out = torch.ops.miga_fast_emu_selftest.run(1)
+    assert torch.isnan(out[:-1]).all()
+
+
+@pytest.mark.parametrize("kind,match", [
+    (2, "__syncthreads .* reached by 32 threads while 32 had returned"),
+    (3, "__syncthreads .* reached by 48 threads while 16 had returned"),
+    (4, "warp shuffle reads lane 31, which has exited"),
+])
+def test_emulator_reports_divergent_barriers(emu, kind, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.miga_fast_emu_selftest.run(kind)
+
+
+# ------------------------------------------------------------------------ projection
+
+ACC = {torch.float32: torch.float32, torch.float64: torch.float64,
+       torch.float16: torch.float32, torch.bfloat16: torch.float32}
+# B, n: a grid-stride loop (the emulated GPU has 2 SMs: 32 blocks of 256 threads), a
+# sample length that is no multiple of the 16-byte pack, many small samples.
+SIZES = [(3, 9001), (2, 64), (70, 301), (1, 1)]
+
+
+def _projection_inputs(rng, b, n, dtype, offset):
+    base = torch.rand(b * n + offset, generator=rng, dtype=torch.float64)
+    x = base[offset:].view(b, n).to(dtype) if offset == 0 else base.to(dtype)[offset:].view(b, n)
+    d = ((torch.rand(b, n, generator=rng, dtype=torch.float64) - 0.5) * 0.2).to(dtype)
+    g = torch.randn(b, n, generator=rng, dtype=torch.float64).to(dtype)
+    g[0, : min(n, 5)] = 0
+    eps = torch.rand(b, generator=rng, dtype=torch.float64).to(ACC[dtype]) * 0.1
+    alpha = torch.rand(b, generator=rng, dtype=torch.float64).to(ACC[dtype]) * 0.05
+    return x, d, g, eps, alpha
+
+
+def _reference(name, d, g, x, eps, alpha, direction, m=None):
+    """The plain-PyTorch reference in the kernels' compute dtype, rounded once at the end."""
+    acc = ACC[d.dtype]
+    d64, g64, x64 = d.to(acc).clone(), g.to(acc), x.to(acc)
+    if name == "pgd_step_linf_":
+        ref_proj.pgd_step_(d64, g64, x64, eps, alpha, "linf", direction)
+    elif name == "pgd_step_l2_":
+        ref_proj.pgd_step_(d64, g64, x64, eps, alpha, "l2", direction)
+    elif name == "project_linf_":
+        ref_proj.project_(d64, x64, eps, "linf")
+    elif name == "project_l2_":
+        ref_proj.project_(d64, x64, eps, "l2")
+    else:
+        m64 = m.to(acc).clone()
+        ref_proj.mi_fgsm_step_(d64, m64, g64, x64, eps, alpha, 0.9, direction)
+        return d64.to(d.dtype), m64.to(d.dtype)
+    return d64.to(d.dtype), None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["pgd_step_linf_", "pgd_step_l2_", "project_linf_", "project_l2_", "mi_fgsm_step_"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_projection_kernels_match_reference(emu, rng, dtype, name, offset):
+    for b, n in SIZES:
+        x, d, g, eps, alpha = _projection_inputs(rng, b, n, dtype, offset)
+        direction = -1.0 if name == "pgd_step_l2_" else 1.0
+        m = torch.randn(b, n, generator=rng, dtype=torch.float64).to(dtype) if name == "mi_fgsm_step_" else None
+        out = d.clone()
+        if name in ("pgd_step_linf_", "pgd_step_l2_"):
+            getattr(emu, name)(out, g, x, eps, alpha, direction)
+        elif name.startswith("project"):
+            getattr(emu, name)(out, x, eps)
+        else:
+            mom = m.clone()
+            emu.mi_fgsm_step_(out, mom, g, x, eps, alpha, 0.9, direction)
+        exp_d, exp_m = _reference(name, d, g, x, eps, alpha, direction, m)
+        tol = {torch.float32: 2e-6, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+        torch.testing.assert_close(out, exp_d, rtol=tol, atol=tol, msg=lambda s: f"{name} B={b} n={n}: {s}")
+        if m is not None:
+            torch.testing.assert_close(mom, exp_m, rtol=tol, atol=tol)
+        if dtype == torch.float32 and name in ("pgd_step_linf_", "project_linf_"):
+            assert torch.equal(out, exp_d), "the l-inf kernels are bit-identical to the reference in float32"
+
+
+def test_projection_opcheck_schema(emu, rng):
+    x, d, g, eps, alpha = _projection_inputs(rng, 2, 300, torch.float32, 0)
+    torch.library.opcheck(emu.pgd_step_l2_, (d, g, x, eps, alpha, 1.0), test_utils="test_schema")
+    torch.library.opcheck(emu.mi_fgsm_step_, (d, torch.zeros_like(d), g, x, eps, alpha, 1.0, 1.0),
+                          test_utils="test_schema")
+
+
+# ------------------------------------------------------------------------------ SSIM
+
+# several fused tiles (32 x 32 in float32, 16 x 16 in float64), partial tiles, images
+# smaller than the window (same padding), 1 to 3 channels
+SSIM_SHAPES = [(2, 3, 23, 37), (1, 1, 11, 11), (3, 1, 40, 70), (1, 3, 5, 7), (2, 2, 16, 33), (1, 1, 66, 35)]
+
+
+def _pair(rng, shape, dtype):
+    x = torch.rand(shape, generator=rng, dtype=torch.float64)
+    y = (x + 0.15 * torch.randn(shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+    return x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("win_size,win_sigma", [(11, 1.5), (7, 1.0)])
+def test_ssim_kernels_match_reference(emu, rng, dtype, padding, win_size, win_sigma):
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for shape in SSIM_SHAPES:
+        if padding == "valid" and min(shape[2:]) < win_size:
+            continue
+        x, y = _pair(rng, shape, dtype)
+        win = ref_ssim.gaussian_window(win_size, win_sigma, dtype)
+        args = (win, 2.0, 0.01, 0.03, padding == "same")
+        xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+        expected = ref_ssim.ssim(xr, yr, 2.0, win_size, win_sigma, padding=padding)
+        ex_gx, ex_gy = torch.autograd.grad(expected.sum(), (xr, yr))
+        value = emu.ssim(x, y, *args)
+        value2, gx, gy = emu.ssim_value_and_grad(x, y, *args)
+        torch.testing.assert_close(value, expected.detach(), rtol=tol, atol=tol)
+        torch.testing.assert_close(value2, expected.detach(), rtol=tol, atol=tol)
+        scale = ex_gx.abs().max().item()
+        torch.testing.assert_close(gx, ex_gx, rtol=1e-5 if dtype == torch.float32 else 1e-10, atol=tol * scale)
+        torch.testing.assert_close(gy, ex_gy, rtol=1e-5 if dtype == torch.float32 else 1e-10, atol=tol * scale)
+
+
+def test_ssim_kernels_on_real_images(emu):
+    """Photo patches (scikit-image) against a JPEG-like blocky copy of themselves."""
+    from miga_fast import data
+
+    x = data.load_natural_patches("test", size=64)[0][::7][:6].double()
+    y = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 4), scale_factor=4.0)
+    win = ref_ssim.gaussian_window(11, 1.5, torch.float64)
+    for same in (False, True):
+        value, gx, _ = emu.ssim_value_and_grad(x, y, win, 1.0, 0.01, 0.03, same)
+        xr = x.clone().requires_grad_()
+        expected = ref_ssim.ssim(xr, y, padding="same" if same else "valid")
+        torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gx, torch.autograd.grad(expected.sum(), xr)[0], rtol=1e-9, atol=1e-14)
+
+
+def test_ssim_window_too_large_for_shared_memory(emu, rng):
+    """A 41-tap window in float64 needs 362 KB per block of the fused kernel (the emulated
+    device is an H100: 227 KiB); a 21-tap one fits once the kernel opts in above 48 KiB."""
+    x, y = _pair(rng, (1, 2, 60, 50), torch.float64)
+    with pytest.raises(RuntimeError, match="needs 362496 bytes of shared memory per block"):
+        emu.ssim_value_and_grad(x, y, ref_ssim.gaussian_window(41, 6.0, torch.float64), 1.0, 0.01, 0.03, False)
+    win = ref_ssim.gaussian_window(21, 3.0, torch.float64)
+    value, gx, _ = emu.ssim_value_and_grad(x, y, win, 1.0, 0.01, 0.03, True)
+    xr = x.clone().requires_grad_()
+    expected = ref_ssim.ssim(xr, y, 1.0, 21, 3.0, padding="same")
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, torch.autograd.grad(expected.sum(), xr)[0], rtol=1e-9, atol=1e-14)
+
+
+def test_ssim_opcheck_schema(emu, rng):
+    x, y = _pair(rng, (2, 3, 20, 21), torch.float32)
+    win = ref_ssim.gaussian_window(11, 1.5, torch.float32)
+    torch.library.opcheck(emu.ssim_value_and_grad, (x, y, win, 1.0, 0.01, 0.03, True), test_utils="test_schema")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_ssim_ball_scale_matches_cpu_kernel_and_holds(emu, rng, dtype, padding):
+    """Same moments, same candidate grid: the CUDA kernels choose the C++ kernel's scale
+    (one grid step apart at most, where a sum sits on tau), and the constraint holds."""
+    win = ref_ssim.gaussian_window(11, 1.5, torch.float64)
+    for shape in [(3, 3, 23, 37), (2, 1, 40, 70), (1, 2, 9, 12)]:
+        if padding == "valid" and min(shape[2:]) < 11:
+            continue
+        x = torch.rand(shape, generator=rng, dtype=torch.float64)
+        delta = (torch.rand(shape, generator=rng, dtype=torch.float64) - x) * 0.6
+        tau = torch.rand(shape[0], generator=rng, dtype=torch.float64) * 0.3 + 0.6
+        x, delta = x.to(dtype), delta.to(dtype)
+        args = (win, tau, 1.0, 0.01, 0.03, padding == "same", 16, 4)
+        got = emu.ssim_ball_scale(delta, x, *args)
+        want = torch.ops.miga_fast.ssim_ball_scale(delta, x, *args)
+        assert got.dtype == dtype
+        assert (got.double() - want.double()).abs().max() <= 15.0 ** -3 + 1e-12
+        x64, d64 = x.double(), delta.double()
+        reached = ref_ssim.ssim(x64, x64 + got.double().view(-1, 1, 1, 1) * d64, padding=padding)
+        assert (reached >= tau - 1e-6).all()
+
+
+def test_ssim_ball_scale_many_candidates_rejected(emu, rng):
+    x = torch.rand(1, 1, 16, 16, generator=rng, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="candidates <= 32"):
+        emu.ssim_ball_scale(x * 0.1, x, ref_ssim.gaussian_window(11, 1.5, torch.float64),
+                            torch.full((1,), 0.9, dtype=torch.float64), 1.0, 0.01, 0.03, False, 33, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("window", [8, 5, 13])
+def test_ssim_window_ball_matches_cpu_kernel(emu, rng, dtype, window):
+    """Edge windows smaller than `window`, windows of more than 32 pixels (several per
+    lane), per-sample and shared gamma."""
+    for shape, per_sample in [((3, 3, 21, 34), True), ((2, 1, 16, 16), False), ((1, 2, 5, 40), True)]:
+        x = torch.rand(shape, generator=rng, dtype=torch.float64).to(dtype)
+        delta = ((torch.rand(shape, generator=rng, dtype=torch.float64) - 0.5) * 0.4).to(dtype)
+        gamma = (torch.rand(shape[0] if per_sample else 1, generator=rng, dtype=torch.float64) * 0.2 + 0.75).to(dtype)
+        got, want = delta.clone(), delta.clone()
+        emu.ssim_window_ball_project_(got, x, gamma, window, 0.03 ** 2)
+        torch.ops.miga_fast.ssim_window_ball_project_(want, x, gamma, window, 0.03 ** 2)
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_ssim_ball_opcheck_schema(emu, rng):
+    x = torch.rand(2, 3, 17, 19, generator=rng)
+    d = (torch.rand(2, 3, 17, 19, generator=rng) - 0.5) * 0.2
+    torch.library.opcheck(emu.ssim_window_ball_project_, (d, x, torch.tensor([0.9]), 8, 0.03 ** 2),
+                          test_utils="test_schema")
+    torch.library.opcheck(emu.ssim_ball_scale, (d, x, ref_ssim.gaussian_window(11, 1.5, torch.float64),
+                                                torch.full((2,), 0.9, dtype=torch.float64), 1.0, 0.01, 0.03,
+                                                False, 8, 3), test_utils="test_schema")
+
+
+# ------------------------------------------------------------------------------ MINE
+
+def _row_lse_reference(u, v, w, act, exclude_diag):
+    f = {0: torch.relu, 1: torch.nn.functional.elu, 2: torch.nn.functional.softplus}[act]
+    t = (f(u[:, None, :] + v[None, :, :]) * w).sum(-1)
+    if exclude_diag:
+        t = t.masked_fill(torch.eye(len(u), dtype=torch.bool), -math.inf)
+    return torch.logsumexp(t, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("act", [0, 1, 2], ids=["relu", "elu", "softplus"])
+@pytest.mark.parametrize("exclude_diag", [False, True])
+@pytest.mark.parametrize("b,h", [(2, 1), (5, 7), (37, 33), (17, 70)])
+def test_mine_kernels_match_reference(emu, rng, dtype, act, exclude_diag, b, h):
+    u = torch.randn(b, h, generator=rng, dtype=torch.float64)
+    v = torch.randn(b, h, generator=rng, dtype=torch.float64)
+    w = torch.randn(h, generator=rng, dtype=torch.float64) / math.sqrt(h)
+    g = torch.randn(b, generator=rng, dtype=torch.float64)
+    ur, vr, wr = (t.clone().requires_grad_() for t in (u, v, w))
+    expected = _row_lse_reference(ur, vr, wr, act, exclude_diag)
+    ex_grads = torch.autograd.grad(expected, (ur, vr, wr), g)
+    u, v, w, g = (t.to(dtype) for t in (u, v, w, g))
+    lse = emu.mine_row_lse(u, v, w, act, exclude_diag)
+    grads = emu.mine_row_lse_backward(g, u, v, w, lse, act, exclude_diag)
+    tol = 1e-11 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(lse.double(), expected.detach(), rtol=tol, atol=tol)
+    for got, want, name in zip(grads, ex_grads, ("u", "v", "w2")):
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=lambda s: f"d/d{name}: {s}")
+
+
+def test_mine_opcheck_schema(emu, rng):
+    u, v = torch.randn(9, 5, generator=rng), torch.randn(9, 5, generator=rng)
+    w = torch.randn(5, generator=rng)
+    lse = emu.mine_row_lse(u, v, w, 1, True)
+    torch.library.opcheck(emu.mine_row_lse, (u, v, w, 1, True), test_utils="test_schema")
+    torch.library.opcheck(emu.mine_row_lse_backward, (torch.ones(9), u, v, w, lse, 1, True), test_utils="test_schema")
