@@ -168,7 +168,7 @@ def test_cuda_kernel_gradcheck_opcheck_and_large_tiles(rng):
     args = (x.detach(), y.detach(), gaussian_window(11, 1.5, torch.float64, "cuda"), 1.0, 0.01, 0.03, False)
     torch.library.opcheck(torch.ops.miga_fast.ssim.default, args)
     torch.library.opcheck(torch.ops.miga_fast.ssim_value_and_grad.default, args)
-    a, b = _pair(rng, (3, 3, 131, 77))  # many 16 x 16 tiles, ragged edges
+    a, b = _pair(rng, (3, 3, 131, 77))  # many tiles (32 x 32 float32 fused, 16 x 16 value), ragged edges
     a, b = a.cuda().requires_grad_(True), b.cuda()
     for padding in ("valid", "same"):
         with miga_fast.set_backend("cuda"):

@@ -1,237 +1,640 @@
 // CUDA kernels of the SSIM family (ALGORITHMS.md section 2), raw pointers only: the same
-// math as csrc/cpu/ssim_loops.h and triton_kernels/ssim.py.
+// math as csrc/cpu/ssim_loops.h and triton_kernels/ssim.py. Both kernels keep a sample's
+// channels inside the block (a loop over c), so each block writes one partial sum per
+// sample, and walk the batch along grid.y in a grid-stride loop.
 //
-// moments_kernel: a 16 x 16-thread block owns a 16 x 16 tile of output pixels of one
-// (b, c) plane. It stages the (16 + k - 1)^2 input tile of x and y in shared memory (zero
-// padding for "same"), blurs the five moments separably (a horizontal pass into shared
-// memory, then a vertical pass per thread), forms the SSIM map, and reduces the tile's sum
-// in double into one partial per tile (summed by the glue in a fixed order: deterministic).
-// With gradients it also writes the four partial maps of the backward (ssim_loops.h:
-// d/dmu_x, d/dmu_y, d/dE[x^2] (= d/dE[y^2]), d/dE[xy], scaled by 1 / (C ho wo)).
-// grad_kernel: a block per 16 x 16 tile of input pixels gathers those maps through the
-// transposed window (separably, from a (16 + k - 1)^2 tile in shared memory) and combines
-// them with x and y into d value / d x and d value / d y.
-#include <cuda_runtime.h>
+// value_kernel (SSIM only): a 16 x 16-thread block owns a 16 x 16 tile of output pixels.
+// It stages the (16 + k - 1)^2 input tile of x and y in shared memory (zero padding for
+// "same"), blurs the five moments separably (a horizontal pass into shared memory, then a
+// vertical pass per thread), forms the SSIM map and sums it over the tile.
+//
+// value_grad_kernel (SSIM and both gradients, one kernel, nothing per pixel in global
+// memory): a block owns a TILE x TILE tile of *input* pixels P0 .. P0 + TILE - 1. Their
+// gradient gathers, through the transposed window, four partial maps (ssim_loops.h:
+// d/dmu_x, d/dmu_y, d/dE[x^2] (= d/dE[y^2]), d/dE[xy], scaled by 1 / (C ho wo)) over the
+// S_out = TILE + k - 1 outputs per axis that read them; those need the moments of inputs
+// S_in = S_out + k - 1 per axis. So the block recomputes the moments of its halo instead
+// of reading stored maps:
+//   1. x, y over S_in^2                                   -> region A
+//   2. horizontal moment pass, S_in rows x S_out columns  -> region B
+//   3. vertical pass: moments, SSIM and the four partial maps over S_out^2 -> region A
+//      (the SSIM of the outputs inside the block's own tile is summed: every output is
+//      owned by exactly one block)
+//   4. transposed horizontal pass, S_out rows x TILE      -> region B
+//   5. transposed vertical pass and the combination with x, y -> d/dx, d/dy
+// A per-sample loss makes the upstream gradient one number per sample, so the backward is
+// a scaling of d/dx, d/dy: the forward of autograd computes everything once.
+// Shared memory is opted into above 48 KiB (TILE = 32 for float32, 16 for float64).
+#include <algorithm>
 
+#include "device.h"
 #include "ssim.h"
 
 namespace miga_fast {
 namespace cuda {
 namespace {
 
-constexpr int kTile = 16;
-constexpr int kThreads = kTile * kTile;
+constexpr int kThreads = 256;
+constexpr int kValueTile = 16;  // value_kernel: 16 x 16 threads, one output pixel each
+
+template <typename T>
+constexpr int fused_tile() {
+  return sizeof(T) == 4 ? 32 : 16;
+}
 
 struct Geometry {
-  int64_t h, w, ho, wo;
-  int k, pad, span;  // span = kTile + k - 1
+  int64_t batch, channels, h, w, ho, wo;
+  int k, pad;
 };
 
-__host__ __device__ inline Geometry geometry(const SsimArgs& a) {
+inline Geometry geometry(const SsimArgs& a) {
   Geometry g;
+  g.batch = a.batch;
+  g.channels = a.channels;
   g.h = a.h;
   g.w = a.w;
   g.k = a.k;
   g.pad = a.pad;
   g.ho = a.h + 2 * a.pad - a.k + 1;
   g.wo = a.w + 2 * a.pad - a.k + 1;
-  g.span = kTile + a.k - 1;
   return g;
 }
 
-template <typename T>
-__device__ T block_sum_double(T v, double* scratch) {
-  // returns the sum over the block in thread 0 (T = double here)
-  const int tid = threadIdx.y * kTile + threadIdx.x;
+// Sizes (in elements) of the value_grad_kernel's two shared regions.
+__host__ __device__ inline int fused_region_a(int tile, int k) {
+  const int s_out = tile + k - 1, s_in = s_out + k - 1;
+  const int a = 2 * s_in * s_in, b = 4 * s_out * s_out;
+  return a > b ? a : b;
+}
+__host__ __device__ inline int fused_region_b(int tile, int k) {
+  const int s_out = tile + k - 1, s_in = s_out + k - 1;
+  const int a = 5 * s_in * s_out, b = 4 * s_out * tile;
+  return a > b ? a : b;
+}
+
+// The sum over the block, in thread 0.
+__device__ inline double block_sum(double v, double* scratch) {
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // scratch may still be read by thread 0 for the previous sample
   if ((tid & 31) == 0) scratch[tid / 32] = v;
   __syncthreads();
-  T total = T(0);
+  double total = 0.0;
   if (tid == 0)
     for (int i = 0; i < kThreads / 32; ++i) total += scratch[i];
   return total;
 }
 
-template <typename T, bool WITH_GRAD>
+// SSIM of one output from its five moments; with the four partial maps when asked.
+template <typename T>
+struct SsimPoint {
+  T s, a, b, c, d;
+  __device__ SsimPoint(T mx, T my, T exx, T eyy, T exy, T c1, T c2) {
+    a = T(2) * mx * my + c1;
+    b = T(2) * (exy - mx * my) + c2;
+    c = mx * mx + my * my + c1;
+    d = (exx - mx * mx) + (eyy - my * my) + c2;
+    s = (a / c) * (b / d);
+  }
+};
+
+template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    moments_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
-                   T c2, T gs, int tiles_x, int64_t tiles, double* __restrict__ partials, T* __restrict__ pm,
-                   int64_t planes) {
-  extern __shared__ unsigned char smem_raw[];
-  T* sx = reinterpret_cast<T*>(smem_raw);       // span x span
-  T* sy = sx + g.span * g.span;                 // span x span
-  T* hor = sy + g.span * g.span;                // 5 x span x kTile
+    value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
+                 T c2, int tiles_x, int tiles, double* __restrict__ partials) {
+  MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   __shared__ double red[kThreads / 32];
-  const int64_t plane = blockIdx.y;
+  const int span = kValueTile + g.k - 1;
+  T* sx = reinterpret_cast<T*>(smem_raw);  // span x span
+  T* sy = sx + span * span;                // span x span
+  T* hor = sy + span * span;               // 5 x span x kValueTile
   const int tile = blockIdx.x;
-  const int64_t oy0 = static_cast<int64_t>(tile / tiles_x) * kTile, ox0 = static_cast<int64_t>(tile % tiles_x) * kTile;
-  const int tid = threadIdx.y * kTile + threadIdx.x;
-  const T* xp = x + plane * g.h * g.w;
-  const T* yp = y + plane * g.h * g.w;
-  // Input rows oy0 - pad .. oy0 - pad + span - 1 (output o reads input o + t - pad).
-  for (int e = tid; e < g.span * g.span; e += kThreads) {
-    const int r = e / g.span, c = e % g.span;
-    const int64_t iy = oy0 - g.pad + r, ix = ox0 - g.pad + c;
-    const bool in = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
-    sx[e] = in ? xp[iy * g.w + ix] : T(0);
-    sy[e] = in ? yp[iy * g.w + ix] : T(0);
-  }
-  __syncthreads();
-  const int plane_span = g.span * kTile;
-  for (int e = tid; e < plane_span; e += kThreads) {
-    const int r = e / kTile, c = e % kTile;
-    T m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
-    for (int t = 0; t < g.k; ++t) {
-      const T wt = win[t];
-      const T a = sx[r * g.span + c + t], b = sy[r * g.span + c + t];
-      m0 += wt * a;
-      m1 += wt * b;
-      m2 += wt * a * a;
-      m3 += wt * b * b;
-      m4 += wt * a * b;
-    }
-    hor[e] = m0;
-    hor[plane_span + e] = m1;
-    hor[2 * plane_span + e] = m2;
-    hor[3 * plane_span + e] = m3;
-    hor[4 * plane_span + e] = m4;
-  }
-  __syncthreads();
+  const int64_t oy0 = static_cast<int64_t>(tile / tiles_x) * kValueTile;
+  const int64_t ox0 = static_cast<int64_t>(tile % tiles_x) * kValueTile;
+  const int tid = threadIdx.y * kValueTile + threadIdx.x;
   const int64_t oy = oy0 + threadIdx.y, ox = ox0 + threadIdx.x;
   const bool valid = oy < g.ho && ox < g.wo;
-  T mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
-  for (int t = 0; t < g.k; ++t) {
-    const T wt = win[t];
-    const int e = (threadIdx.y + t) * kTile + threadIdx.x;
-    mx += wt * hor[e];
-    my += wt * hor[plane_span + e];
-    exx += wt * hor[2 * plane_span + e];
-    eyy += wt * hor[3 * plane_span + e];
-    exy += wt * hor[4 * plane_span + e];
-  }
-  const T a = T(2) * mx * my + c1;
-  const T b = T(2) * (exy - mx * my) + c2;
-  const T c = mx * mx + my * my + c1;
-  const T d = (exx - mx * mx) + (eyy - my * my) + c2;
-  const T s = (a / c) * (b / d);
-  const double total = block_sum_double<double>(valid ? static_cast<double>(s) : 0.0, red);
-  if (tid == 0) partials[plane * tiles + tile] = total;
-  if (WITH_GRAD && valid) {
-    const T inv_cd = T(1) / (c * d);
-    const T common = T(2) * (b - a) * inv_cd;
-    const T s_cd = T(2) * s * (T(1) / c - T(1) / d);
-    const int64_t n = g.ho * g.wo;
-    const int64_t o = plane * n + oy * g.wo + ox;
-    const int64_t map = planes * n;
-    pm[o] = gs * (my * common - mx * s_cd);
-    pm[map + o] = gs * (mx * common - my * s_cd);
-    pm[2 * map + o] = gs * (-s / d);
-    pm[3 * map + o] = gs * (T(2) * a * inv_cd);
-  }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    grad_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g,
-                int tiles_x, const T* __restrict__ pm, T* __restrict__ gx, T* __restrict__ gy, int64_t planes) {
-  extern __shared__ unsigned char smem_raw[];
-  T* sp = reinterpret_cast<T*>(smem_raw);  // 4 x span x span: the partial maps around the tile
-  T* hor = sp + 4 * g.span * g.span;       // 4 x span x kTile
-  const int64_t plane = blockIdx.y;
-  const int tile = blockIdx.x;
-  const int64_t iy0 = static_cast<int64_t>(tile / tiles_x) * kTile, ix0 = static_cast<int64_t>(tile % tiles_x) * kTile;
-  const int tid = threadIdx.y * kTile + threadIdx.x;
-  const int64_t n = g.ho * g.wo, map = planes * n;
-  // Input i receives from outputs i + pad - t, t = 0..k-1: output rows iy0 + pad - (k-1) ...
-  const int64_t oy0 = iy0 + g.pad - (g.k - 1), ox0 = ix0 + g.pad - (g.k - 1);
-  const int ss = g.span * g.span;
-  for (int e = tid; e < ss; e += kThreads) {
-    const int r = e / g.span, c = e % g.span;
-    const int64_t oy = oy0 + r, ox = ox0 + c;
-    const bool in = oy >= 0 && oy < g.ho && ox >= 0 && ox < g.wo;
-    const int64_t o = plane * n + oy * g.wo + ox;
-    for (int q = 0; q < 4; ++q) sp[q * ss + e] = in ? pm[q * map + o] : T(0);
-  }
-  __syncthreads();
-  const int plane_span = g.span * kTile;
-  for (int e = tid; e < plane_span; e += kThreads) {
-    const int r = e / kTile, c = e % kTile;
-    T acc[4] = {0, 0, 0, 0};
-    for (int s = 0; s < g.k; ++s) {
-      const T wt = win[g.k - 1 - s];  // input c + (k-1) - s <- tap k-1-s... the transposed window
-      for (int q = 0; q < 4; ++q) acc[q] += wt * sp[q * ss + r * g.span + c + s];
+  const int hs = span * kValueTile;
+  for (int64_t b = blockIdx.y; b < g.batch; b += gridDim.y) {
+    double own = 0.0;
+    for (int64_t ch = 0; ch < g.channels; ++ch) {
+      const int64_t plane = b * g.channels + ch;
+      const T* xp = x + plane * g.h * g.w;
+      const T* yp = y + plane * g.h * g.w;
+      // Output o reads inputs o - pad .. o - pad + k - 1.
+      for (int e = tid; e < span * span; e += kThreads) {
+        const int r = e / span, c = e % span;
+        const int64_t iy = oy0 - g.pad + r, ix = ox0 - g.pad + c;
+        const bool in = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+        sx[e] = in ? xp[iy * g.w + ix] : T(0);
+        sy[e] = in ? yp[iy * g.w + ix] : T(0);
+      }
+      __syncthreads();
+      for (int e = tid; e < hs; e += kThreads) {
+        const int r = e / kValueTile, c = e % kValueTile;
+        T m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
+        for (int t = 0; t < g.k; ++t) {
+          const T wt = win[t];
+          const T u = sx[r * span + c + t], v = sy[r * span + c + t];
+          m0 += wt * u;
+          m1 += wt * v;
+          m2 += wt * u * u;
+          m3 += wt * v * v;
+          m4 += wt * u * v;
+        }
+        hor[e] = m0;
+        hor[hs + e] = m1;
+        hor[2 * hs + e] = m2;
+        hor[3 * hs + e] = m3;
+        hor[4 * hs + e] = m4;
+      }
+      __syncthreads();
+      if (valid) {
+        T m[5] = {0, 0, 0, 0, 0};
+        for (int t = 0; t < g.k; ++t) {
+          const T wt = win[t];
+          const int e = (threadIdx.y + t) * kValueTile + threadIdx.x;
+          for (int q = 0; q < 5; ++q) m[q] += wt * hor[q * hs + e];
+        }
+        own += static_cast<double>(SsimPoint<T>(m[0], m[1], m[2], m[3], m[4], c1, c2).s);
+      }
+      // The next channel's staging writes sx, sy only: everyone has passed the barrier
+      // after their last read; hor is rewritten after the next barrier.
     }
-    for (int q = 0; q < 4; ++q) hor[q * plane_span + e] = acc[q];
+    const double total = block_sum(own, red);
+    if (tid == 0) partials[b * tiles + tile] = total;
   }
-  __syncthreads();
-  const int64_t iy = iy0 + threadIdx.y, ix = ix0 + threadIdx.x;
-  if (iy >= g.h || ix >= g.w) return;
-  T acc[4] = {0, 0, 0, 0};
-  for (int s = 0; s < g.k; ++s) {
-    const T wt = win[g.k - 1 - s];
-    const int e = (threadIdx.y + s) * kTile + threadIdx.x;
-    for (int q = 0; q < 4; ++q) acc[q] += wt * hor[q * plane_span + e];
+}
+
+template <typename T, int TILE>
+__global__ void __launch_bounds__(kThreads)
+    value_grad_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g,
+                      T c1, T c2, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
+                      T* __restrict__ gy) {
+  MIGA_FAST_DYNAMIC_SHARED(smem_raw);
+  __shared__ double red[kThreads / 32];
+  const int k = g.k;
+  const int s_out = TILE + k - 1, s_in = s_out + k - 1;
+  T* region_a = reinterpret_cast<T*>(smem_raw);
+  T* region_b = region_a + fused_region_a(TILE, k);
+  T* sx = region_a;                // step 1: S_in x S_in
+  T* sy = region_a + s_in * s_in;
+  T* pm = region_a;                // step 3: 4 x S_out x S_out
+  T* hor = region_b;               // step 2: 5 x S_in x S_out
+  T* hor2 = region_b;              // step 4: 4 x S_out x TILE
+  const int tid = threadIdx.x;
+  const int tile = blockIdx.x;
+  const int64_t py0 = static_cast<int64_t>(tile / tiles_x) * TILE, px0 = static_cast<int64_t>(tile % tiles_x) * TILE;
+  // Input p is read by outputs p + pad - (k - 1) .. p + pad; output o reads inputs o - pad ...
+  const int64_t oy0 = py0 + g.pad - (k - 1), ox0 = px0 + g.pad - (k - 1);
+  const int64_t iy0 = oy0 - g.pad, ix0 = ox0 - g.pad;
+  const int hs = s_in * s_out, os = s_out * s_out, h2 = s_out * TILE;
+  for (int64_t b = blockIdx.y; b < g.batch; b += gridDim.y) {
+    double own = 0.0;
+    for (int64_t ch = 0; ch < g.channels; ++ch) {
+      const int64_t base = (b * g.channels + ch) * g.h * g.w;
+      const T* xp = x + base;
+      const T* yp = y + base;
+      // 1. inputs
+      for (int e = tid; e < s_in * s_in; e += kThreads) {
+        const int r = e / s_in, c = e % s_in;
+        const int64_t iy = iy0 + r, ix = ix0 + c;
+        const bool in = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+        sx[e] = in ? xp[iy * g.w + ix] : T(0);
+        sy[e] = in ? yp[iy * g.w + ix] : T(0);
+      }
+      __syncthreads();
+      // 2. horizontal moments
+      for (int e = tid; e < hs; e += kThreads) {
+        const int r = e / s_out, c = e % s_out;
+        const T* rx = sx + r * s_in + c;
+        const T* ry = sy + r * s_in + c;
+        T m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
+        for (int t = 0; t < k; ++t) {
+          const T wt = win[t];
+          const T u = rx[t], v = ry[t];
+          m0 += wt * u;
+          m1 += wt * v;
+          m2 += wt * u * u;
+          m3 += wt * v * v;
+          m4 += wt * u * v;
+        }
+        hor[e] = m0;
+        hor[hs + e] = m1;
+        hor[2 * hs + e] = m2;
+        hor[3 * hs + e] = m3;
+        hor[4 * hs + e] = m4;
+      }
+      __syncthreads();
+      // 3. moments, SSIM and partial maps of the S_out x S_out outputs
+      for (int e = tid; e < os; e += kThreads) {
+        const int r = e / s_out, c = e % s_out;
+        T m[5] = {0, 0, 0, 0, 0};
+        for (int t = 0; t < k; ++t) {
+          const T wt = win[t];
+          const int src = (r + t) * s_out + c;
+          for (int q = 0; q < 5; ++q) m[q] += wt * hor[q * hs + src];
+        }
+        const int64_t oy = oy0 + r, ox = ox0 + c;
+        const bool in = oy >= 0 && oy < g.ho && ox >= 0 && ox < g.wo;
+        T p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+        if (in) {
+          const SsimPoint<T> pt(m[0], m[1], m[2], m[3], m[4], c1, c2);
+          if (oy >= py0 && oy < py0 + TILE && ox >= px0 && ox < px0 + TILE) own += static_cast<double>(pt.s);
+          const T inv_cd = T(1) / (pt.c * pt.d);
+          const T common = T(2) * (pt.b - pt.a) * inv_cd;
+          const T s_cd = T(2) * pt.s * (T(1) / pt.c - T(1) / pt.d);
+          p0 = gs * (m[1] * common - m[0] * s_cd);
+          p1 = gs * (m[0] * common - m[1] * s_cd);
+          p2 = gs * (-pt.s / pt.d);
+          p3 = gs * (T(2) * pt.a * inv_cd);
+        }
+        pm[e] = p0;
+        pm[os + e] = p1;
+        pm[2 * os + e] = p2;
+        pm[3 * os + e] = p3;
+      }
+      __syncthreads();
+      // 4. transposed horizontal pass: input column px0 + c gathers outputs c .. c + k - 1
+      // (local), output c + s with weight win[k - 1 - s]
+      for (int e = tid; e < h2; e += kThreads) {
+        const int r = e / TILE, c = e % TILE;
+        T acc[4] = {0, 0, 0, 0};
+        for (int s = 0; s < k; ++s) {
+          const T wt = win[k - 1 - s];
+          const int src = r * s_out + c + s;
+          for (int q = 0; q < 4; ++q) acc[q] += wt * pm[q * os + src];
+        }
+        for (int q = 0; q < 4; ++q) hor2[q * h2 + e] = acc[q];
+      }
+      __syncthreads();
+      // 5. transposed vertical pass and the gradients
+      for (int e = tid; e < TILE * TILE; e += kThreads) {
+        const int r = e / TILE, c = e % TILE;
+        const int64_t py = py0 + r, px = px0 + c;
+        if (py >= g.h || px >= g.w) continue;
+        T acc[4] = {0, 0, 0, 0};
+        for (int s = 0; s < k; ++s) {
+          const T wt = win[k - 1 - s];
+          const int src = (r + s) * TILE + c;
+          for (int q = 0; q < 4; ++q) acc[q] += wt * hor2[q * h2 + src];
+        }
+        const int64_t p = base + py * g.w + px;
+        const T xv = xp[py * g.w + px], yv = yp[py * g.w + px];
+        gx[p] = acc[0] + T(2) * xv * acc[2] + yv * acc[3];
+        gy[p] = acc[1] + T(2) * yv * acc[2] + xv * acc[3];
+      }
+      // The next channel writes region A (step 1), last read in step 4, before a barrier
+      // that follows everyone's step 5, which reads region B: no barrier needed here.
+    }
+    const double total = block_sum(own, red);
+    if (tid == 0) partials[b * tiles + tile] = total;
   }
-  const int64_t p = plane * g.h * g.w + iy * g.w + ix;
-  const T xv = x[p], yv = y[p];
-  gx[p] = acc[0] + T(2) * xv * acc[2] + yv * acc[3];
-  gy[p] = acc[1] + T(2) * yv * acc[2] + xv * acc[3];
 }
 
 template <typename T>
-size_t shared_bytes(const Geometry& g, bool grad_kernel) {
-  return grad_kernel ? sizeof(T) * (4 * g.span * g.span + 4 * g.span * kTile)
-                     : sizeof(T) * (2 * g.span * g.span + 5 * g.span * kTile);
+size_t shared_bytes(const Geometry& g, bool with_grad) {
+  if (with_grad) {
+    constexpr int tile = fused_tile<T>();
+    return sizeof(T) * static_cast<size_t>(fused_region_a(tile, g.k) + fused_region_b(tile, g.k));
+  }
+  const size_t span = kValueTile + g.k - 1;
+  return sizeof(T) * (2 * span * span + 5 * span * kValueTile);
+}
+
+template <typename T>
+void tile_grid(const Geometry& g, bool with_grad, int64_t* tiles_x, int64_t* tiles) {
+  const int64_t t = with_grad ? fused_tile<T>() : kValueTile;
+  const int64_t rows = with_grad ? g.h : g.ho, cols = with_grad ? g.w : g.wo;
+  *tiles_x = (cols + t - 1) / t;
+  *tiles = *tiles_x * ((rows + t - 1) / t);
+}
+
+template <typename K>
+cudaError_t allow_shared(K* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 template <typename T>
 cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream) {
   const Geometry g = geometry(a);
-  const int tiles_x = static_cast<int>((g.wo + kTile - 1) / kTile);
-  const int64_t tiles = tiles_x * ((g.ho + kTile - 1) / kTile);
-  const dim3 block(kTile, kTile);
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.planes));
+  int64_t tiles_x = 0, tiles = 0;
+  tile_grid<T>(g, with_grad, &tiles_x, &tiles);
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min<int64_t>(g.batch, 65535)));
   const T* x = static_cast<const T*>(a.x);
   const T* y = static_cast<const T*>(a.y);
   const T* win = static_cast<const T*>(a.window);
   const T c1 = static_cast<T>(a.c1), c2 = static_cast<T>(a.c2), gs = static_cast<T>(a.gs);
-  const size_t smem = shared_bytes<T>(g, false);
+  const size_t smem = shared_bytes<T>(g, with_grad);
   if (with_grad) {
-    moments_kernel<T, true><<<grid, block, smem, stream>>>(x, y, win, g, c1, c2, gs, tiles_x, tiles, a.partials,
-                                                           static_cast<T*>(a.pm), a.planes);
-    cudaError_t err = cudaGetLastError();
+    auto* kernel = &value_grad_kernel<T, fused_tile<T>()>;
+    cudaError_t err = allow_shared(kernel, smem);
     if (err != cudaSuccess) return err;
-    const int in_tiles_x = static_cast<int>((g.w + kTile - 1) / kTile);
-    const int64_t in_tiles = in_tiles_x * ((g.h + kTile - 1) / kTile);
-    const dim3 grid2(static_cast<unsigned>(in_tiles), static_cast<unsigned>(a.planes));
-    grad_kernel<T><<<grid2, block, shared_bytes<T>(g, true), stream>>>(
-        x, y, win, g, in_tiles_x, static_cast<const T*>(a.pm), static_cast<T*>(a.gx), static_cast<T*>(a.gy),
-        a.planes);
+    MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(
+        x, y, win, g, c1, c2, gs, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials,
+        static_cast<T*>(a.gx), static_cast<T*>(a.gy));
   } else {
-    moments_kernel<T, false><<<grid, block, smem, stream>>>(x, y, win, g, c1, c2, gs, tiles_x, tiles, a.partials,
-                                                            nullptr, a.planes);
+    auto* kernel = &value_kernel<T>;
+    cudaError_t err = allow_shared(kernel, smem);
+    if (err != cudaSuccess) return err;
+    MIGA_FAST_LAUNCH(grid, dim3(kValueTile, kValueTile), smem, stream, kernel)(
+        x, y, win, g, c1, c2, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials);
   }
+  return cudaGetLastError();
+}
+
+
+// ------------------------------------------------------------------- the SSIM ball
+
+// ball_moments_kernel: value_kernel's tiling in double on (x, delta): per output pixel
+// mu_x, mu_d, var_x, var_d, cov_xd into m [planes, 5, ho, wo].
+template <typename S>
+__global__ void __launch_bounds__(kThreads)
+    ball_moments_kernel(const S* __restrict__ x, const S* __restrict__ d, const double* __restrict__ win, Geometry g,
+                        int tiles_x, double* __restrict__ m) {
+  MIGA_FAST_DYNAMIC_SHARED(smem_raw);
+  const int span = kValueTile + g.k - 1;
+  double* sx = reinterpret_cast<double*>(smem_raw);
+  double* sd = sx + span * span;
+  double* hor = sd + span * span;
+  const int tile = blockIdx.x;
+  const int64_t oy0 = static_cast<int64_t>(tile / tiles_x) * kValueTile;
+  const int64_t ox0 = static_cast<int64_t>(tile % tiles_x) * kValueTile;
+  const int tid = threadIdx.y * kValueTile + threadIdx.x;
+  const int64_t oy = oy0 + threadIdx.y, ox = ox0 + threadIdx.x;
+  const int hs = span * kValueTile;
+  const int64_t ms = g.ho * g.wo, planes = g.batch * g.channels;
+  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+    const S* xp = x + plane * g.h * g.w;
+    const S* dp = d + plane * g.h * g.w;
+    __syncthreads();  // the previous plane's vertical pass has read hor
+    for (int e = tid; e < span * span; e += kThreads) {
+      const int r = e / span, c = e % span;
+      const int64_t iy = oy0 - g.pad + r, ix = ox0 - g.pad + c;
+      const bool in = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+      sx[e] = in ? static_cast<double>(xp[iy * g.w + ix]) : 0.0;
+      sd[e] = in ? static_cast<double>(dp[iy * g.w + ix]) : 0.0;
+    }
+    __syncthreads();
+    for (int e = tid; e < hs; e += kThreads) {
+      const int r = e / kValueTile, c = e % kValueTile;
+      double m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
+      for (int t = 0; t < g.k; ++t) {
+        const double wt = win[t], u = sx[r * span + c + t], v = sd[r * span + c + t];
+        m0 += wt * u;
+        m1 += wt * v;
+        m2 += wt * u * u;
+        m3 += wt * v * v;
+        m4 += wt * u * v;
+      }
+      hor[e] = m0;
+      hor[hs + e] = m1;
+      hor[2 * hs + e] = m2;
+      hor[3 * hs + e] = m3;
+      hor[4 * hs + e] = m4;
+    }
+    __syncthreads();
+    if (oy < g.ho && ox < g.wo) {
+      double v[5] = {0, 0, 0, 0, 0};
+      for (int t = 0; t < g.k; ++t) {
+        const double wt = win[t];
+        const int e = (threadIdx.y + t) * kValueTile + threadIdx.x;
+        for (int q = 0; q < 5; ++q) v[q] += wt * hor[q * hs + e];
+      }
+      double* out = m + plane * 5 * ms + oy * g.wo + ox;
+      out[0] = v[0];
+      out[ms] = v[1];
+      out[2 * ms] = v[2] - v[0] * v[0];
+      out[3 * ms] = v[3] - v[1] * v[1];
+      out[4 * ms] = v[4] - v[0] * v[1];
+    }
+  }
+}
+
+// The q-th of nt candidate scales on [lo, hi]: one definition for both kernels below, so
+// the scale chosen is bit for bit the scale whose SSIM was summed.
+__device__ inline double candidate(const double* bounds, int q, int nt) {
+  const double lo = bounds[0], hi = bounds[1];
+  return lo + (hi - lo) * (static_cast<double>(q) / (nt - 1));
+}
+
+// Per sample (grid.y) and chunk of its C * ho * wo pixels (grid.x), the sums of
+// SSIM(x, x + t_q delta) over the chunk for every candidate t_q (the moments are
+// polynomials in t: mu_y = mu_x + t mu_d, var_y = var_x + 2 t cov + t^2 var_d,
+// cov_xy = var_x + t cov).
+__global__ void __launch_bounds__(kThreads)
+    ball_sums_kernel(const double* __restrict__ m, const double* __restrict__ bounds, Geometry g, double c1,
+                     double c2, int nt, double* __restrict__ partials) {
+  __shared__ double red[kThreads / 32];
+  const int64_t ms = g.ho * g.wo, n = g.channels * ms;
+  const int chunks = gridDim.x, tid = threadIdx.x;
+  for (int64_t b = blockIdx.y; b < g.batch; b += gridDim.y) {
+    double t[kMaxBallCandidates], acc[kMaxBallCandidates];
+    for (int q = 0; q < nt; ++q) {
+      t[q] = candidate(bounds + 2 * b, q, nt);
+      acc[q] = 0.0;
+    }
+    for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + tid; p < n;
+         p += static_cast<int64_t>(chunks) * kThreads) {
+      const double* mp = m + (b * g.channels + p / ms) * 5 * ms + p % ms;
+      const double mx = mp[0], md = mp[ms], vx = mp[2 * ms], vd = mp[3 * ms], cv = mp[4 * ms];
+      for (int q = 0; q < nt; ++q) {
+        const double my = mx + t[q] * md;
+        const double vy = vx + (2.0 * t[q]) * cv + t[q] * t[q] * vd;
+        const double cxy = vx + t[q] * cv;
+        acc[q] += ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2));
+      }
+    }
+    for (int q = 0; q < nt; ++q) {
+      const double total = block_sum(acc[q], red);
+      if (tid == 0) partials[(b * chunks + blockIdx.x) * nt + q] = total;
+    }
+  }
+}
+
+// Per sample: the chunk sums in a fixed order, the largest feasible candidate (t = lo
+// always is), and the next round's interval [t_last, t_last+1].
+__global__ void ball_choose_kernel(const double* __restrict__ partials, const double* __restrict__ tau,
+                                   double* __restrict__ bounds, int64_t batch, int chunks, int nt, double n) {
+  for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < batch;
+       b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int last = 0;
+    for (int q = 1; q < nt; ++q) {
+      double sum = 0.0;
+      for (int c = 0; c < chunks; ++c) sum += partials[(b * chunks + c) * nt + q];
+      if (sum / n >= tau[b]) last = q;
+    }
+    const double lo = candidate(bounds + 2 * b, last, nt);
+    const double hi = candidate(bounds + 2 * b, last + 1 < nt ? last + 1 : nt - 1, nt);
+    bounds[2 * b] = lo;
+    bounds[2 * b + 1] = hi;
+  }
+}
+
+// The window ball (csrc/cpu/ssim_loops.h: window_ball_plane): a warp per window of a
+// plane, lanes striding over its pixels, sums by shuffles; then the box.
+__device__ inline double warp_total(double v) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ inline float warp_total(float v) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    window_ball_kernel(T* __restrict__ d, const T* __restrict__ x, const T* __restrict__ gamma, int64_t gamma_stride,
+                       int64_t planes, int64_t channels, int64_t h, int64_t w, int64_t win, T c_pixel) {
+  const int lane = threadIdx.x % 32;
+  const int64_t wins_x = (w + win - 1) / win, wins = wins_x * ((h + win - 1) / win);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
+  for (int64_t id = blockIdx.x * static_cast<int64_t>(kThreads / 32) + threadIdx.x / 32; id < planes * wins;
+       id += warps) {
+    const int64_t plane = id / wins, k = id % wins;
+    const int64_t y0 = (k / wins_x) * win, x0 = (k % wins_x) * win;
+    const int64_t wh = (h - y0 < win ? h - y0 : win), ww = (w - x0 < win ? w - x0 : win);
+    const int64_t cnt = wh * ww;
+    T* dp = d + plane * h * w + y0 * w + x0;
+    const T* xp = x + plane * h * w + y0 * w + x0;
+    const T g = gamma[(plane / channels) * gamma_stride];
+    const T a = (T(1) - g) / g;
+    T sx = 0, sd = 0;
+    for (int64_t e = lane; e < cnt; e += 32) {
+      const int64_t o = (e / ww) * w + e % ww;
+      sx += xp[o];
+      sd += dp[o];
+    }
+    const T mx = warp_total(sx) / static_cast<T>(cnt), md = warp_total(sd) / static_cast<T>(cnt);
+    T uu = 0, oo = 0;
+    for (int64_t e = lane; e < cnt; e += 32) {
+      const int64_t o = (e / ww) * w + e % ww;
+      const T u = xp[o] - mx;
+      const T off = (dp[o] - md) - a * u;
+      uu += u * u;
+      oo += off * off;
+    }
+    uu = warp_total(uu);
+    oo = warp_total(oo);
+    const T r2 = a * (T(2) * uu + static_cast<T>(cnt) * c_pixel) + a * a * uu;
+    const T tiny = sizeof(T) == 4 ? T(1.17549435e-38f) : T(2.2250738585072014e-308);
+    const T scale = oo > r2 ? sqrt(r2 / (oo > tiny ? oo : tiny)) : T(1);
+    for (int64_t e = lane; e < cnt; e += 32) {
+      const int64_t o = (e / ww) * w + e % ww;
+      const T xv = xp[o];
+      const T u = xv - mx;
+      const T off = (dp[o] - md) - a * u;
+      const T v = xv + (md + a * u + off * scale);
+      dp[o] = (v < T(0) ? T(0) : (v > T(1) ? T(1) : v)) - xv;
+    }
+  }
+}
+
+int sm_count() {
+  int dev = 0, count = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || count <= 0)
+    return 132;
+  return count;
+}
+
+int ball_chunks(const Geometry& g) {
+  const int64_t n = g.channels * g.ho * g.wo;
+  const int64_t by_size = (n + 4 * kThreads - 1) / (4 * kThreads);
+  const int64_t by_fill = (4 * static_cast<int64_t>(sm_count()) + g.batch - 1) / g.batch;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_size, by_fill, 64})));
+}
+
+template <typename S>
+cudaError_t launch_ball_typed(const BallArgs& a, cudaStream_t stream) {
+  const Geometry g = geometry(a.geometry);
+  const int tiles_x = static_cast<int>((g.wo + kValueTile - 1) / kValueTile);
+  const int64_t tiles = tiles_x * ((g.ho + kValueTile - 1) / kValueTile);
+  const size_t span = kValueTile + g.k - 1;
+  const size_t smem = sizeof(double) * (2 * span * span + 5 * span * kValueTile);
+  auto* moments = &ball_moments_kernel<S>;
+  cudaError_t err = allow_shared(moments, smem);
+  if (err != cudaSuccess) return err;
+  const int64_t planes = g.batch * g.channels;
+  MIGA_FAST_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min<int64_t>(planes, 65535))),
+                   dim3(kValueTile, kValueTile), smem, stream, moments)(
+      static_cast<const S*>(a.geometry.x), static_cast<const S*>(a.geometry.y), static_cast<const double*>(a.geometry.window),
+      g, tiles_x, a.moments);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const int chunks = ball_chunks(g);
+  const dim3 sums_grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min<int64_t>(g.batch, 65535)));
+  const int choose_blocks = static_cast<int>(std::min<int64_t>((g.batch + kThreads - 1) / kThreads, 1024));
+  const double n = static_cast<double>(g.channels * g.ho * g.wo);
+  for (int r = 0; r < a.rounds; ++r) {
+    MIGA_FAST_LAUNCH(sums_grid, dim3(kThreads), 0, stream, ball_sums_kernel)(
+        a.moments, a.bounds, g, a.geometry.c1, a.geometry.c2, a.candidates, a.partials);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    MIGA_FAST_LAUNCH(dim3(choose_blocks), dim3(kThreads), 0, stream, ball_choose_kernel)(
+        a.partials, a.tau, a.bounds, g.batch, chunks, a.candidates, n);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+template <typename T>
+cudaError_t launch_window_ball_typed(const WindowBallArgs& a, cudaStream_t stream) {
+  const int64_t wins = ((a.w + a.window - 1) / a.window) * ((a.h + a.window - 1) / a.window);
+  const int64_t warps = a.batch * a.channels * wins;
+  const int64_t blocks = std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), 16 * sm_count());
+  MIGA_FAST_LAUNCH(dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, window_ball_kernel<T>)(
+      static_cast<T*>(a.delta), static_cast<const T*>(a.x), static_cast<const T*>(a.gamma), a.gamma_stride,
+      a.batch * a.channels, a.channels, a.h, a.w, a.window, static_cast<T>(a.c_pixel));
   return cudaGetLastError();
 }
 
 }  // namespace
 
-int64_t ssim_tiles(const SsimArgs& a) {
-  const Geometry g = geometry(a);
-  return ((g.wo + kTile - 1) / kTile) * ((g.ho + kTile - 1) / kTile);
+int64_t ssim_tiles(const SsimArgs& a, bool with_grad) {
+  int64_t tiles_x = 0, tiles = 0;
+  if (a.is_double)
+    tile_grid<double>(geometry(a), with_grad, &tiles_x, &tiles);
+  else
+    tile_grid<float>(geometry(a), with_grad, &tiles_x, &tiles);
+  return tiles;
 }
 
-size_t ssim_shared_bytes(const SsimArgs& a) {
+size_t ssim_shared_bytes(const SsimArgs& a, bool with_grad) {
   const Geometry g = geometry(a);
-  const size_t need = a.is_double ? shared_bytes<double>(g, true) : shared_bytes<float>(g, true);
-  const size_t need_fwd = a.is_double ? shared_bytes<double>(g, false) : shared_bytes<float>(g, false);
-  const size_t most = need > need_fwd ? need : need_fwd;
-  return most <= 48 * 1024 ? most : 0;
+  return a.is_double ? shared_bytes<double>(g, with_grad) : shared_bytes<float>(g, with_grad);
+}
+
+size_t ssim_shared_limit() {
+  int dev = 0, bytes = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || bytes <= 0)
+    return 48 * 1024;
+  return static_cast<size_t>(bytes);
 }
 
 cudaError_t launch_ssim(const SsimArgs& a, bool with_grad, cudaStream_t stream) {
-  if (a.planes == 0) return cudaSuccess;
+  if (a.batch == 0) return cudaSuccess;
   return a.is_double ? launch_typed<double>(a, with_grad, stream) : launch_typed<float>(a, with_grad, stream);
+}
+
+int64_t ssim_ball_chunks(const SsimArgs& a) { return ball_chunks(geometry(a)); }
+
+size_t ssim_ball_shared_bytes(const SsimArgs& a) {
+  const size_t span = kValueTile + a.k - 1;
+  return sizeof(double) * (2 * span * span + 5 * span * kValueTile);
+}
+
+cudaError_t launch_ssim_ball_scale(const BallArgs& a, cudaStream_t stream) {
+  if (a.geometry.batch == 0) return cudaSuccess;
+  return a.geometry.is_double ? launch_ball_typed<double>(a, stream) : launch_ball_typed<float>(a, stream);
+}
+
+cudaError_t launch_ssim_window_ball(const WindowBallArgs& a, cudaStream_t stream) {
+  if (a.batch * a.channels * a.h * a.w == 0) return cudaSuccess;
+  return a.is_double ? launch_window_ball_typed<double>(a, stream) : launch_window_ball_typed<float>(a, stream);
 }
 
 }  // namespace cuda

@@ -31,8 +31,9 @@ from ._namespaces import ops_for
 PADDINGS = ("valid", "same")
 # compiled backends that implement ssim(): the CUDA kernel where the extension was built with CUDA
 KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("ssim", "CUDA") else ())
-BALL_KERNELS = ("cpu", "triton")  # ... ssim_ball_scale
-WINDOW_BALL_KERNELS = ("cpu", "triton")  # ... and ssim_window_ball_project_
+BALL_KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("ssim_ball_scale", "CUDA") else ())
+WINDOW_BALL_KERNELS = ("cpu", "triton") + (
+    ("cuda",) if _extension.has_kernel("ssim_window_ball_project_", "CUDA") else ())
 
 
 def _register_autograd(namespace: str) -> None:
@@ -150,6 +151,8 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
         if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "candidates" else 1):
             raise ValueError(f"`{name}` must be an int >= {2 if name == 'candidates' else 1}, got {v!r}")
     backend = _backend.resolve(x.device, x.dtype, BALL_KERNELS)
+    if backend == "cuda" and candidates > 32 and _backend.get_backend() == "auto":
+        backend = "triton"  # the CUDA kernel keeps at most 32 candidates in registers
     with torch.no_grad():
         if backend == "reference":
             return ref.ssim_ball_scale(delta, x, tau, float(data_range), win_size, win_sigma, K, padding,
