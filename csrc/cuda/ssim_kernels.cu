@@ -98,6 +98,27 @@ struct SsimPoint {
   }
 };
 
+// The horizontal pass of the five moments at one position: rows rx, ry of the staged x
+// and y (or delta), k taps, written to hor[q * stride + e] for q = mu_x, mu_y, E[x^2],
+// E[y^2], E[xy].
+template <typename A, typename S>
+__device__ inline void horizontal_moments(const S* rx, const S* ry, const A* win, int k, A* hor, int stride, int e) {
+  A m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
+  for (int t = 0; t < k; ++t) {
+    const A wt = win[t], u = rx[t], v = ry[t];
+    m0 += wt * u;
+    m1 += wt * v;
+    m2 += wt * u * u;
+    m3 += wt * v * v;
+    m4 += wt * u * v;
+  }
+  hor[e] = m0;
+  hor[stride + e] = m1;
+  hor[2 * stride + e] = m2;
+  hor[3 * stride + e] = m3;
+  hor[4 * stride + e] = m4;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
@@ -132,21 +153,7 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       for (int e = tid; e < hs; e += kThreads) {
         const int r = e / kValueTile, c = e % kValueTile;
-        T m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
-        for (int t = 0; t < g.k; ++t) {
-          const T wt = win[t];
-          const T u = sx[r * span + c + t], v = sy[r * span + c + t];
-          m0 += wt * u;
-          m1 += wt * v;
-          m2 += wt * u * u;
-          m3 += wt * v * v;
-          m4 += wt * u * v;
-        }
-        hor[e] = m0;
-        hor[hs + e] = m1;
-        hor[2 * hs + e] = m2;
-        hor[3 * hs + e] = m3;
-        hor[4 * hs + e] = m4;
+        horizontal_moments(sx + r * span + c, sy + r * span + c, win, g.k, hor, hs, e);
       }
       __syncthreads();
       if (valid) {
@@ -207,23 +214,7 @@ __global__ void __launch_bounds__(kThreads)
       // 2. horizontal moments
       for (int e = tid; e < hs; e += kThreads) {
         const int r = e / s_out, c = e % s_out;
-        const T* rx = sx + r * s_in + c;
-        const T* ry = sy + r * s_in + c;
-        T m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
-        for (int t = 0; t < k; ++t) {
-          const T wt = win[t];
-          const T u = rx[t], v = ry[t];
-          m0 += wt * u;
-          m1 += wt * v;
-          m2 += wt * u * u;
-          m3 += wt * v * v;
-          m4 += wt * u * v;
-        }
-        hor[e] = m0;
-        hor[hs + e] = m1;
-        hor[2 * hs + e] = m2;
-        hor[3 * hs + e] = m3;
-        hor[4 * hs + e] = m4;
+        horizontal_moments(sx + r * s_in + c, sy + r * s_in + c, win, k, hor, hs, e);
       }
       __syncthreads();
       // 3. moments, SSIM and partial maps of the S_out x S_out outputs
@@ -379,20 +370,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     for (int e = tid; e < hs; e += kThreads) {
       const int r = e / kValueTile, c = e % kValueTile;
-      double m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
-      for (int t = 0; t < g.k; ++t) {
-        const double wt = win[t], u = sx[r * span + c + t], v = sd[r * span + c + t];
-        m0 += wt * u;
-        m1 += wt * v;
-        m2 += wt * u * u;
-        m3 += wt * v * v;
-        m4 += wt * u * v;
-      }
-      hor[e] = m0;
-      hor[hs + e] = m1;
-      hor[2 * hs + e] = m2;
-      hor[3 * hs + e] = m3;
-      hor[4 * hs + e] = m4;
+      horizontal_moments(sx + r * span + c, sd + r * span + c, win, g.k, hor, hs, e);
     }
     __syncthreads();
     if (oy < g.ho && ox < g.wo) {
