@@ -22,6 +22,7 @@ if _cuda_emulation.cuda_include() is None:
 @pytest.fixture(scope="module")
 def emu():
     _cuda_emulation.load()  # a build failure fails the tests: the headers are there
+    _cuda_emulation.register_python_parts()
     return torch.ops.miga_fast_emu
 
 
@@ -113,11 +114,11 @@ def test_projection_kernels_match_reference(emu, rng, dtype, name, offset):
             assert torch.equal(out, exp_d), "the l-inf kernels are bit-identical to the reference in float32"
 
 
-def test_projection_opcheck_schema(emu, rng):
+def test_projection_opcheck(emu, rng):
     x, d, g, eps, alpha = _projection_inputs(rng, 2, 300, torch.float32, 0)
-    torch.library.opcheck(emu.pgd_step_l2_, (d, g, x, eps, alpha, 1.0), test_utils="test_schema")
-    torch.library.opcheck(emu.mi_fgsm_step_, (d, torch.zeros_like(d), g, x, eps, alpha, 1.0, 1.0),
-                          test_utils="test_schema")
+    torch.library.opcheck(emu.pgd_step_l2_, (d, g, x, eps, alpha, 1.0))
+    torch.library.opcheck(emu.pgd_step_linf_, (d, g, x, eps, alpha, 1.0))
+    torch.library.opcheck(emu.mi_fgsm_step_, (d, torch.zeros_like(d), g, x, eps, alpha, 1.0, 1.0))
 
 
 # ------------------------------------------------------------------------------ SSIM
@@ -185,10 +186,20 @@ def test_ssim_window_too_large_for_shared_memory(emu, rng):
     torch.testing.assert_close(gx, torch.autograd.grad(expected.sum(), xr)[0], rtol=1e-9, atol=1e-14)
 
 
-def test_ssim_opcheck_schema(emu, rng):
-    x, y = _pair(rng, (2, 3, 20, 21), torch.float32)
-    win = ref_ssim.gaussian_window(11, 1.5, torch.float32)
-    torch.library.opcheck(emu.ssim_value_and_grad, (x, y, win, 1.0, 0.01, 0.03, True), test_utils="test_schema")
+def test_ssim_opcheck_and_gradcheck(emu, rng):
+    """opcheck (schema, fake kernel, autograd registration, AOT dispatch) and float64
+    gradcheck of the fused value-and-gradient kernel, through the emulated op."""
+    x, y = _pair(rng, (2, 3, 20, 21), torch.float64)
+    win = ref_ssim.gaussian_window(11, 1.5, torch.float64)
+    for same in (False, True):
+        args = (x.clone().requires_grad_(), y.clone().requires_grad_(), win, 1.0, 0.01, 0.03, same)
+        torch.library.opcheck(emu.ssim_value_and_grad, args)
+        torch.library.opcheck(emu.ssim, (x, y, win, 1.0, 0.01, 0.03, same))
+    a, b = _pair(rng, (2, 2, 13, 12), torch.float64)
+    for same in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda p, q: emu.ssim_value_and_grad(p, q, win, 1.0, 0.01, 0.03, same)[0],
+            (a.clone().requires_grad_(), b.clone().requires_grad_()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -237,14 +248,13 @@ def test_ssim_window_ball_matches_cpu_kernel(emu, rng, dtype, window):
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
-def test_ssim_ball_opcheck_schema(emu, rng):
+def test_ssim_ball_opcheck(emu, rng):
     x = torch.rand(2, 3, 17, 19, generator=rng)
     d = (torch.rand(2, 3, 17, 19, generator=rng) - 0.5) * 0.2
-    torch.library.opcheck(emu.ssim_window_ball_project_, (d, x, torch.tensor([0.9]), 8, 0.03 ** 2),
-                          test_utils="test_schema")
+    torch.library.opcheck(emu.ssim_window_ball_project_, (d, x, torch.tensor([0.9]), 8, 0.03 ** 2))
     torch.library.opcheck(emu.ssim_ball_scale, (d, x, ref_ssim.gaussian_window(11, 1.5, torch.float64),
                                                 torch.full((2,), 0.9, dtype=torch.float64), 1.0, 0.01, 0.03,
-                                                False, 8, 3), test_utils="test_schema")
+                                                False, 8, 3))
 
 
 # ------------------------------------------------------------------------------ MINE
@@ -278,9 +288,13 @@ def test_mine_kernels_match_reference(emu, rng, dtype, act, exclude_diag, b, h):
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=lambda s: f"d/d{name}: {s}")
 
 
-def test_mine_opcheck_schema(emu, rng):
-    u, v = torch.randn(9, 5, generator=rng), torch.randn(9, 5, generator=rng)
-    w = torch.randn(5, generator=rng)
-    lse = emu.mine_row_lse(u, v, w, 1, True)
-    torch.library.opcheck(emu.mine_row_lse, (u, v, w, 1, True), test_utils="test_schema")
-    torch.library.opcheck(emu.mine_row_lse_backward, (torch.ones(9), u, v, w, lse, 1, True), test_utils="test_schema")
+@pytest.mark.parametrize("act", [0, 1, 2], ids=["relu", "elu", "softplus"])
+def test_mine_opcheck_and_gradcheck(emu, rng, act):
+    u, v = torch.randn(9, 5, generator=rng, dtype=torch.float64), torch.randn(9, 5, generator=rng, dtype=torch.float64)
+    w = torch.randn(5, generator=rng, dtype=torch.float64)
+    lse = emu.mine_row_lse(u, v, w, act, True)
+    leaves = [t.clone().requires_grad_() for t in (u, v, w)]
+    torch.library.opcheck(emu.mine_row_lse, (*leaves, act, True))
+    torch.library.opcheck(emu.mine_row_lse_backward, (torch.ones(9, dtype=torch.float64), u, v, w, lse, act, True))
+    for exclude_diag in (False, True):
+        assert torch.autograd.gradcheck(lambda a, b, c: emu.mine_row_lse(a, b, c, act, exclude_diag), leaves)
