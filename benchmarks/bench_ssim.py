@@ -2,9 +2,13 @@
 
 Compared in one run: the plain-PyTorch reference, pytorch-msssim (the common peer), and
 every miga_fast backend with an SSIM kernel that runs here (C++ on CPU; CUDA and Triton
-as they land, and fused-ssim on a GPU when it is installed). The implementations are
-timed in interleaved rounds, so a noisy machine slows them alike; the table reports the
-median of each and the speed-up over pytorch-msssim. NVTX ranges name impl/pass/shape.
+on a GPU). pytorch-msssim's semantics are 'valid' padding. When fused-ssim is installed
+(GPU only), it is timed against every miga_fast GPU backend at its own semantics, 'same'
+(zero) padding, rows marked "(same)". Their values are compared before timing, and the
+largest difference is recorded. The implementations are timed in interleaved rounds, so
+a noisy machine slows them alike. The table reports the median of each and the speed-up
+over pytorch-msssim, or over fused-ssim for the "(same)" rows. NVTX ranges name
+impl/pass/shape.
 
     python benchmarks/bench_ssim.py            # full run, JSON in benchmarks/results/
     python benchmarks/bench_ssim.py --quick    # one size
@@ -37,11 +41,39 @@ def implementations(device):
     except ImportError:
         pass
     family = importlib.import_module("miga_fast.ops.ssim")  # the module (ops.ssim is the function)
-    for backend in family.KERNELS:
-        wanted = "cpu" if backend == "cpu" else "cuda"
-        if device.type == wanted and miga_fast.backends()[backend]["runs_here"]:
-            impls[f"miga_fast {backend}"] = (backend, ops.ssim)
+    ours = [b for b in family.KERNELS
+            if device.type == ("cpu" if b == "cpu" else "cuda") and miga_fast.backends()[b]["runs_here"]]
+    for backend in ours:
+        impls[f"miga_fast {backend}"] = (backend, ops.ssim)
+    fused = _fused_ssim() if device.type == "cuda" else None
+    if fused is not None:
+        # fused-ssim: 11x11 Gaussian (1.5), C1 = 0.01^2, C2 = 0.03^2, zero padding, the mean over the batch
+        impls["fused-ssim (same)"] = (None, lambda a, b: fused(a, b, padding="same", train=torch.is_grad_enabled()))
+        for backend in ours:
+            impls[f"miga_fast {backend} (same)"] = (backend, lambda a, b: ops.ssim(a, b, padding="same"))
     return impls
+
+
+def _fused_ssim():
+    try:
+        from fused_ssim import fused_ssim
+    except ImportError:
+        return None
+    return fused_ssim
+
+
+def same_semantics_gap(impls, x, y) -> float | None:
+    """The largest |mean SSIM| difference between fused-ssim and the "(same)" rows."""
+    if "fused-ssim (same)" not in impls:
+        return None
+    with torch.no_grad():
+        peer = float(impls["fused-ssim (same)"][1](x, y))
+        gaps = []
+        for name, (backend, fn) in impls.items():
+            if name.endswith("(same)") and backend is not None:
+                with miga_fast.set_backend(backend):
+                    gaps.append(abs(float(fn(x, y).mean()) - peer))
+    return max(gaps) if gaps else None
 
 
 def run(args) -> dict:
@@ -52,6 +84,7 @@ def run(args) -> dict:
         x = torch.rand(shape, generator=gen).to(device)
         y = (x + 0.1 * torch.randn(shape, generator=gen).to(device)).clamp(0, 1)
         impls = implementations(device)
+        gap = same_semantics_gap(impls, x, y)
         times = {(name, p): [] for name in impls for p in ("forward", "forward+backward")}
         for _ in range(args.rounds):
             for name, (backend, fn) in impls.items():
@@ -91,26 +124,33 @@ def run(args) -> dict:
                          "speedup_vs_reference": ref_ball / t})
         for pass_name in ("forward", "forward+backward"):
             peer = statistics.median(times[("pytorch-msssim", pass_name)]) if ("pytorch-msssim", pass_name) in times else None
+            fused = (statistics.median(times[("fused-ssim (same)", pass_name)])
+                     if ("fused-ssim (same)", pass_name) in times else None)
             for name in impls:
                 t = statistics.median(times[(name, pass_name)])
+                same = name.endswith("(same)")
                 rows.append({"shape": list(shape), "pass": pass_name, "impl": name, "ms": t * 1e3,
                              "images_per_s": shape[0] / t,
-                             "speedup_vs_pytorch_msssim": (peer / t) if peer else None})
+                             "speedup_vs_pytorch_msssim": (peer / t) if peer and not same else None,
+                             "speedup_vs_fused_ssim": (fused / t) if fused and same else None,
+                             "max_abs_diff_vs_fused_ssim": gap if same else None})
     return {"benchmark": "ssim", "device": device_name(device), "device_type": device.type,
             "torch": torch.__version__, "miga_fast": miga_fast.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "rounds": args.rounds, "quick": args.quick, "rows": rows}
 
 
 def print_table(result: dict) -> None:
-    print(f"SSIM (11x11 Gaussian, valid) on {result['device']}; torch {result['torch']}; "
+    print(f"SSIM (11x11 Gaussian; valid, or same where marked) on {result['device']}; torch {result['torch']}; "
           f"median of {result['rounds']} interleaved rounds")
-    print(f"{'shape':<16} {'pass':<17} {'implementation':<20} {'ms':>9} {'img/s':>9} {'speed-up':>9}")
+    print(f"{'shape':<16} {'pass':<17} {'implementation':<26} {'ms':>9} {'img/s':>9} {'speed-up':>12}")
     for r in result["rows"]:
         sp = f"{r['speedup_vs_pytorch_msssim']:.2f}x" if r["speedup_vs_pytorch_msssim"] else "-"
+        if r.get("speedup_vs_fused_ssim"):
+            sp = f"{r['speedup_vs_fused_ssim']:.2f}x fused"
         if r["pass"] == "ball_scale":
             sp = f"{r['speedup_vs_reference']:.1f}x ref"
-        print(f"{'x'.join(map(str, r['shape'])):<16} {r['pass']:<17} {r['impl']:<20} {r['ms']:9.2f} "
-              f"{r['images_per_s']:9.0f} {sp:>9}")
+        print(f"{'x'.join(map(str, r['shape'])):<16} {r['pass']:<17} {r['impl']:<26} {r['ms']:9.2f} "
+              f"{r['images_per_s']:9.0f} {sp:>12}")
 
 
 def main(argv=None) -> int:
