@@ -50,6 +50,21 @@ def test_emulator_reports_divergent_barriers(emu, kind, match):
         torch.ops.miga_fast_emu_selftest.run(kind)
 
 
+@pytest.mark.parametrize("kind,match", [
+    (5, "invalid block size 2048"),
+    (6, "65536 bytes exceeds the kernel's limit of 49152"),
+    (8, "cudaFuncSetAttribute refused 307200 bytes"),
+])
+def test_emulator_reports_bad_launches(emu, kind, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.miga_fast_emu_selftest.run(kind)
+
+
+def test_emulator_honours_the_shared_memory_opt_in(emu):
+    out = torch.ops.miga_fast_emu_selftest.run(7)
+    assert torch.equal(out, (torch.arange(64) + 1).remainder(64).float())
+
+
 # ------------------------------------------------------------------------ projection
 
 ACC = {torch.float32: torch.float32, torch.float64: torch.float64,

@@ -2,7 +2,9 @@
 // torch.ops.miga_fast_emu_selftest.run(kind) -> float32 [64], kind 0: correct (a shared
 // memory shift with a barrier), 1: the same without the barrier (a race), 2: a barrier
 // only half the block reaches, 3: threads returning before a barrier, 4: a warp shuffle
-// reading a lane that has exited.
+// reading a lane that has exited, 5: a block of 2048 threads, 6: 64 KiB of dynamic shared
+// memory without opting in, 7: the same after cudaFuncSetAttribute (runs), 8: 300 KiB
+// (more than any opt-in allows).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -27,10 +29,30 @@ __global__ void shift_kernel(float* out, int kind) {
   out[t] = v;
 }
 
+__global__ void dynamic_shared_kernel(float* out) {
+  MIGA_FAST_DYNAMIC_SHARED(smem_raw);
+  float* s = reinterpret_cast<float*>(smem_raw);
+  s[threadIdx.x] = static_cast<float>(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = s[(threadIdx.x + 1) % kThreads];
+}
+
 at::Tensor run(int64_t kind) {
   at::Tensor out = at::full({kThreads}, -1.0f);
-  MIGA_FAST_LAUNCH(dim3(1), dim3(kThreads), 0, nullptr, shift_kernel)(out.data_ptr<float>(), static_cast<int>(kind));
-  const cudaError_t err = cudaGetLastError();
+  float* o = out.data_ptr<float>();
+  cudaError_t err = cudaSuccess;
+  if (kind <= 4) {
+    MIGA_FAST_LAUNCH(dim3(1), dim3(kThreads), 0, nullptr, shift_kernel)(o, static_cast<int>(kind));
+  } else if (kind == 5) {
+    MIGA_FAST_LAUNCH(dim3(1), dim3(2048), 0, nullptr, shift_kernel)(o, 0);
+  } else {
+    const size_t bytes = kind == 8 ? 300 * 1024 : 64 * 1024;
+    if (kind >= 7) err = cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(bytes));
+    TORCH_CHECK(err == cudaSuccess, "emulated kernel failed: cudaFuncSetAttribute refused ", bytes, " bytes");
+    MIGA_FAST_LAUNCH(dim3(1), dim3(kThreads), bytes, nullptr, dynamic_shared_kernel)(o);
+  }
+  err = cudaGetLastError();
   TORCH_CHECK(err == cudaSuccess, "emulated kernel failed: ", cudaGetErrorString(err));
   return out;
 }
