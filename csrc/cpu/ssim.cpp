@@ -132,20 +132,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at:
 at::Tensor ssim_ball_scale_cpu(const at::Tensor& delta_in, const at::Tensor& x_in, const at::Tensor& window,
                                const at::Tensor& tau_in, double data_range, double k1, double k2, bool same_padding,
                                int64_t candidates, int64_t rounds) {
-  TORCH_CHECK(x_in.dim() == 4 && delta_in.sizes() == x_in.sizes() && delta_in.scalar_type() == x_in.scalar_type(),
-              "miga_fast.ssim_ball_scale: `delta` and `x` must be [B, C, H, W] of one shape and dtype");
-  TORCH_CHECK(x_in.device().is_cpu() && delta_in.device().is_cpu(), "miga_fast.ssim_ball_scale: CPU kernel, got ",
-              x_in.device());
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-              "miga_fast.ssim_ball_scale: the CPU kernel takes float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(window.dim() == 1 && window.size(0) % 2 == 1 && window.scalar_type() == at::kDouble,
-              "miga_fast.ssim_ball_scale: `window` must be a 1-D float64 tensor of odd length");
-  TORCH_CHECK(tau_in.dim() == 1 && tau_in.size(0) == x_in.size(0) && tau_in.scalar_type() == at::kDouble,
-              "miga_fast.ssim_ball_scale: `tau` must be a float64 [B] tensor");
-  TORCH_CHECK(candidates >= 2 && rounds >= 1, "miga_fast.ssim_ball_scale: need candidates >= 2 and rounds >= 1");
+  check_ball_scale_inputs(delta_in, x_in, window, tau_in, same_padding, candidates, rounds, c10::DeviceType::CPU,
+                          std::numeric_limits<int>::max());
   const int64_t k = window.size(0);
-  TORCH_CHECK(same_padding || (x_in.size(2) >= k && x_in.size(3) >= k),
-              "miga_fast.ssim_ball_scale: images smaller than the window need padding='same'");
   const at::Tensor x = x_in.contiguous(), delta = delta_in.contiguous(), tau = tau_in.contiguous();
   const at::Tensor win = window.contiguous();
   const Geometry gm = geometry(x, k, same_padding);
@@ -194,15 +183,7 @@ at::Tensor ssim_ball_scale_cpu(const at::Tensor& delta_in, const at::Tensor& x_i
 // In place: the window ball of every (b, c) plane (planes in parallel), then the box.
 void ssim_window_ball_project_cpu(at::Tensor& delta, const at::Tensor& x_in, const at::Tensor& gamma_in,
                                   int64_t window, double c_pixel) {
-  TORCH_CHECK(x_in.dim() == 4 && delta.sizes() == x_in.sizes() && delta.scalar_type() == x_in.scalar_type(),
-              "miga_fast.ssim_window_ball_project_: `delta` and `x` must be [B, C, H, W] of one shape and dtype");
-  TORCH_CHECK(x_in.device().is_cpu() && delta.device().is_cpu(), "miga_fast.ssim_window_ball_project_: CPU kernel");
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
-              "miga_fast.ssim_window_ball_project_: float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(window >= 1, "miga_fast.ssim_window_ball_project_: window must be >= 1");
-  TORCH_CHECK(gamma_in.dim() == 1 && (gamma_in.size(0) == 1 || gamma_in.size(0) == x_in.size(0)) &&
-                  gamma_in.scalar_type() == x_in.scalar_type(),
-              "miga_fast.ssim_window_ball_project_: `gamma` must be [1] or [B] in x's dtype");
+  check_window_ball_inputs(delta, x_in, gamma_in, window, c10::DeviceType::CPU);
   const at::Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous();
   at::Tensor d = delta.is_contiguous() ? delta : delta.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);

@@ -54,19 +54,6 @@ struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
 };
 
-int sm_count() {
-  static int counts[64] = {0};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
-  if (counts[dev] == 0) {
-    int c = 0;
-    if (cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || c <= 0)
-      c = 132;
-    counts[dev] = c;
-  }
-  return counts[dev];
-}
-
 int grid_for(int64_t work_items) {
   const int64_t blocks = (work_items + kThreads - 1) / kThreads;
   const int64_t cap = static_cast<int64_t>(sm_count()) * 16;

@@ -91,22 +91,9 @@ at::Tensor ssim_ball_scale_cuda(const at::Tensor& delta_in, const at::Tensor& x_
                                 const at::Tensor& tau_in, double data_range, double k1, double k2, bool same_padding,
                                 int64_t candidates, int64_t rounds) {
   const char* op = "miga_fast.ssim_ball_scale";
-  TORCH_CHECK(x_in.dim() == 4 && delta_in.sizes() == x_in.sizes() && delta_in.scalar_type() == x_in.scalar_type(),
-              op, ": `delta` and `x` must be [B, C, H, W] of one shape and dtype");
-  TORCH_CHECK(x_in.device().type() == glue::kDevice && delta_in.device() == x_in.device() &&
-                  window.device() == x_in.device() && tau_in.device() == x_in.device(),
-              op, ": the CUDA kernel needs every tensor on one CUDA device");
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
-              ": the CUDA kernel takes float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(window.dim() == 1 && window.size(0) % 2 == 1 && window.scalar_type() == at::kDouble, op,
-              ": `window` must be a 1-D float64 tensor of odd length");
-  TORCH_CHECK(tau_in.dim() == 1 && tau_in.size(0) == x_in.size(0) && tau_in.scalar_type() == at::kDouble, op,
-              ": `tau` must be a float64 [B] tensor");
-  TORCH_CHECK(candidates >= 2 && candidates <= cuda::kMaxBallCandidates && rounds >= 1, op,
-              ": the CUDA kernel needs 2 <= candidates <= ", cuda::kMaxBallCandidates, " and rounds >= 1");
+  check_ball_scale_inputs(delta_in, x_in, window, tau_in, same_padding, candidates, rounds, glue::kDevice,
+                          cuda::kMaxBallCandidates);
   const int64_t k = window.size(0);
-  TORCH_CHECK(same_padding || (x_in.size(2) >= k && x_in.size(3) >= k), op,
-              ": images smaller than the window need padding='same'");
   const glue::DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), delta = delta_in.contiguous(), tau = tau_in.contiguous();
   const at::Tensor win = window.contiguous();
@@ -151,18 +138,7 @@ at::Tensor ssim_ball_scale_cuda(const at::Tensor& delta_in, const at::Tensor& x_
 // In place: the window ball of every (b, c) plane, then the box.
 void ssim_window_ball_project_cuda(at::Tensor& delta, const at::Tensor& x_in, const at::Tensor& gamma_in,
                                    int64_t window, double c_pixel) {
-  const char* op = "miga_fast.ssim_window_ball_project_";
-  TORCH_CHECK(x_in.dim() == 4 && delta.sizes() == x_in.sizes() && delta.scalar_type() == x_in.scalar_type(), op,
-              ": `delta` and `x` must be [B, C, H, W] of one shape and dtype");
-  TORCH_CHECK(x_in.device().type() == glue::kDevice && delta.device() == x_in.device() &&
-                  gamma_in.device() == x_in.device(),
-              op, ": the CUDA kernel needs every tensor on one CUDA device");
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
-              ": float32 or float64, got ", x_in.scalar_type());
-  TORCH_CHECK(window >= 1, op, ": window must be >= 1");
-  TORCH_CHECK(gamma_in.dim() == 1 && (gamma_in.size(0) == 1 || gamma_in.size(0) == x_in.size(0)) &&
-                  gamma_in.scalar_type() == x_in.scalar_type(),
-              op, ": `gamma` must be [1] or [B] in x's dtype");
+  check_window_ball_inputs(delta, x_in, gamma_in, window, glue::kDevice);
   const glue::DeviceGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous();
   at::Tensor d = delta.is_contiguous() ? delta : delta.contiguous();

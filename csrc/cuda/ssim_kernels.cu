@@ -509,14 +509,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int sm_count() {
-  int dev = 0, count = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || count <= 0)
-    return 132;
-  return count;
-}
-
 int ball_chunks(const Geometry& g) {
   const int64_t n = g.channels * g.ho * g.wo;
   const int64_t by_size = (n + 4 * kThreads - 1) / (4 * kThreads);
@@ -586,11 +578,7 @@ size_t ssim_shared_bytes(const SsimArgs& a, bool with_grad) {
 }
 
 size_t ssim_shared_limit() {
-  int dev = 0, bytes = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || bytes <= 0)
-    return 48 * 1024;
-  return static_cast<size_t>(bytes);
+  return static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024));
 }
 
 cudaError_t launch_ssim(const SsimArgs& a, bool with_grad, cudaStream_t stream) {

@@ -70,7 +70,7 @@ struct Fiber {
   ucontext_t context{};
   std::unique_ptr<char[]> stack;
   uint3 index{};
-  int warp = 0, lane = 0;
+  int lane = 0;
   State state = State::kRunnable;
   int64_t syncs = 0;
 };
@@ -285,7 +285,6 @@ class Launcher {
       f.stack.reset(new char[kStackBytes]);
       f.index = index3(static_cast<unsigned>(t % block_.x), static_cast<unsigned>((t / block_.x) % block_.y),
                            static_cast<unsigned>(t / (uint64_t(block_.x) * block_.y)));
-      f.warp = static_cast<int>(t / 32);
       f.lane = static_cast<int>(t % 32);
     }
     for (unsigned z = 0; z < grid_.z; ++z)
