@@ -61,22 +61,7 @@ def register_python_parts() -> None:
         return
     import importlib
 
-    mine = importlib.import_module("miga_fast.ops.mine")  # miga_fast.ops.ssim is also a function
-    ssim = importlib.import_module("miga_fast.ops.ssim")
-
-    def fake(name):
-        return torch.library.register_fake(f"miga_fast_emu::{name}")
-
-    for name in ("pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_",
-                 "ssim_window_ball_project_"):
-        fake(name)(lambda *args, **kwargs: None)
-    fake("ssim")(lambda x, *args: x.new_empty(x.shape[:1]))
-    fake("ssim_value_and_grad")(lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x),
-                                                     torch.empty_like(y)))
-    fake("ssim_ball_scale")(lambda delta, x, *args: x.new_empty(x.shape[:1]))
-    fake("mine_row_lse")(lambda u, *args: u.new_empty(u.shape[:1]))
-    fake("mine_row_lse_backward")(lambda grad, u, v, w2, *args: (torch.empty_like(u), torch.empty_like(v),
-                                                                  torch.empty_like(w2)))
-    ssim._register_autograd("miga_fast_emu")
-    mine._register_autograd("miga_fast_emu")
+    # the modules (miga_fast.ops.ssim and .mine are also functions)
+    for family in ("projection", "ssim", "mine"):
+        importlib.import_module(f"miga_fast.ops.{family}")._register_cpp("miga_fast_emu")
     _python_parts_registered = True

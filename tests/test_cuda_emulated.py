@@ -76,7 +76,7 @@ SIZES = [(3, 9001), (2, 64), (70, 301), (1, 1)]
 
 def _projection_inputs(rng, b, n, dtype, offset):
     base = torch.rand(b * n + offset, generator=rng, dtype=torch.float64)
-    x = base[offset:].view(b, n).to(dtype) if offset == 0 else base.to(dtype)[offset:].view(b, n)
+    x = base.to(dtype)[offset:].view(b, n)  # offset 1: a misaligned data pointer
     d = ((torch.rand(b, n, generator=rng, dtype=torch.float64) - 0.5) * 0.2).to(dtype)
     g = torch.randn(b, n, generator=rng, dtype=torch.float64).to(dtype)
     g[0, : min(n, 5)] = 0

@@ -47,20 +47,21 @@ def _register_autograd(namespace: str) -> None:
     torch.library.register_autograd(f"{namespace}::mine_row_lse", backward, setup_context=setup_context)
 
 
-def _register_cpp() -> None:
-    if _extension.load() is None:
-        return
-    torch.library.register_fake("miga_fast::mine_row_lse")(lambda u, *args: u.new_empty(u.shape[:1]))
-    torch.library.register_fake("miga_fast::mine_row_lse_backward")(
+def _register_cpp(namespace: str = "miga_fast") -> None:
+    """Fake kernels (torch.compile) and autograd of the compiled MINE ops in `namespace`
+    (torch.ops.miga_fast; the emulated-CUDA test build registers its miga_fast_emu too)."""
+    torch.library.register_fake(f"{namespace}::mine_row_lse")(lambda u, *args: u.new_empty(u.shape[:1]))
+    torch.library.register_fake(f"{namespace}::mine_row_lse_backward")(
         lambda grad, u, v, w2, *args: (torch.empty_like(u), torch.empty_like(v), torch.empty_like(w2)))
-    _register_autograd("miga_fast")
+    _register_autograd(namespace)
 
 
 def _ops_for(backend: str):
     return ops_for(backend, "mine", _register_autograd)
 
 
-_register_cpp()
+if _extension.load() is not None:
+    _register_cpp()
 
 
 def _check_critic(u, v, b1, w2, b2, activation):

@@ -32,15 +32,15 @@ NORMS = ("linf", "l2")
 _OPS = ("pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_")
 
 
-def _register_fakes() -> None:
-    """Fake kernels of the C++ ops, for torch.compile: they mutate and return nothing."""
-    if _extension.load() is None:
-        return
+def _register_cpp(namespace: str = "miga_fast") -> None:
+    """Fake kernels of the compiled ops in `namespace` (torch.ops.miga_fast; the emulated-CUDA
+    test build registers its miga_fast_emu too), for torch.compile: they mutate and return nothing."""
     for name in _OPS:
-        torch.library.register_fake(f"miga_fast::{name}")(lambda *args, **kwargs: None)
+        torch.library.register_fake(f"{namespace}::{name}")(lambda *args, **kwargs: None)
 
 
-_register_fakes()
+if _extension.load() is not None:
+    _register_cpp()
 
 
 def _ops_for(backend: str):

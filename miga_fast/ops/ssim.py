@@ -52,23 +52,23 @@ def _register_autograd(namespace: str) -> None:
     torch.library.register_autograd(f"{namespace}::ssim_value_and_grad", backward, setup_context=setup_context)
 
 
-def _register_cpp() -> None:
-    """Fake kernels (torch.compile) and autograd of the C++ SSIM ops."""
-    if _extension.load() is None:
-        return
-    torch.library.register_fake("miga_fast::ssim")(lambda x, y, *args: x.new_empty(x.shape[:1]))
-    torch.library.register_fake("miga_fast::ssim_value_and_grad")(
+def _register_cpp(namespace: str = "miga_fast") -> None:
+    """Fake kernels (torch.compile) and autograd of the compiled SSIM ops in `namespace`
+    (torch.ops.miga_fast; the emulated-CUDA test build registers its miga_fast_emu too)."""
+    torch.library.register_fake(f"{namespace}::ssim")(lambda x, y, *args: x.new_empty(x.shape[:1]))
+    torch.library.register_fake(f"{namespace}::ssim_value_and_grad")(
         lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)))
-    torch.library.register_fake("miga_fast::ssim_ball_scale")(lambda delta, x, *args: x.new_empty(x.shape[:1]))
-    torch.library.register_fake("miga_fast::ssim_window_ball_project_")(lambda *args: None)
-    _register_autograd("miga_fast")
+    torch.library.register_fake(f"{namespace}::ssim_ball_scale")(lambda delta, x, *args: x.new_empty(x.shape[:1]))
+    torch.library.register_fake(f"{namespace}::ssim_window_ball_project_")(lambda *args: None)
+    _register_autograd(namespace)
 
 
 def _ops_for(backend: str):
     return ops_for(backend, "ssim", _register_autograd)
 
 
-_register_cpp()
+if _extension.load() is not None:
+    _register_cpp()
 
 
 def _check_window(win_size, win_sigma) -> None:
