@@ -129,6 +129,33 @@ def test_projection_kernels_match_reference(emu, rng, dtype, name, offset):
             assert torch.equal(out, exp_d), "the l-inf kernels are bit-identical to the reference in float32"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l2_step_overflows_never(emu, rng, dtype):
+    """Hardening item 1 on the CUDA kernels: tiny, huge, zero and mixed gradients give a
+    finite step inside the ball and the box, equal to the reference's."""
+    from test_hardening import check_extreme_l2, check_extreme_mi_fgsm, extreme_gradients
+
+    acc = ACC[dtype]
+    g = extreme_gradients(dtype, rng)
+
+    def l2(d, gg, x, e, a):
+        emu.pgd_step_l2_(d, gg, x, torch.tensor([e], dtype=acc), torch.tensor([a], dtype=acc), 1.0)
+
+    def mi(d, m, gg, x, e, a):
+        emu.mi_fgsm_step_(d, m, gg, x, torch.tensor([e], dtype=acc), torch.tensor([a], dtype=acc), 1.0, 1.0)
+
+    for step, check, reference in (
+            (l2, check_extreme_l2, lambda d, gg, x, e, a: ref_proj.pgd_step_(d, gg, x, e, a, "l2")),
+            (mi, check_extreme_mi_fgsm, ref_proj.mi_fgsm_step_)):
+        rng.manual_seed(3)
+        expected = check(reference, g, rng)
+        rng.manual_seed(3)
+        torch.testing.assert_close(check(step, g, rng), expected, rtol=1e-5, atol=1e-7)
+    d = torch.randn(2, 50, generator=rng, dtype=torch.float64).to(dtype) * (1e30 if dtype == torch.float32 else 1e300)
+    emu.project_l2_(d, torch.full_like(d, 0.5), torch.tensor([0.2], dtype=acc))
+    torch.testing.assert_close(d.double().norm(dim=1), torch.full((2,), 0.2, dtype=torch.float64))
+
+
 def test_projection_opcheck(emu, rng):
     x, d, g, eps, alpha = _projection_inputs(rng, 2, 300, torch.float32, 0)
     torch.library.opcheck(emu.pgd_step_l2_, (d, g, x, eps, alpha, 1.0))

@@ -2,8 +2,11 @@
 
 The math and the passes mirror csrc/cuda/projection_kernels.cu:
   l-inf:        one pass, a 2-D grid (blocks of a sample, samples).
-  l2, MI-FGSM:  a reduction pass writing per-program partial sums (float64), then an
-                update pass whose programs sum their sample's partials in a fixed order.
+  l2, MI-FGSM:  a reduction pass writing per-program partial sums and maxima (float64;
+                float64 data takes a maxima pass first), then an update pass whose
+                programs combine their sample's partials in a fixed order. The gradient
+                is scaled by its largest magnitude before any norm, so tiny, huge and
+                zero gradients are defined (csrc/common/projection_math.h).
 Each launcher is the kernel of an opaque `torch.library.custom_op` in the
 `miga_fast_triton` namespace with an explicit fake kernel, so the ops pass `opcheck` and
 trace under torch.compile. They are registered for CUDA tensors, and also for CPU
@@ -24,9 +27,9 @@ MAX_GRID_Y = 65535
 POISON = os.environ.get("MIGA_FAST_POISON", "") == "1"
 DEVICE_TYPES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "") == "1" else ("cuda",)
 
-MODE_L2_STEP = 0  # partial sums {g.g, g.d, d.d}
-MODE_L2_PROJECT = 1  # {0, 0, d.d}
-MODE_L1_GRAD = 2  # {|g|_1, 0, 0}
+MODE_L2_STEP = 0  # partial sums {s.s, s.u, u.u}
+MODE_L2_PROJECT = 1  # {0, 0, u.u}
+MODE_L1_GRAD = 2  # {|s|_1, 0, 0}
 
 
 @triton.jit
@@ -60,62 +63,122 @@ def _linf_kernel(d_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, eps_stride, alpha_stri
     tl.store(d_ptr + ptr, d.to(d_ptr.dtype.element_ty), mask=mask)
 
 
+SLOTS = 5  # per-program partials: {sum0, sum1, sum2, max|g|, max|d|}
+PASS_FUSED = 0  # the unscaled sums and the maxima, one pass (float, half, bfloat16 data)
+PASS_MAX = 1  # the maxima only (float64 data) ...
+PASS_SCALED = 2  # ... then the sums of the values scaled by them
+
+
 @triton.jit
-def _reduce_kernel(d_ptr, g_ptr, part_ptr, n, MODE: tl.constexpr, BLOCK: tl.constexpr):
+def _scale_of(vmax):
+    return tl.where(vmax > 0, vmax, 1.0)
+
+
+@triton.jit
+def _sample_maxima(part_ptr, b, nprog, NPART: tl.constexpr):
+    k = tl.arange(0, NPART)
+    kmask = k < nprog
+    part = part_ptr + (b * nprog + k) * 5
+    gm = tl.max(tl.load(part + 3, mask=kmask, other=0.0), axis=0)
+    dm = tl.max(tl.load(part + 4, mask=kmask, other=0.0), axis=0)
+    return gm, dm
+
+
+@triton.jit
+def _reduce_kernel(d_ptr, g_ptr, part_ptr, n, MODE: tl.constexpr, PASS: tl.constexpr, NPART: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Partial sums over s = g / max|g| and u = d / dscale (see csrc/common/projection_math.h,
+    l2_factors): PASS_FUSED sums the unscaled values in float64 (the update rescales),
+    PASS_MAX / PASS_SCALED take the maxima first (float64 data)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     b = tl.program_id(1).to(tl.int64)
+    gs = 1.0
+    ds = 1.0
+    if PASS == 2:
+        gm, dm = _sample_maxima(part_ptr, b, nprog, NPART)
+        gs = _scale_of(gm)
+        ds = _scale_of(dm)
     s0 = tl.zeros((BLOCK,), dtype=tl.float64)
     s1 = tl.zeros((BLOCK,), dtype=tl.float64)
     s2 = tl.zeros((BLOCK,), dtype=tl.float64)
+    mg = tl.zeros((BLOCK,), dtype=tl.float64)
+    md = tl.zeros((BLOCK,), dtype=tl.float64)
     for start in range(pid * BLOCK, n, nprog * BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < n
-        if MODE == 0:
-            g = tl.load(g_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
-            d = tl.load(d_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
-            s0 += g * g
-            s1 += g * d
-            s2 += d * d
-        elif MODE == 1:
-            d = tl.load(d_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
-            s2 += d * d
-        else:
-            g = tl.load(g_ptr + b * n + offs, mask=mask, other=0).to(tl.float64)
-            s0 += tl.abs(g)
-    out = part_ptr + (b * nprog + pid) * 3
-    tl.store(out + 0, tl.sum(s0, axis=0))
-    tl.store(out + 1, tl.sum(s1, axis=0))
-    tl.store(out + 2, tl.sum(s2, axis=0))
+        g = tl.zeros((BLOCK,), dtype=tl.float64)
+        d = tl.zeros((BLOCK,), dtype=tl.float64)
+        if MODE != 1:
+            g = tl.load(g_ptr + b * n + offs, mask=mask, other=0).to(tl.float64) / gs
+        if MODE != 2:
+            d = tl.load(d_ptr + b * n + offs, mask=mask, other=0).to(tl.float64) / ds
+        if PASS != 2:
+            mg = tl.maximum(mg, tl.abs(g))
+            md = tl.maximum(md, tl.abs(d))
+        if PASS != 1:
+            if MODE == 2:
+                s0 += tl.abs(g)
+            else:
+                s0 += g * g
+                s1 += g * d
+                s2 += d * d
+    out = part_ptr + (b * nprog + pid) * 5
+    if PASS != 1:
+        tl.store(out + 0, tl.sum(s0, axis=0))
+        tl.store(out + 1, tl.sum(s1, axis=0))
+        tl.store(out + 2, tl.sum(s2, axis=0))
+    if PASS != 2:
+        tl.store(out + 3, tl.max(mg, axis=0))
+        tl.store(out + 4, tl.max(md, axis=0))
 
 
 @triton.jit
 def _update_kernel(d_ptr, m_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, part_ptr, eps_stride, alpha_stride,
-                   mu, direction, n, MODE: tl.constexpr, NPART: tl.constexpr, BLOCK: tl.constexpr):
+                   mu, direction, n, MODE: tl.constexpr, SCALED: tl.constexpr, NPART: tl.constexpr,
+                   BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     b = tl.program_id(1).to(tl.int64)
     k = tl.arange(0, NPART)
     kmask = k < nprog
-    part = part_ptr + (b * nprog + k) * 3
+    part = part_ptr + (b * nprog + k) * 5
     s0 = tl.sum(tl.load(part + 0, mask=kmask, other=0.0), axis=0)
     s1 = tl.sum(tl.load(part + 1, mask=kmask, other=0.0), axis=0)
     s2 = tl.sum(tl.load(part + 2, mask=kmask, other=0.0), axis=0)
+    gm, dm = _sample_maxima(part_ptr, b, nprog, NPART)
+    gs64 = _scale_of(gm)
+    if SCALED:
+        ds64 = _scale_of(dm)
+        ss = s0
+        su = s1
+        l1_64 = s0
+    else:
+        ds64 = gm * 0.0 + 1.0
+        ss = s0 / (gs64 * gs64)
+        su = s1 / gs64
+        l1_64 = s0 / gs64
     e = tl.load(eps_ptr + b * eps_stride)
     e64 = e.to(tl.float64)
+    gs = gs64.to(e.dtype)
     step = direction * tl.load(alpha_ptr + b * alpha_stride)
-    if MODE == 0:
-        gnorm = tl.sqrt(tl.maximum(s0, 0.0))
-        c64 = tl.where(gnorm > 0, step.to(tl.float64) / tl.where(gnorm > 0, gnorm, 1.0), 0.0)
-        n2 = tl.maximum(s2 + 2.0 * c64 * s1 + c64 * c64 * s0, 0.0)
-        nrm = tl.sqrt(n2)
+    if MODE != 2:
+        # l2_factors (csrc/common/projection_math.h): |d + c s| relative to K = max(ds, |c|)
+        snorm = tl.sqrt(tl.maximum(ss, 0.0))
+        c64 = tl.where(snorm > 0, step.to(tl.float64) / tl.where(snorm > 0, snorm, 1.0), 0.0)
+        if MODE == 1:
+            c64 = c64 * 0.0
+        kk = tl.maximum(ds64, tl.abs(c64))
+        kk_safe = tl.where(kk > 0, kk, 1.0)
+        a = ds64 / kk_safe
+        bb = c64 / kk_safe
+        q = tl.maximum(a * a * s2 + 2.0 * a * bb * su + bb * bb * ss, 0.0)
+        nq = tl.sqrt(q)
+        ek = e64 / kk_safe
+        f = tl.where((kk > 0) & (nq > ek), ek / tl.where(nq > 0, nq, 1.0), 1.0).to(e.dtype)
         c = c64.to(e.dtype)
-        f = tl.where(nrm > e64, e64 / tl.where(nrm > 0, nrm, 1.0), 1.0).to(e.dtype)
-    elif MODE == 1:
-        nrm = tl.sqrt(tl.maximum(s2, 0.0))
-        f = tl.where(nrm > e64, e64 / tl.where(nrm > 0, nrm, 1.0), 1.0).to(e.dtype)
     else:
-        l1 = s0.to(e.dtype)
+        l1 = l1_64.to(e.dtype)
     for start in range(pid * BLOCK, n, nprog * BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < n
@@ -124,13 +187,13 @@ def _update_kernel(d_ptr, m_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, part_ptr, eps
         x = tl.load(x_ptr + ptr, mask=mask, other=0).to(e.dtype)
         if MODE == 0:
             g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
-            d = (d + c * g) * f
+            d = (d + c * (g / gs)) * f
         elif MODE == 1:
             d = d * f
         else:
             g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
             m = tl.load(m_ptr + ptr, mask=mask, other=0).to(e.dtype)
-            gn = tl.where(l1 > 0, g / tl.where(l1 > 0, l1, 1.0), 0.0)
+            gn = tl.where(l1 > 0, (g / gs) / tl.where(l1 > 0, l1, 1.0), 0.0)
             m = mu * m + gn
             tl.store(m_ptr + ptr, m.to(m_ptr.dtype.element_ty), mask=mask)
             d = _clamp(d + step * _sign(m), -e, e)
@@ -198,17 +261,21 @@ def _launch_two_pass(mode, d, m, x, eps, g=None, alpha=None, mu=0.0, direction=1
     g2 = g.reshape(batch, n) if g is not None else d2
     m2 = m.reshape(batch, n) if m is not None else d2
     nprog = partial_programs(batch, n, d.device)
+    scaled = d.dtype == torch.float64  # float64 sums could overflow: take the maxima first
     for lo, hi in _batch_chunks(batch):
-        part = torch.empty((hi - lo, nprog, 3), dtype=torch.float64, device=d.device)
+        part = torch.empty((hi - lo, nprog, SLOTS), dtype=torch.float64, device=d.device)
         if POISON:  # tests: a partial the reduction failed to write shows up as NaN
             part.fill_(float("nan"))
         e, es = _param(eps, lo, hi)
         a, as_ = _param(alpha if alpha is not None else eps, lo, hi)
         grid = (nprog, hi - lo)
-        _reduce_kernel[grid](d2[lo:hi], g2[lo:hi], part, n, MODE=mode, BLOCK=BLOCK)
+        npart = triton.next_power_of_2(nprog)
+        passes = (PASS_MAX, PASS_SCALED) if scaled else (PASS_FUSED,)
+        for p in passes:
+            _reduce_kernel[grid](d2[lo:hi], g2[lo:hi], part, n, MODE=mode, PASS=p, NPART=npart, BLOCK=BLOCK)
         _update_kernel[grid](d2[lo:hi], m2[lo:hi], g2[lo:hi], x2[lo:hi], e, a, part, es, as_,
-                             float(mu), float(direction), n, MODE=mode,
-                             NPART=triton.next_power_of_2(nprog), BLOCK=BLOCK)
+                             float(mu), float(direction), n, MODE=mode, SCALED=scaled,
+                             NPART=npart, BLOCK=BLOCK)
 
 
 # ------------------------------------------------------------------- the custom ops

@@ -48,10 +48,19 @@ MIGA_HD A box(A d, A x) {
   return clamp_to(x + d, A(0), A(1)) - x;
 }
 
-// Per-sample l2 factors from the sums S_gg = |g|^2, S_dg = <d, g>, S_dd = |d|^2.
-// The step is d' = d + c * g with c = step / |g| (0 when g = 0), and
-// |d'|^2 = S_dd + 2 c S_dg + c^2 S_gg, so one reduction pass gives both c and the
-// projection factor f = min(1, eps / |d'|) (1 when d' = 0). The update is (d + c g) * f.
+// Per-sample l2 factors, defined for tiny, huge and zero gradients.
+//
+// The gradient is first scaled by its largest magnitude, s = g / max|g| (every entry in
+// [-1, 1], the largest exactly 1), so its norm |s| lies in [1, sqrt(n)] and nothing
+// overflows or underflows however small or large g is; a zero gradient takes no step.
+// The step is d' = d + c * s with c = step / |s| (|c| <= |step|: always finite), and the
+// projection factor is f = min(1, eps / |d'|); the update is (d + c * s) * f.
+//
+// The sums come in over s and u = d / dscale (dscale > 0: the caller's scale of d, 1 when
+// the sums of d cannot overflow, as for float32 data in double sums):
+//   s_ss = sum s^2, s_su = sum s u, s_uu = sum u^2.
+// |d'|^2 = dscale^2 s_uu + 2 c dscale s_su + c^2 s_ss is formed relative to
+// K = max(dscale, |c|), so it stays finite too.
 template <typename A>
 struct L2Factors {
   A c;
@@ -59,25 +68,37 @@ struct L2Factors {
 };
 
 template <typename A>
-MIGA_HD L2Factors<A> l2_factors(double s_gg, double s_dg, double s_dd, A eps, A step) {
+MIGA_HD L2Factors<A> l2_factors(double s_ss, double s_su, double s_uu, double dscale, A eps, A step) {
   L2Factors<A> r;
-  const double gnorm = s_gg > 0.0 ? sqrt(s_gg) : 0.0;
-  const double c = gnorm > 0.0 ? static_cast<double>(step) / gnorm : 0.0;
-  double n2 = s_dd + 2.0 * c * s_dg + c * c * s_gg;
-  n2 = n2 > 0.0 ? n2 : 0.0;
-  const double n = sqrt(n2);
-  const double e = static_cast<double>(eps);
+  const double snorm = s_ss > 0.0 ? sqrt(s_ss) : 0.0;
+  const double c = snorm > 0.0 ? static_cast<double>(step) / snorm : 0.0;
+  const double ac = c < 0.0 ? -c : c;
+  const double k = dscale > ac ? dscale : ac;
+  double f = 1.0;
+  if (k > 0.0) {
+    const double a = dscale / k, b = c / k;
+    double q = a * a * s_uu + 2.0 * a * b * s_su + b * b * s_ss;
+    q = q > 0.0 ? q : 0.0;
+    const double nq = sqrt(q);             // |d'| / K
+    const double ek = static_cast<double>(eps) / k;  // may be inf: then |d'| <= eps
+    if (nq > ek) f = ek / nq;
+  }
   r.c = static_cast<A>(c);
-  r.f = static_cast<A>(n > e ? e / n : 1.0);
+  r.f = static_cast<A>(f);
   return r;
 }
 
-// Projection factor for an existing delta: min(1, eps / |d|).
+// Projection factor for an existing delta: min(1, eps / |d|), from s_uu = sum (d / dscale)^2.
 template <typename A>
-MIGA_HD A l2_project_factor(double s_dd, A eps) {
-  const double n = sqrt(s_dd > 0.0 ? s_dd : 0.0);
-  const double e = static_cast<double>(eps);
-  return static_cast<A>(n > e ? e / n : 1.0);
+MIGA_HD A l2_project_factor(double s_uu, double dscale, A eps) {
+  return l2_factors<A>(0.0, 0.0, s_uu, dscale, eps, A(0)).f;
+}
+
+// The divisor that scales a vector by its largest magnitude: max|v|, or 1 when v = 0
+// (then every v / scale is 0 and no step is taken).
+template <typename A>
+MIGA_HD A safe_scale(A vmax) {
+  return vmax > A(0) ? vmax : A(1);
 }
 
 }  // namespace miga_fast

@@ -34,49 +34,79 @@ void linf_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict
   });
 }
 
-// Sums over one sample: out = {sum g*g, sum g*d, sum d*d}. Four independent
-// accumulators in a fixed order: deterministic and not latency-bound.
+// Largest magnitude of one sample's values (four independent maxima: not latency-bound).
 template <typename T>
-void dot3(const T* __restrict__ g, const T* __restrict__ d, int64_t n, double out[3]) {
-  double gg[4] = {0, 0, 0, 0}, gd[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0};
+T max_abs(const T* __restrict__ a, int64_t n) {
+  T m[4] = {T(0), T(0), T(0), T(0)};
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
+  for (; i + 4 <= n; i += 4)
     for (int k = 0; k < 4; ++k) {
-      const double gv = g[i + k], dv = d[i + k];
+      const T v = std::abs(a[i + k]);
+      m[k] = v > m[k] ? v : m[k];
+    }
+  for (; i < n; ++i) {
+    const T v = std::abs(a[i]);
+    m[0] = v > m[0] ? v : m[0];
+  }
+  const T m01 = m[0] > m[1] ? m[0] : m[1], m23 = m[2] > m[3] ? m[2] : m[3];
+  return m01 > m23 ? m01 : m23;
+}
+
+// The per-sample sums the l2 and l1 steps need (projection_math.h, l2_factors): over
+// s = g / gscale and u = d / dscale, with gscale = max|g| (1 when g = 0).
+//   float data: one pass, the sums of the unscaled values in double (float32 squares
+//     can neither overflow nor underflow there), rescaled afterwards; dscale = 1.
+//   double data: a pass for the maxima, then the sums of the scaled values.
+// Four independent accumulators in a fixed order: deterministic and not latency-bound.
+struct SampleSums {
+  double ss = 0, su = 0, uu = 0, l1 = 0;  // sum s^2, sum s u, sum u^2, sum |s|
+  double gscale = 1, dscale = 1;
+};
+
+template <typename T, bool WANT_D, bool WANT_L1>
+SampleSums sample_sums(const T* __restrict__ g, const T* __restrict__ d, int64_t n) {
+  SampleSums r;
+  double gg[4] = {0, 0, 0, 0}, gd[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0}, ga[4] = {0, 0, 0, 0};
+  const bool has_g = g != nullptr;
+  // Scales: float data needs none in double; double data divides by its maxima.
+  constexpr bool kScaled = sizeof(T) >= sizeof(double);
+  double gs = 1.0, ds = 1.0;
+  T gmax = T(0);
+  if (has_g) gmax = max_abs(g, n);
+  if (kScaled) {
+    gs = static_cast<double>(safe_scale(gmax));
+    if (WANT_D) ds = static_cast<double>(safe_scale(max_abs(d, n)));
+  }
+  auto acc = [&](int k, int64_t i) {
+    const double gv = has_g ? static_cast<double>(g[i]) / gs : 0.0;
+    if (WANT_L1) ga[k] += std::abs(gv);
+    if (WANT_D) {
+      const double dv = static_cast<double>(d[i]) / ds;
       gg[k] += gv * gv;
       gd[k] += gv * dv;
       dd[k] += dv * dv;
     }
-  }
-  for (; i < n; ++i) {
-    const double gv = g[i], dv = d[i];
-    gg[0] += gv * gv;
-    gd[0] += gv * dv;
-    dd[0] += dv * dv;
-  }
-  out[0] = (gg[0] + gg[1]) + (gg[2] + gg[3]);
-  out[1] = (gd[0] + gd[1]) + (gd[2] + gd[3]);
-  out[2] = (dd[0] + dd[1]) + (dd[2] + dd[3]);
-}
-
-template <typename T>
-double sum_sq(const T* __restrict__ a, int64_t n) {
-  double acc[4] = {0, 0, 0, 0};
+  };
   int64_t i = 0;
   for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; ++k) acc[k] += static_cast<double>(a[i + k]) * a[i + k];
-  for (; i < n; ++i) acc[0] += static_cast<double>(a[i]) * a[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
-template <typename T>
-double sum_abs(const T* __restrict__ a, int64_t n) {
-  double acc[4] = {0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int k = 0; k < 4; ++k) acc[k] += std::abs(static_cast<double>(a[i + k]));
-  for (; i < n; ++i) acc[0] += std::abs(static_cast<double>(a[i]));
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (int k = 0; k < 4; ++k) acc(k, i + k);
+  for (; i < n; ++i) acc(0, i);
+  const double sgg = (gg[0] + gg[1]) + (gg[2] + gg[3]);
+  const double sgd = (gd[0] + gd[1]) + (gd[2] + gd[3]);
+  r.uu = (dd[0] + dd[1]) + (dd[2] + dd[3]);
+  const double sga = (ga[0] + ga[1]) + (ga[2] + ga[3]);
+  r.gscale = static_cast<double>(safe_scale(gmax));
+  r.dscale = ds;
+  if (kScaled) {
+    r.ss = sgg;
+    r.su = sgd;
+    r.l1 = sga;
+  } else {  // rescale the unscaled double sums
+    r.ss = sgg / (r.gscale * r.gscale);
+    r.su = sgd / r.gscale;
+    r.l1 = sga / r.gscale;
+  }
+  return r;
 }
 
 template <typename T>
@@ -84,42 +114,46 @@ void l2_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__
                int64_t eps_stride, const T* alpha, int64_t alpha_stride, T direction,
                int64_t batch, int64_t n) {
   std::vector<L2Factors<T>> fac(batch);
+  std::vector<T> gscale(batch, T(1));
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T e = eps[b * eps_stride];
-      if (g != nullptr) {
-        double s[3];
-        dot3(g + b * n, d + b * n, n, s);
-        fac[b] = l2_factors<T>(s[0], s[1], s[2], e, direction * alpha[b * alpha_stride]);
-      } else {
-        fac[b] = L2Factors<T>{T(0), l2_project_factor<T>(sum_sq(d + b * n, n), e)};
-      }
+      const SampleSums s = sample_sums<T, true, false>(g != nullptr ? g + b * n : nullptr, d + b * n, n);
+      const T step = g != nullptr ? direction * alpha[b * alpha_stride] : T(0);
+      fac[b] = l2_factors<T>(s.ss, s.su, s.uu, s.dscale, e, step);
+      gscale[b] = static_cast<T>(s.gscale);
     }
   });
   for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const T c = fac[b].c, f = fac[b].f;
+    const T c = fac[b].c, f = fac[b].f, gs = gscale[b];
     if (g != nullptr) {
-      for (int64_t i = i0; i < i1; ++i) d[i] = box((d[i] + c * g[i]) * f, x[i]);
+      for (int64_t i = i0; i < i1; ++i) d[i] = box((d[i] + c * (g[i] / gs)) * f, x[i]);
     } else {
       for (int64_t i = i0; i < i1; ++i) d[i] = box(d[i] * f, x[i]);
     }
   });
 }
 
+// momentum <- mu * momentum + s / |s|_1 with s = g / max|g| (0 where g = 0), then the
+// l-inf step on the momentum.
 template <typename T>
 void mi_fgsm_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g,
                     const T* __restrict__ x, const T* eps, int64_t eps_stride, const T* alpha,
                     int64_t alpha_stride, T mu, T direction, int64_t batch, int64_t n) {
-  std::vector<T> l1(batch);
+  std::vector<T> l1(batch), gscale(batch);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) l1[b] = static_cast<T>(sum_abs(g + b * n, n));
+    for (int64_t b = b0; b < b1; ++b) {
+      const SampleSums s = sample_sums<T, false, true>(g + b * n, nullptr, n);
+      l1[b] = static_cast<T>(s.l1);
+      gscale[b] = static_cast<T>(s.gscale);
+    }
   });
   for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
     const T e = eps[b * eps_stride];
     const T step = direction * alpha[b * alpha_stride];
-    const T norm = l1[b];
+    const T norm = l1[b], gs = gscale[b];
     for (int64_t i = i0; i < i1; ++i) {
-      const T gn = norm > T(0) ? g[i] / norm : T(0);
+      const T gn = norm > T(0) ? (g[i] / gs) / norm : T(0);
       const T mv = mu * m[i] + gn;
       m[i] = mv;
       d[i] = linf_step(d[i], mv, x[i], e, step);

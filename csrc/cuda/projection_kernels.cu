@@ -2,9 +2,10 @@
 //
 // l-inf: one pass over memory, 16-byte packs where the pointers are aligned and no
 //        pack straddles a sample, a grid-stride loop, no host synchronisation.
-// l2 / MI-FGSM: one per-sample reduction pass writing per-block partial sums (double),
-//        then one update pass whose blocks first sum their sample's partials in a fixed
-//        order: deterministic run to run, no atomics, no memset.
+// l2 / MI-FGSM: one per-sample reduction pass writing per-block partial sums (double;
+//        float64 data takes a maxima pass before it), then one update pass whose
+//        blocks first combine their sample's partials in a fixed order: deterministic
+//        run to run, no atomics, no memset.
 // Every kernel computes in float (double for float64 data) and rounds once on store.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -118,11 +119,31 @@ cudaError_t launch_linf_typed(const ProjectionArgs& a, cudaStream_t stream) {
 }
 
 // ------------------------------------------------ per-sample reductions (l2, l1)
+//
+// Each reduction block writes kSlots partials per sample: {sum0, sum1, sum2, max|g|, max|d|}.
+// The sums are over the gradient scaled by its largest magnitude, s = g / max|g|, and
+// u = d / dscale (projection_math.h, l2_factors). For float, half and bfloat16 data the
+// sums of the unscaled values are taken in double in one pass (their squares can neither
+// overflow nor underflow there) and rescaled by the update kernel; float64 data takes a
+// maxima pass first, then the sums of the scaled values.
 
 enum Mode : int {
   kL2Step = 0,     // sums {g.g, g.d, d.d}
   kL2Project = 1,  // sums {0, 0, d.d}
   kL1Grad = 2,     // sums {|g|_1, 0, 0}
+};
+
+enum Pass : int {
+  kPassFused = 0,   // unscaled sums and the maxima, one pass
+  kPassMax = 1,     // the maxima only
+  kPassScaled = 2,  // the sums of the values scaled by the maxima kPassMax wrote
+};
+
+constexpr int kSlots = 5;
+
+template <typename T>
+struct NeedsScaledSums {
+  static constexpr bool value = sizeof(typename AccOf<T>::type) == sizeof(double);
 };
 
 __device__ __forceinline__ double warp_sum(double v) {
@@ -131,71 +152,110 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;
 }
 
-// Block-wide sum of three values into thread 0 (a fixed tree: deterministic).
-__device__ __forceinline__ void block_sum3(double (&v)[3]) {
-  __shared__ double smem[kThreads / 32][3];
+__device__ __forceinline__ double warp_max(double v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const double o = __shfl_down_sync(0xffffffffu, v, off);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+// Block-wide reduction into thread 0: sums of v[0..2], maxima of v[3..4] (a fixed tree:
+// deterministic).
+__device__ __forceinline__ void block_reduce(double (&v)[kSlots]) {
+  __shared__ double smem[kThreads / 32][kSlots];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int k = 0; k < 3; ++k) v[k] = warp_sum(v[k]);
+  for (int k = 0; k < kSlots; ++k) v[k] = k < 3 ? warp_sum(v[k]) : warp_max(v[k]);
   if (lane == 0) {
 #pragma unroll
-    for (int k = 0; k < 3; ++k) smem[warp][k] = v[k];
+    for (int k = 0; k < kSlots; ++k) smem[warp][k] = v[k];
   }
   __syncthreads();
   if (warp == 0) {
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
+    for (int k = 0; k < kSlots; ++k) {
       v[k] = lane < kThreads / 32 ? smem[lane][k] : 0.0;
-      v[k] = warp_sum(v[k]);
+      v[k] = k < 3 ? warp_sum(v[k]) : warp_max(v[k]);
     }
   }
   __syncthreads();
 }
 
-template <typename T, int MODE>
+// Warp 0 combines the partials of sample b in a fixed order; the result lands in lane 0.
+__device__ __forceinline__ void combine_partials(const double* __restrict__ partials, int64_t b,
+                                                 int nblk, double (&s)[kSlots]) {
+#pragma unroll
+  for (int k = 0; k < kSlots; ++k) s[k] = 0.0;
+  for (int j = threadIdx.x; j < nblk; j += 32) {
+    const double* p = partials + (b * nblk + j) * kSlots;
+#pragma unroll
+    for (int k = 0; k < kSlots; ++k) s[k] = k < 3 ? s[k] + p[k] : (p[k] > s[k] ? p[k] : s[k]);
+  }
+#pragma unroll
+  for (int k = 0; k < kSlots; ++k) s[k] = k < 3 ? warp_sum(s[k]) : warp_max(s[k]);
+}
+
+__device__ __forceinline__ double scale_of(double vmax) { return vmax > 0.0 ? vmax : 1.0; }
+
+template <typename T, int MODE, int PASS>
 __global__ void __launch_bounds__(kThreads)
     reduce_kernel(const T* __restrict__ d, const T* __restrict__ g, int64_t batch, int64_t n,
                   double* __restrict__ partials) {
+  __shared__ double s_scale[2];
   const int nblk = gridDim.x;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
-    double s[3] = {0.0, 0.0, 0.0};
+    double gs = 1.0, ds = 1.0;
+    if (PASS == kPassScaled) {
+      if (threadIdx.x < 32) {
+        double m[kSlots];
+        combine_partials(partials, b, nblk, m);
+        if (threadIdx.x == 0) {
+          s_scale[0] = scale_of(m[3]);
+          s_scale[1] = scale_of(m[4]);
+        }
+      }
+      __syncthreads();
+      gs = s_scale[0];
+      ds = s_scale[1];
+    }
+    double s[kSlots] = {0.0, 0.0, 0.0, 0.0, 0.0};
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(nblk) * blockDim.x) {
       const int64_t j = b * n + i;
-      if (MODE == kL2Step) {
-        const double gv = load_acc(g[j]), dv = load_acc(d[j]);
-        s[0] += gv * gv;
-        s[1] += gv * dv;
-        s[2] += dv * dv;
-      } else if (MODE == kL2Project) {
-        const double dv = load_acc(d[j]);
-        s[2] += dv * dv;
-      } else {
-        s[0] += fabs(static_cast<double>(load_acc(g[j])));
+      const double gv = MODE == kL2Project ? 0.0 : static_cast<double>(load_acc(g[j])) / gs;
+      const double dv = MODE == kL1Grad ? 0.0 : static_cast<double>(load_acc(d[j])) / ds;
+      const double ga = gv < 0.0 ? -gv : gv, da = dv < 0.0 ? -dv : dv;
+      if (PASS != kPassScaled) {
+        s[3] = ga > s[3] ? ga : s[3];
+        s[4] = da > s[4] ? da : s[4];
+      }
+      if (PASS != kPassMax) {
+        if (MODE == kL1Grad) {
+          s[0] += ga;
+        } else {
+          s[0] += gv * gv;
+          s[1] += gv * dv;
+          s[2] += dv * dv;
+        }
       }
     }
-    block_sum3(s);
+    block_reduce(s);
     if (threadIdx.x == 0) {
-      double* out = partials + (b * nblk + blockIdx.x) * 3;
-      out[0] = s[0];
-      out[1] = s[1];
-      out[2] = s[2];
+      double* out = partials + (b * nblk + blockIdx.x) * kSlots;
+      if (PASS != kPassMax) {
+        out[0] = s[0];
+        out[1] = s[1];
+        out[2] = s[2];
+      }
+      if (PASS != kPassScaled) {
+        out[3] = s[3];
+        out[4] = s[4];
+      }
     }
+    __syncthreads();  // s_scale is rewritten for the next sample
   }
-}
-
-// Warp 0 sums the partials of sample b in a fixed order; the result lands in lane 0.
-__device__ __forceinline__ void sum_partials(const double* __restrict__ partials, int64_t b,
-                                             int nblk, double (&s)[3]) {
-  s[0] = s[1] = s[2] = 0.0;
-  for (int k = threadIdx.x; k < nblk; k += 32) {
-    const double* p = partials + (b * nblk + k) * 3;
-    s[0] += p[0];
-    s[1] += p[1];
-    s[2] += p[2];
-  }
-#pragma unroll
-  for (int k = 0; k < 3; ++k) s[k] = warp_sum(s[k]);
 }
 
 template <typename T, int MODE>
@@ -207,47 +267,54 @@ __global__ void __launch_bounds__(kThreads)
                   typename AccOf<T>::type direction, int64_t batch, int64_t n,
                   const double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
-  __shared__ A s_a, s_b;
+  constexpr bool kScaled = NeedsScaledSums<T>::value;
+  __shared__ A s_a, s_b, s_gs;
   const int nblk = gridDim.x;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     const A e = eps[b * eps_stride];
     const A step = MODE == kL2Project ? A(0) : direction * alpha[b * alpha_stride];
     if (threadIdx.x < 32) {
-      double s[3];
-      sum_partials(partials, b, nblk, s);
+      double s[kSlots];
+      combine_partials(partials, b, nblk, s);
       if (threadIdx.x == 0) {
+        // s[0..2]: sums over s = g / gs and u = d / ds (kScaled), or over g and d.
+        const double gs = scale_of(s[3]);
+        const double ds = kScaled ? scale_of(s[4]) : 1.0;
+        const double ss = kScaled ? s[0] : s[0] / (gs * gs);
+        const double su = kScaled ? s[1] : s[1] / gs;
+        s_gs = static_cast<A>(gs);
         if (MODE == kL2Step) {
-          const L2Factors<A> f = l2_factors<A>(s[0], s[1], s[2], e, step);
+          const L2Factors<A> f = l2_factors<A>(ss, su, s[2], ds, e, step);
           s_a = f.c;
           s_b = f.f;
         } else if (MODE == kL2Project) {
           s_a = A(0);
-          s_b = l2_project_factor<A>(s[2], e);
+          s_b = l2_project_factor<A>(s[2], ds, e);
         } else {
-          s_a = static_cast<A>(s[0]);  // |g|_1
+          s_a = static_cast<A>(kScaled ? s[0] : s[0] / gs);  // |g / gs|_1
           s_b = A(0);
         }
       }
     }
     __syncthreads();
-    const A ca = s_a, cb = s_b;
+    const A ca = s_a, cb = s_b, gs = s_gs;
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(nblk) * blockDim.x) {
       const int64_t j = b * n + i;
       const A dv = load_acc(d[j]), xv = load_acc(x[j]);
       if (MODE == kL2Step) {
-        d[j] = store_as<T>(box((dv + ca * load_acc(g[j])) * cb, xv));
+        d[j] = store_as<T>(box((dv + ca * (load_acc(g[j]) / gs)) * cb, xv));
       } else if (MODE == kL2Project) {
         d[j] = store_as<T>(box(dv * cb, xv));
       } else {
         const A gv = load_acc(g[j]);
-        const A gn = ca > A(0) ? gv / ca : A(0);
+        const A gn = ca > A(0) ? (gv / gs) / ca : A(0);
         const A mv = mu * load_acc(m[j]) + gn;
         m[j] = store_as<T>(mv);
         d[j] = store_as<T>(linf_step(dv, mv, xv, e, step));
       }
     }
-    __syncthreads();  // s_a/s_b are rewritten for the next sample
+    __syncthreads();  // s_a/s_b/s_gs are rewritten for the next sample
   }
 }
 
@@ -267,8 +334,18 @@ cudaError_t launch_two_pass(const ProjectionArgs& a, cudaStream_t stream) {
   auto* partials = static_cast<double*>(a.workspace);
   T* d = static_cast<T*>(a.delta);
   const T* g = static_cast<const T*>(a.grad);
-  MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE>)(d, g, a.batch, a.n, partials);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = cudaSuccess;
+  if (NeedsScaledSums<T>::value) {
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassMax>)(d, g, a.batch, a.n, partials);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassScaled>)(d, g, a.batch, a.n,
+                                                                                    partials);
+  } else {
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassFused>)(d, g, a.batch, a.n,
+                                                                                   partials);
+  }
+  err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, update_kernel<T, MODE>)(
       d, static_cast<T*>(a.momentum), g, static_cast<const T*>(a.x),
@@ -318,7 +395,7 @@ struct MomentumFn {
 }  // namespace
 
 size_t projection_workspace_bytes(int64_t batch, int64_t n) {
-  return static_cast<size_t>(batch) * partial_blocks(batch, n) * 3 * sizeof(double);
+  return static_cast<size_t>(batch) * partial_blocks(batch, n) * kSlots * sizeof(double);
 }
 
 cudaError_t launch_linf(DType dtype, const ProjectionArgs& args, cudaStream_t stream) {

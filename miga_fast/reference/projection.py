@@ -17,8 +17,28 @@ def per_sample_view(value, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [B, n] (a 1-D tensor holds one value per sample)."""
+    return t.reshape(t.shape[0], -1)
+
+
 def _norm(t: torch.Tensor, p: float) -> torch.Tensor:
-    return t.flatten(1).norm(p=p, dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+    return _flat(t).norm(p=p, dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def _scale(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample largest magnitude max|t| as a [B, 1, ...] view, 1 where t = 0: dividing by
+    it puts every entry in [-1, 1] (the largest exactly +-1), so the norms that follow can
+    neither overflow nor underflow, however small or large t is."""
+    m = _flat(t).abs().amax(dim=1).reshape(-1, *([1] * (t.dim() - 1)))
+    return torch.where(m > 0, m, torch.ones_like(m))
+
+
+def _unit(t: torch.Tensor, p: float) -> torch.Tensor:
+    """t / |t|_p per sample, computed on t / max|t|; 0 where t = 0."""
+    s = t / _scale(t)
+    n = _norm(s, p)  # in [1, n^(1/p)] unless t = 0
+    return torch.where(n > 0, s / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(s))
 
 
 def _box(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -30,29 +50,31 @@ def _linf_ball(d, e):
 
 
 def _l2_ball(d, e):
-    n = _norm(d, 2)
-    return d * torch.where(n > e, e / n, torch.ones_like(n))
+    """d * min(1, e / |d|), with |d| formed on d / max|d| (finite for every finite d)."""
+    k = _scale(d)
+    n = _norm(d / k, 2)  # |d| / k
+    ek = e / k  # may be inf (tiny d): then |d| <= e
+    return d * torch.where(n > ek, ek / torch.where(n > 0, n, torch.ones_like(n)), torch.ones_like(n))
 
 
 def pgd_step_(delta, grad, x, eps, alpha, norm="linf", direction=1.0):
     """delta <- box(ball(delta + direction * alpha * dir(grad))), in place.
-    dir = sign(grad) for l-inf, grad / |grad|_2 for l2 (0 where grad = 0)."""
+    dir = sign(grad) for l-inf, grad / |grad|_2 for l2, the norm taken of grad / max|grad|
+    (0 where grad = 0: no step)."""
     e = per_sample_view(eps, delta)
     step = per_sample_view(alpha, delta) * direction
     if norm == "linf":
         d = _linf_ball(delta + step * torch.sign(grad), e)
     else:
-        gn = _norm(grad, 2)
-        unit = torch.where(gn > 0, grad / gn, torch.zeros_like(grad))
-        d = _l2_ball(delta + step * unit, e)
+        d = _l2_ball(delta + step * _unit(grad, 2), e)
     delta.copy_(_box(d, x))
     return delta
 
 
 def mi_fgsm_step_(delta, momentum, grad, x, eps, alpha, mu=1.0, direction=1.0):
-    """MI-FGSM: momentum <- mu * momentum + grad / |grad|_1, then the l-inf step on it."""
-    l1 = _norm(grad, 1)
-    m = mu * momentum + torch.where(l1 > 0, grad / l1, torch.zeros_like(grad))
+    """MI-FGSM: momentum <- mu * momentum + grad / |grad|_1 (the norm of grad / max|grad|;
+    0 where grad = 0), then the l-inf step on it."""
+    m = mu * momentum + _unit(grad, 1)
     momentum.copy_(m)
     return pgd_step_(delta, m, x, eps, alpha, "linf", direction)
 
@@ -72,12 +94,13 @@ def sample_ball(like: torch.Tensor, eps, norm="linf", generator=None) -> torch.T
     if norm == "linf":
         u = torch.rand(like.shape, generator=generator, dtype=like.dtype, device=like.device)
         return (2 * u - 1) * e
-    z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
     n = like[0].numel()
+    if n == 0:  # samples with no elements: the ball is the single point 0
+        return torch.zeros_like(like)
+    z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
     r = torch.rand((like.shape[0],), generator=generator, dtype=like.dtype, device=like.device)
     r = r.pow(1.0 / n).reshape(-1, *([1] * (like.dim() - 1)))
-    zn = _norm(z, 2)
-    return z / torch.where(zn > 0, zn, torch.ones_like(zn)) * r * e
+    return _unit(z, 2) * r * e
 
 
 def random_init_(delta, x, eps, norm="linf", generator=None):
