@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _print_backends(as_json: bool) -> int:
@@ -124,36 +125,99 @@ def _demo(args) -> int:
     return 0
 
 
-def _load_data(name: str, size: int | None, channels: int):
+def _load_data(args):
     from miga_fast import data
 
+    name = args.data
     if name == "natural":
         return data.load_natural_patches("test", 32)
     if name == "digits":
         return data.load_digits("test")
     if name == "faces":
-        x, y = data.load_faces("test")
-        return x, y
-    return data.ImageFolderDataset(name, size=size, channels=channels).tensors()
+        return data.load_faces("test")
+    class_map = None
+    if args.classifier:  # labels must be the classifier's class indices
+        class_map = "index"
+        if args.class_map:
+            class_map = json.loads(Path(args.class_map).read_text())
+    folder = data.ImageFolderDataset(name, size=args.size, channels=args.channels, class_map=class_map,
+                                     limit=args.n, follow_symlinks=args.follow_symlinks)
+    return folder.tensors()
+
+
+def parse_radius(text: str | None, norm: str):
+    """--eps as the user wrote it: a number or a fraction such as 8/255, in the units of
+    the [0, 1] image range for every norm (never rescaled behind the user's back). None
+    means the norm's default. l-inf radii above 1 are refused (ambiguous: 8 most likely
+    meant 8/255); --norm ssim is bounded by --tau, so an --eps there is refused."""
+    import math
+
+    from miga_fast.attacks.miga import DEFAULT_EPS
+
+    if norm == "ssim":
+        if text is not None:
+            raise ValueError("--norm ssim is bounded by --tau (the SSIM floor), not --eps: drop --eps")
+        return None
+    if text is None:
+        return DEFAULT_EPS[norm]
+    try:
+        if "/" in text:
+            num, den = text.split("/")
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"--eps must be a number or a fraction such as 8/255, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"--eps must be finite and >= 0, got {text!r}")
+    if norm == "linf" and value > 1:
+        raise ValueError(f"--eps {text} is ambiguous for --norm linf: radii are fractions of the [0, 1] image "
+                         f"range; write --eps {text}/255 for {text} grey levels")
+    return value
+
+
+def _check_out_dir(out) -> str | None:
+    """None if `out` is (or can be made) a writable folder, else why not."""
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"--out {out} exists and is not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        return f"--out {out} is not writable: {exc.strerror or exc}"
+    return None
 
 
 def _attack(args) -> int:
     """miga-fast attack: any configuration, the user's models and folders included. Bad
     input ends with a one-line message and exit status 2, never a traceback."""
     import torch
+    from PIL import Image
 
-    from miga_fast.attacks import MIGA, DenoiserDegradation, EndToEndPGD
+    from miga_fast.attacks import MIGA, DenoiserDegradation, EndToEndPGD, RunFolderBusyError
     from miga_fast.models import registry
 
     def fail(msg):
         print(f"miga-fast attack: {msg}", file=sys.stderr)
         return 2
 
-    eps = args.eps / 255 if args.eps > 1 else args.eps
-    if not 0 <= eps <= 1:
-        return fail(f"--eps must lie in [0, 1] (or [0, 255] on the 0-255 scale), got {args.eps}")
+    try:
+        eps = parse_radius(args.eps, args.norm)
+    except ValueError as exc:
+        return fail(str(exc))
+    if not 0 < args.tau <= 1:
+        return fail(f"--tau must lie in (0, 1], got {args.tau}")
     if args.batch_size < 1 or args.steps < 0 or (args.n is not None and args.n < 1):
         return fail("--batch-size and --n must be >= 1, --steps >= 0")
+    if args.class_map and not args.classifier:
+        return fail("--class-map maps folders to the classifier's classes: it needs --classifier")
+    problem = _check_out_dir(args.out)
+    if problem:
+        return fail(problem)
     kwargs = {}
     for side in ("denoiser", "classifier"):
         text = getattr(args, f"{side}_kwargs")
@@ -163,15 +227,16 @@ def _attack(args) -> int:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             return fail(f"--{side}-kwargs must be a JSON object of the architecture's arguments: {exc}")
+    trust = args.trust_model_file
     try:
-        denoiser = registry.load(args.denoiser, arch=args.denoiser_arch, **kwargs["denoiser"])
-        classifier = (registry.load(args.classifier, arch=args.classifier_arch, **kwargs["classifier"])
+        denoiser = registry.load(args.denoiser, arch=args.denoiser_arch, trust=trust, **kwargs["denoiser"])
+        classifier = (registry.load(args.classifier, arch=args.classifier_arch, trust=trust, **kwargs["classifier"])
                       if args.classifier else None)
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
         return fail(str(exc).splitlines()[0])
     try:
-        x, y = _load_data(args.data, args.size, args.channels)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+        x, y = _load_data(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError, Image.DecompressionBombError) as exc:
         return fail(f"cannot read --data {args.data!r}: {str(exc).splitlines()[0]}")
     if x.shape[0] == 0:
         return fail(f"--data {args.data!r} holds no images")
@@ -180,12 +245,16 @@ def _attack(args) -> int:
     try:
         with torch.no_grad():
             denoiser(x[:1])
-            if classifier is not None:
-                classifier(x[:1])
+            logits = classifier(x[:1]) if classifier is not None else None
     except Exception as exc:  # noqa: BLE001 - the models cannot take these images: say so
         return fail(f"the models cannot take images of shape {tuple(x.shape[1:])}: {str(exc).splitlines()[0]}")
+    if logits is not None:
+        classes = logits.shape[-1]
+        if int(y.max()) >= classes:
+            return fail(f"--data {args.data!r} has labels up to {int(y.max())} but the classifier has {classes} "
+                        "classes: name the class folders by class index (0, 1, ...) or pass --class-map")
     try:
-        kw = dict(eps=eps, norm=args.norm, steps=args.steps, compile=args.compile)
+        kw = dict(eps=eps, norm=args.norm, steps=args.steps, compile=args.compile, tau=args.tau)
         if args.attack == "miga":
             attack = MIGA(denoiser, classifier, task=args.task, **kw)
         elif args.attack == "degradation":
@@ -194,8 +263,9 @@ def _attack(args) -> int:
             if classifier is None:
                 return fail("--attack e2e-pgd needs --classifier")
             attack = EndToEndPGD(denoiser, classifier, **kw)
-        summary = attack.run((x, y), args.out, batch_size=args.batch_size, sigma=args.sigma)
-    except (ValueError, TypeError) as exc:
+        summary = attack.run((x, y), args.out, batch_size=args.batch_size, sigma=args.sigma,
+                             overwrite=args.overwrite)
+    except (ValueError, TypeError, OSError, RunFolderBusyError) as exc:
         return fail(str(exc).splitlines()[0])
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/results.jsonl and {args.out}/summary.json")
@@ -231,13 +301,26 @@ def main(argv=None) -> int:
     p.add_argument("--classifier-arch", default=None, help="architecture of a .pt state dict")
     p.add_argument("--denoiser-kwargs", default=None, help='the architecture\'s arguments as JSON, e.g. {"channels": 1}')
     p.add_argument("--classifier-kwargs", default=None, help="the architecture's arguments as JSON")
+    p.add_argument("--trust-model-file", action="store_true",
+                   help="allow TorchScript and .pt2 model files: loading them can RUN CODE embedded in the file, "
+                        "so use this only for files you trust (without it, only state dicts with --*-arch load)")
     p.add_argument("--data", required=True, help="natural, digits, faces, or an image folder")
+    p.add_argument("--class-map", default=None,
+                   help="folders: a JSON file, a list of the classifier's class names or {folder: index}; "
+                        "without it, class folders must be named by class index (0, 1, ...)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="folders: read symbolic links that lead out of the folder (skipped by default)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run of another configuration: delete its results and start anew")
     p.add_argument("--size", type=int, default=None, help="resize folder images to size x size")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="folder images: 1 or 3 channels")
     p.add_argument("--attack", choices=["miga", "degradation", "e2e-pgd"], default="miga")
     p.add_argument("--task", choices=["known", "unknown"], default=None)
-    p.add_argument("--eps", type=float, default=8.0, help="radius: a fraction, or > 1 on the 0-255 scale")
+    p.add_argument("--eps", default=None,
+                   help="the radius in units of the [0, 1] image range, a number or a fraction such as 8/255 "
+                        "(default: 8/255 for linf, 1.0 for l2; linf radii above 1 are refused; not for ssim)")
     p.add_argument("--norm", choices=["linf", "l2", "ssim"], default="linf")
+    p.add_argument("--tau", type=float, default=0.95, help="--norm ssim: the SSIM floor, SSIM(x, x + delta) >= tau")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--sigma", type=float, default=25.0, help="noise level (0-255 scale)")
     p.add_argument("--n", type=int, default=None, help="attack only the first n images")

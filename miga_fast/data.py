@@ -152,51 +152,116 @@ def load_faces(split: str, seed: int = 0):
     return x.contiguous(), torch.from_numpy(labels[idx])
 
 
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """A user's folder of PNG/JPEG images: `root/<class>/<image>`, labels from the sorted
-    sub-folder names (images directly in `root` form one class named after it).
+MAX_IMAGE_PIXELS = 1 << 25  # ~33.5 M pixels (5792 x 5792): larger files are refused before decoding
 
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """A user's folder of PNG/JPEG images: `root/<class>/<image>` (images directly in
+    `root` form one class named after it).
+
+    Labels (`class_map`):
+      - None: the index of the sub-folder's name among the sorted names (`classes`);
+      - "index": every folder's name is the class index itself ("0", "7", ...), as a
+        classifier numbers its classes;
+      - a list of class names (a classifier's names: the label is the name's position) or
+        a dict {folder name: class index}.
+      A folder whose name does not map is an error that lists it; nothing is guessed.
     Items are `(image [C, H, W] float32 in [0, 1], label)`; `size` resizes to size x size,
-    `channels` is 3 (RGB) or 1 (luminance). `tensors()` stacks the whole folder.
+    `channels` is 3 (RGB) or 1 (luminance). `limit`: keep only the first `limit` images
+    (in sorted order), so nothing past them is ever decoded. Symbolic links that lead out
+    of `root` are skipped with a warning unless `follow_symlinks=True`. Files of more than
+    `max_pixels` pixels are refused from their header, before any decoding (decompression
+    bombs). `tensors()` stacks the whole folder.
     """
 
-    def __init__(self, root, size: int | None = None, channels: int = 3):
+    def __init__(self, root, size: int | None = None, channels: int = 3, class_map=None,
+                 limit: int | None = None, follow_symlinks: bool = False, max_pixels: int = MAX_IMAGE_PIXELS):
+        import warnings
+
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {root}")
         if size is not None:
             _check_size(size)
+        if limit is not None:
+            _check_size(limit, "limit")
+        _check_size(max_pixels, "max_pixels")
         if channels not in (1, 3):
             raise ValueError(f"`channels` must be 1 or 3, got {channels!r}")
-        self.root, self.size, self.channels = root, size, channels
+        self.root, self.size, self.channels, self.max_pixels = root, size, channels, max_pixels
+        real_root = root.resolve()
+        skipped = []
+
+        def inside(p: Path) -> bool:
+            if follow_symlinks or p.resolve().is_relative_to(real_root):
+                return True
+            skipped.append(p)
+            return False
 
         def images(folder: Path):
-            return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            return sorted(p for p in folder.iterdir()
+                          if p.suffix.lower() in IMAGE_EXTENSIONS and inside(p) and p.is_file())
 
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and images(p))
-        self.classes = [p.name for p in folders]
-        self.samples = [(f, i) for i, p in enumerate(folders) for f in images(p)]
+        groups = [(p.name, images(p)) for p in sorted(root.iterdir()) if p.is_dir() and inside(p)]
+        groups = [(name, files) for name, files in groups if files]
         direct = images(root)
         if direct:
-            self.classes.append(root.name)
-            self.samples += [(f, len(self.classes) - 1) for f in direct]
+            groups.append((root.name, direct))
+        labels = self._labels([name for name, _ in groups], class_map)
+        self.classes = [name for name, _ in groups]
+        self.samples = [(f, label) for (_, files), label in zip(groups, labels) for f in files]
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} symbolic link(s) leading out of {root} (e.g. {skipped[0]}); "
+                          "pass follow_symlinks=True to read them", stacklevel=2)
         if not self.samples:
             raise ValueError(f"no PNG/JPEG images in {root} or its sub-folders")
+        if limit is not None:
+            self.samples = self.samples[:limit]
+
+    @staticmethod
+    def _labels(names: list[str], class_map) -> list[int]:
+        if class_map is None:
+            return list(range(len(names)))
+        if class_map == "index":
+            bad = [n for n in names if not (n.isdigit() and n.isascii())]
+            if bad:
+                raise ValueError(f"folder names must be class indices (0, 1, ...) with class_map='index'; "
+                                 f"these are not: {bad[:5]}")
+            return [int(n) for n in names]
+        if isinstance(class_map, (list, tuple)):
+            class_map = {str(name): i for i, name in enumerate(class_map)}
+        if not isinstance(class_map, dict):
+            raise TypeError("`class_map` must be None, 'index', a list of class names or a dict {folder: index}")
+        bad = [n for n in names if n not in class_map]
+        if bad:
+            raise ValueError(f"folders {bad[:5]} are not in the class map (known: {sorted(class_map)[:10]})")
+        out = [class_map[n] for n in names]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
+            raise ValueError("the class map's values must be class indices >= 0")
+        return out
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int):
+        import warnings
+
         from PIL import Image
 
         path, label = self.samples[i]
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if self.channels == 3 else "L")
-                if self.size is not None:
-                    im = im.resize((self.size, self.size), Image.BICUBIC)
-                a = np.asarray(im, dtype=np.float32) / 255.0
-        except OSError as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    w, h = im.size
+                    if w * h > self.max_pixels:
+                        raise ValueError(f"image {path} has {w} x {h} pixels, more than max_pixels = "
+                                         f"{self.max_pixels}: refused before decoding")
+                    im = im.convert("RGB" if self.channels == 3 else "L")
+                    if self.size is not None:
+                        im = im.resize((self.size, self.size), Image.BICUBIC)
+                    a = np.asarray(im, dtype=np.float32) / 255.0
+        except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"cannot read image {path}: {exc}") from exc
         t = torch.from_numpy(a.copy())
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)

@@ -45,7 +45,7 @@ def test_demo_command(tmp_path):
 
 def test_attack_command_runs_and_resumes(tmp_path):
     args = ("attack", "--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--data", "digits", "--n", "24",
-            "--batch-size", "8", "--steps", "2", "--eps", "16", "--out", str(tmp_path))
+            "--batch-size", "8", "--steps", "2", "--eps", "16/255", "--out", str(tmp_path))
     out = _cli(*args)
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -66,14 +66,15 @@ def test_attack_command_users_own_models_and_folders(tmp_path):
 
     torch.jit.script(registry.load("dncnn_digits")).save(str(tmp_path / "denoiser.ts"))
     torch.save(registry.load("cnn_digits").state_dict(), tmp_path / "classifier.pt")
-    folder = tmp_path / "imgs" / "a"
-    folder.mkdir(parents=True)
-    digits, _ = __import__("miga_fast.data", fromlist=["load_digits"]).load_digits("test")
-    for i in range(6):
+    digits, labels = __import__("miga_fast.data", fromlist=["load_digits"]).load_digits("test")
+    for i in range(6):  # class folders named by the classifier's class index
+        folder = tmp_path / "imgs" / str(int(labels[i]))
+        folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((digits[i, 0] * 255).round().byte().numpy(), mode="L").save(folder / f"{i}.png")
-    out = _cli("attack", "--denoiser", str(tmp_path / "denoiser.ts"), "--classifier", str(tmp_path / "classifier.pt"),
+    out = _cli("attack", "--denoiser", str(tmp_path / "denoiser.ts"), "--trust-model-file",
+               "--classifier", str(tmp_path / "classifier.pt"),
                "--classifier-arch", "small_cnn", "--classifier-kwargs", '{"channels": 1, "classes": 10, "width": 16}',
-               "--data", str(tmp_path / "imgs"), "--channels", "1", "--steps", "2", "--eps", "16",
+               "--data", str(tmp_path / "imgs"), "--channels", "1", "--steps", "2", "--eps", "16/255",
                "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -86,7 +87,7 @@ def test_attack_command_bad_input(tmp_path):
         (("--denoiser", "nope", "--data", "digits"), "unknown model"),
         (("--denoiser", "dncnn_digits", "--data", str(tmp_path / "empty")), "no PNG/JPEG images"),
         (("--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--data", "natural"), "cannot take images"),
-        (("--denoiser", "dncnn_digits", "--data", "digits", "--eps", "300"), "--eps must lie"),
+        (("--denoiser", "dncnn_digits", "--data", "digits", "--eps", "300"), "ambiguous"),
         (("--denoiser", "dncnn_digits", "--data", "digits", "--attack", "e2e-pgd"), "needs --classifier"),
         (("--denoiser", "dncnn_digits", "--data", "digits", "--denoiser-kwargs", "{bad"), "--denoiser-kwargs"),
     ]

@@ -149,3 +149,311 @@ def test_l2_step_overflows_never_in_pgd_on_a_confident_model():
             adv = PGD(model, eps=0.5, alpha=0.2, steps=5, norm="l2", generator=0)(x, y)
         n = (adv - x).flatten(1).norm(dim=1)
         assert torch.isfinite(adv).all() and (n <= 0.5 + 1e-5).all(), n
+
+
+# ------------------------------------------------------- 2. untrusted model files run code
+
+class _Payload:
+    """A pickle whose loading would create a marker file (harmless stand-in for a shell command)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_untrusted_model_files_run_no_code(tmp_path, monkeypatch):
+    import warnings
+
+    from miga_fast import models
+
+    marker = tmp_path / "payload-ran"
+    torch.save({"weight": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        models.load(str(tmp_path / "evil.pt"), arch="dncnn")
+    assert not marker.exists()
+
+    m = models.DnCNN(channels=1, depth=3, width=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(m).save(str(tmp_path / "model.ts"))
+    torch.export.save(torch.export.export(m, (torch.rand(1, 1, 8, 8),)), str(tmp_path / "model.pt2"))
+    opened = []  # the code-running loaders, replaced by recorders: the default path must never reach them
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: opened.append("jit") or m)
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: opened.append("export"))
+    for name in ("model.ts", "model.pt2"):
+        with pytest.raises(ValueError, match="refusing to load .*can run arbitrary code.*trust=True"):
+            models.load(str(tmp_path / name))
+    assert opened == []
+    models.load(str(tmp_path / "model.ts"), trust=True)  # the explicit opt-in reaches the loader
+    assert opened == ["jit"]
+
+
+def test_untrusted_model_files_run_no_code_from_the_cli(tmp_path):
+    from test_cli import _cli
+
+    from miga_fast import models
+
+    torch.save(_Payload(tmp_path / "payload-ran"), tmp_path / "model.ts")
+    out = _cli("attack", "--denoiser", str(tmp_path / "model.ts"), "--data", "digits", "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and "--trust-model-file" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "payload-ran").exists()
+    assert models.load("dncnn_digits") is not None  # shipped checkpoints (SHA-256 checked) need no opt-in
+
+
+# ------------------------------------------------------- 3. resume ignores the configuration
+
+@pytest.fixture(scope="module")
+def digits():
+    from miga_fast import data
+    from miga_fast.models import registry
+
+    x, y = data.load_digits("test")
+    return x[:20], y[:20], registry.load("dncnn_digits"), registry.load("cnn_digits")
+
+
+def _miga(D, F, **kw):
+    from miga_fast.attacks import MIGA
+
+    return MIGA(D, F, **{"eps": 16 / 255, "steps": 1, "compile": False, **kw})
+
+
+def test_resume_ignores_the_configuration_never(digits, tmp_path):
+    import json
+
+    x, y, D, F = digits
+    out = tmp_path / "run"
+    first = _miga(D, F).run((x[:8], y[:8]), out, batch_size=4, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["parameters"]["eps"] == pytest.approx(16 / 255) and config["images"] == 8
+    assert config["models"]["denoiser"]["sha256"] and config["data"] and config["miga_fast"]
+    cases = [
+        (lambda: _miga(D, F, eps=8 / 255).run((x[:8], y[:8]), out, batch_size=4, progress=False), "parameters.eps"),
+        (lambda: _miga(D, F, norm="l2", eps=1.0).run((x[:8], y[:8]), out, batch_size=4, progress=False),
+         "parameters.norm"),
+        (lambda: _miga(D, F).run((x[8:16], y[8:16]), out, batch_size=4, progress=False), "data"),
+        (lambda: _miga(D, F).run((x[:8], y[:8]), out, batch_size=4, seed=1, progress=False), "seed"),
+        (lambda: _miga(D, F).run((x[:8], y[:8]), out, batch_size=4, sigma=15, progress=False), "sigma"),
+    ]
+    other = copy_with_new_weights(F)
+    cases.append((lambda: _miga(D, other).run((x[:8], y[:8]), out, batch_size=4, progress=False), "models"))
+    for call, field in cases:
+        with pytest.raises(ValueError, match=f"another configuration .*{field}"):
+            call()
+    assert _miga(D, F).run((x[:8], y[:8]), out, batch_size=4, progress=False) == first  # same: resumes, redoes nothing
+    again = _miga(D, F, eps=8 / 255).run((x[:8], y[:8]), out, batch_size=4, progress=False, overwrite=True)
+    assert json.loads((out / "config.json").read_text())["parameters"]["eps"] == pytest.approx(8 / 255)
+    assert again["n"] == 8 and len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def copy_with_new_weights(model):
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    return other
+
+
+def test_resume_ignores_the_configuration_never_and_locks_the_folder(digits, tmp_path):
+    from miga_fast.attacks import RunFolderBusyError
+    from miga_fast.attacks.miga import _RunLock
+
+    x, y, D, F = digits
+    out = tmp_path / "run"
+    out.mkdir()
+    with _RunLock(out):  # another run holds the folder
+        with pytest.raises(RunFolderBusyError, match="another run is writing"):
+            _miga(D, F).run((x[:4], y[:4]), out, batch_size=4, progress=False)
+    assert not (out / "results.jsonl").exists()
+    assert _miga(D, F).run((x[:4], y[:4]), out, batch_size=4, progress=False)["n"] == 4  # released
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.jsonl").write_text('{"batch": 0, "n": 4}\n')  # no config.json
+    with pytest.raises(ValueError, match="unknown configuration"):
+        _miga(D, F).run((x[:4], y[:4]), tmp_path / "old", batch_size=4, progress=False)
+
+
+# ------------------------------------------------------------------ 4. CLI eps is ambiguous
+
+def test_cli_eps_is_ambiguous_never():
+    from test_cli import _cli
+
+    from miga_fast.cli import parse_radius
+
+    assert parse_radius("8/255", "linf") == pytest.approx(8 / 255)
+    assert parse_radius("0.5", "linf") == 0.5 and parse_radius("1", "linf") == 1.0
+    assert parse_radius("1.5", "l2") == 1.5 and parse_radius("3/2", "l2") == 1.5  # l2 radii are never rescaled
+    assert parse_radius(None, "linf") == pytest.approx(8 / 255) and parse_radius(None, "l2") == 1.0
+    assert parse_radius(None, "ssim") is None
+    for text, norm, match in (("1.5", "linf", "ambiguous.*1.5/255"), ("8", "linf", "ambiguous"),
+                              ("8/0", "linf", "fraction"), ("-1", "l2", ">= 0"), ("nan", "l2", "finite"),
+                              ("abc", "linf", "fraction"), ("8/255", "ssim", "--tau")):
+        with pytest.raises(ValueError, match=match):
+            parse_radius(text, norm)
+    out = _cli("attack", "--denoiser", "dncnn_digits", "--data", "digits", "--norm", "ssim", "--eps", "0.1")
+    assert out.returncode == 2 and "--tau" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("attack", "--denoiser", "dncnn_digits", "--data", "digits", "--norm", "ssim", "--tau", "1.5")
+    assert out.returncode == 2 and "--tau must lie in (0, 1]" in out.stderr
+
+
+# ---------------------------------------------- 6. tracebacks where the CLI promises one line
+
+def _digit_folder(root, names, n=2):
+    from PIL import Image
+
+    from miga_fast import data
+
+    x, _ = data.load_digits("test")
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray((x[k * n + i, 0] * 255).round().byte().numpy(), mode="L").save(root / name / f"{i}.png")
+
+
+def test_cli_tracebacks_never(tmp_path):
+    from PIL import Image
+    from test_cli import _cli
+
+    (tmp_path / "a-file").write_text("x")
+    base = ("attack", "--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--channels", "1", "--steps", "1")
+    _digit_folder(tmp_path / "twelve", [str(i) for i in range(12)], n=1)
+    _digit_folder(tmp_path / "named", ["cat", "dog"])
+    (tmp_path / "bomb" / "0").mkdir(parents=True)
+    Image.new("L", (6000, 6000)).save(tmp_path / "bomb" / "0" / "big.png")  # 36 M pixels, a small file
+    cases = [
+        (("--data", "digits", "--out", str(tmp_path / "a-file")), "exists and is not a folder"),
+        (("--data", "digits", "--out", str(tmp_path / "a-file" / "sub")), "not writable"),
+        (("--data", str(tmp_path / "twelve"), "--out", str(tmp_path / "o")), "classifier has 10 classes"),
+        (("--data", str(tmp_path / "named"), "--out", str(tmp_path / "o")), "class indices"),
+        (("--data", str(tmp_path / "bomb"), "--out", str(tmp_path / "o")), "refused before decoding"),
+        (("--data", str(tmp_path / "named"), "--class-map", str(tmp_path / "missing.json"), "--out",
+          str(tmp_path / "o")), "cannot read --data"),
+    ]
+    for args, message in cases:
+        out = _cli(*base, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, \
+            (args, out.stderr)
+    (tmp_path / "map.json").write_text('{"cat": 3, "dog": 5}')
+    out = _cli(*base, "--data", str(tmp_path / "named"), "--class-map", str(tmp_path / "map.json"),
+               "--out", str(tmp_path / "mapped"))
+    assert out.returncode == 0, out.stderr
+
+
+def test_cli_tracebacks_never_image_folders(tmp_path):
+    """Folders: class maps, symlinks out of the root, --n before decoding, bombs."""
+    import warnings
+
+    from miga_fast.data import ImageFolderDataset
+
+    _digit_folder(tmp_path / "root", ["3", "7"])
+    _digit_folder(tmp_path / "outside", ["9"])
+    (tmp_path / "root" / "3" / "link.png").symlink_to(tmp_path / "outside" / "9" / "0.png")
+    (tmp_path / "root" / "9").symlink_to(tmp_path / "outside" / "9", target_is_directory=True)
+    with pytest.warns(UserWarning, match="skipped 2 symbolic link"):
+        ds = ImageFolderDataset(tmp_path / "root", class_map="index")
+    assert sorted({y for _, y in ds.samples}) == [3, 7] and len(ds) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(ImageFolderDataset(tmp_path / "root", class_map="index", follow_symlinks=True)) == 7
+    with pytest.raises(ValueError, match=r"folders \['3'\] are not in the class map"):
+        ImageFolderDataset(tmp_path / "root", class_map={"7": 1})
+    assert [y for _, y in ImageFolderDataset(tmp_path / "root", class_map={"3": 0, "7": 1}).samples] == [0, 0, 1, 1]
+    (tmp_path / "root" / "7" / "z-junk.png").write_bytes(b"not a png")
+    x, y = ImageFolderDataset(tmp_path / "root", class_map="index", limit=3).tensors()  # never decodes the junk
+    assert x.shape[0] == 3 and y.tolist() == [3, 3, 7]
+    with pytest.raises(ValueError, match="refused before decoding"):
+        ImageFolderDataset(tmp_path / "root", class_map="index", max_pixels=100)[0]
+
+
+# ------------------------------------------------------------- 7. runs that cannot finish
+
+def test_runs_that_cannot_finish_unknown_task_single_image_tail(digits, tmp_path):
+    import json
+
+    x, y, D, _ = digits
+    attack = _miga(D, None, task="unknown", critic_steps=1)
+    summary = attack.run((x[:5], None), tmp_path / "u", batch_size=2, progress=False)  # batches 2 + 3
+    assert summary["n"] == 5 and summary["batches"] == 2
+    assert [json.loads(line)["n"] for line in (tmp_path / "u" / "results.jsonl").read_text().splitlines()] == [2, 3]
+    assert attack.run((x[:5], None), tmp_path / "u", batch_size=2, progress=False) == summary  # resumes: done
+    with pytest.raises(ValueError, match="at least 2 images"):
+        attack(x[:1])
+    with pytest.raises(ValueError, match="at least 2 images"):
+        attack.run((x[:1], None), tmp_path / "one", progress=False)
+
+
+def test_runs_that_cannot_finish_unlabelled_samples_keep_the_batch_labels(digits, tmp_path):
+    import json
+
+    x, y, D, F = digits
+    y = y[:8].clone()
+    y[0] = -1
+    _miga(D, F).run((x[:8], y), tmp_path / "l", batch_size=8, progress=False)
+    rec = json.loads((tmp_path / "l" / "results.jsonl").read_text())
+    assert len(rec["success"]) == 8 and rec["correct_before"][0] is False
+    assert sum(rec["correct_before"][1:]) >= 5  # the other labels were kept and used
+    with pytest.raises(ValueError, match="class indices >= 0"):
+        _miga(D, F)(x[:2], torch.tensor([-2, 1]))
+
+
+# ------------------------------------------------------------- 10. attacks train the model
+
+class _BNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.Dropout(0.5))
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_attacks_train_the_model_never():
+    from miga_fast.attacks import PGD
+
+    torch.manual_seed(0)
+    model = _BNNet()
+    model.body[1].running_mean.uniform_(-0.1, 0.1)
+    model.train()
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.randint(0, 4, (6,))
+    stats = model.body[1].running_mean.clone()
+    adv = PGD(model, steps=3, generator=0)(x, y)
+    assert model.training and all(m.training for m in model.modules()), "the caller's mode is restored"
+    assert torch.equal(model.body[1].running_mean, stats), "running statistics untouched"
+    model.eval()
+    expected = PGD(model, steps=3, generator=0)(x, y)
+    assert not model.training
+    assert torch.equal(adv, expected), "the attack ran on the model in eval mode"
+    model.train()
+    PGD(model, steps=1, generator=0, model_mode="keep")(x, y)
+    assert not torch.equal(model.body[1].running_mean, stats)  # "keep": the caller asked for training mode
+    with pytest.raises(ValueError, match="model_mode"):
+        PGD(model, model_mode="inference")
+
+
+def test_attacks_train_the_model_never_denoiser_attacks(digits):
+    x, y, D, F = digits
+    D.train()
+    try:
+        _miga(D, F)(x[:4], y[:4])
+        assert D.training and not F.training
+    finally:
+        D.eval()
+
+
+# ------------------------------------------------------- 12. PGD(norm="l2") keeps l-inf defaults
+
+def test_pgd_l2_defaults_are_l2():
+    from miga_fast.attacks import PGD
+
+    model = torch.nn.Linear(3, 2)
+    assert (PGD(model).eps, PGD(model).alpha) == (8 / 255, 2 / 255)
+    assert (PGD(model, norm="l2").eps, PGD(model, norm="l2").alpha) == (1.0, 0.2)
+    assert PGD(model, norm="l2", eps=0.5).eps == 0.5
+    assert _miga(torch.nn.Identity(), None, eps=None, norm="l2").eps == 1.0
+    with pytest.raises(ValueError, match="not used with norm='ssim'"):
+        _miga(torch.nn.Identity(), None, norm="ssim")

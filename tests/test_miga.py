@@ -67,7 +67,7 @@ def test_fused_and_reference_paths_agree(natural, norm):
     eps = 8 / 255 if norm == "linf" else 1.0
     a = MIGA(D, F, eps=eps, norm=norm, steps=5, compile=False, fused=True)(xn[:8], y[:8], x_clean=x[:8])
     b = MIGA(D, F, eps=eps, norm=norm, steps=5, compile=False, fused=False)(xn[:8], y[:8], x_clean=x[:8])
-    torch.testing.assert_close(a.adversarial, b.adversarial, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a.adversarial, b.adversarial, rtol=0, atol=5e-5)  # 5 steps through D: rounding grows
 
 
 def test_ssim_norm_keeps_the_ssim_bound(natural):

@@ -82,15 +82,17 @@ def test_users_state_dict_and_torchscript_files(tmp_path):
     assert torch.equal(loaded(x), m(x))
     with pytest.raises(ValueError, match="does not fit"):
         models.load(str(tmp_path / "mine.pt"), arch="dncnn", channels=1, depth=4, width=8)
-    with pytest.raises(ValueError, match="not a TorchScript file"):
+    with pytest.raises(ValueError, match="refusing to load .* without arch="):
         models.load(str(tmp_path / "mine.pt"))
+    with pytest.raises(ValueError, match="not a TorchScript file"):
+        models.load(str(tmp_path / "mine.pt"), trust=True)
     with warnings.catch_warnings():  # TorchScript is deprecated from torch 2.14, still supported
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.script(m).save(str(tmp_path / "mine_ts.pt"))
-        ts = models.load(str(tmp_path / "mine_ts.pt"))
+        ts = models.load(str(tmp_path / "mine_ts.pt"), trust=True)
     assert torch.allclose(ts(x), m(x))
     torch.export.save(torch.export.export(m, (x,)), str(tmp_path / "mine.pt2"))
-    exported = models.load(str(tmp_path / "mine.pt2"))
+    exported = models.load(str(tmp_path / "mine.pt2"), trust=True)
     assert torch.allclose(exported(x), m(x))
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="cannot read checkpoint"):

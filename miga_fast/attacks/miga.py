@@ -20,19 +20,21 @@ critic trained by `critic_steps` ascent steps before every delta step.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import metrics, ops
 from .._validation import check_batch, check_choice, check_scalar, check_tensor, check_unit_range, value_checks
 from ..compile import compile_denoiser
 from ..nvtx import nvtx_range
 from ..reference import projection as ref_projection
+from ._common import DEFAULT_EPS, check_model_mode, masked_cross_entropy, model_device, model_mode
 
 NORMS = ("linf", "l2", "ssim")
 TASKS = ("known", "unknown")
@@ -85,9 +87,11 @@ class DenoiserAttack:
 
     name = "denoiser-attack"
 
-    def __init__(self, denoiser, classifier=None, eps=8 / 255, norm="linf", steps=20, alpha=None, tau=0.95,
+    min_batch = 1  # the smallest batch the attack can run on
+
+    def __init__(self, denoiser, classifier=None, eps=None, norm="linf", steps=20, alpha=None, tau=0.95,
                  lambda_rec=10.0, lambda_mi=1.0, targeted=False, compile=True, fused=True, random_start=False,
-                 generator=None):
+                 generator=None, model_mode="eval"):
         if not isinstance(denoiser, torch.nn.Module):
             raise TypeError(f"`denoiser` must be an nn.Module, got {type(denoiser).__name__}")
         if classifier is not None and not isinstance(classifier, torch.nn.Module):
@@ -95,7 +99,11 @@ class DenoiserAttack:
         self.denoiser_eager = denoiser
         self.classifier = classifier
         self.norm = check_choice(norm, "norm", NORMS)
-        self.eps = check_scalar(eps, "eps")
+        if self.norm == "ssim":
+            if eps is not None:
+                raise ValueError("`eps` is not used with norm='ssim' (the SSIM ball is bounded by `tau`): leave it None")
+            eps = 1.0  # the l-inf ball of radius 1 is inactive: the sign step, the box, then the SSIM ball
+        self.eps = check_scalar(DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"`eps` must lie in [0, 1] for norm='linf' (images live in [0, 1]), got {eps}")
         self.steps = _positive_int(steps, "steps", 0)
@@ -112,6 +120,7 @@ class DenoiserAttack:
         self.fused = bool(fused)
         self.random_start = bool(random_start)
         self.generator = generator
+        self.model_mode = check_model_mode(model_mode)
         self.denoiser = compile_denoiser(denoiser) if self.compile else denoiser
         self._compiled_loss = None
 
@@ -168,10 +177,14 @@ class DenoiserAttack:
         check_unit_range(t, name)
 
     def _check_labels(self, labels, x, name="labels"):
+        """Class indices, or -1 for a sample without a label (it is attacked for fidelity
+        only and left out of the success rate)."""
         if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"`{name}` must be an integer tensor of class indices")
         if labels.shape != x.shape[:1]:
             raise ValueError(f"`{name}` must have shape [{x.shape[0]}], got {tuple(labels.shape)}")
+        if labels.numel() and int(labels.min()) < -1:
+            raise ValueError(f"`{name}` must hold class indices >= 0 (or -1 for none), got {int(labels.min())}")
         return labels.to(x.device).long()
 
     def _prepare(self, x_noisy, labels, x_clean):
@@ -183,7 +196,23 @@ class DenoiserAttack:
         return self.forward(x_noisy, labels, x_clean)
 
     def forward(self, x_noisy, labels=None, x_clean=None) -> AttackResult:
+        """Attack one batch. Inputs are moved to the denoiser's device; the models run in
+        `model_mode` (eval by default) and are left in the caller's mode afterwards."""
         self._check_images(x_noisy, "x_noisy")
+        if x_noisy.shape[0] < self.min_batch:
+            raise ValueError(f"{type(self).__name__} needs batches of at least {self.min_batch} images "
+                             f"({self._min_batch_reason()}), got {x_noisy.shape[0]}")
+        device = model_device(self.denoiser_eager)
+        if device is not None:
+            x_noisy = x_noisy.to(device)
+            x_clean = x_clean.to(device) if isinstance(x_clean, torch.Tensor) else x_clean
+        with model_mode([self.denoiser_eager, self.classifier], self.model_mode):
+            return self._forward(x_noisy, labels, x_clean)
+
+    def _min_batch_reason(self) -> str:
+        return ""
+
+    def _forward(self, x_noisy, labels, x_clean) -> AttackResult:
         if x_clean is not None:
             self._check_images(x_clean, "x_clean")
             if x_clean.shape != x_noisy.shape:
@@ -228,10 +257,11 @@ class DenoiserAttack:
             before = self.classifier(denoised_clean).argmax(1)
             after = self.classifier(out).argmax(1)
             if self.targeted:  # labels are the targets: count the samples not already there
-                correct, success = (before != labels).cpu(), (after == labels).cpu()
+                correct, success = (before != labels) & (labels >= 0), after == labels
             else:
                 true = aux.get("true_labels", labels)
-                correct, success = (before == true).cpu(), (after != true).cpu()
+                correct, success = (before == true) & (true >= 0), after != true
+            correct, success = correct.cpu(), success.cpu()  # unlabelled samples (-1) count as not correct
         flat = delta.flatten(1)
         return AttackResult(
             adversarial=x_adv.cpu(), denoised=out.cpu(), denoised_clean=denoised_clean.cpu(), delta=delta.cpu(),
@@ -242,51 +272,196 @@ class DenoiserAttack:
             linf=flat.abs().amax(1).cpu(), l2=flat.norm(dim=1).cpu(), losses=losses, seconds=seconds)
 
     # ------------------------------------------------------------------ a dataset
-    def run(self, data, out_dir, batch_size: int = 64, sigma: float = 25.0, seed: int = 0, progress: bool = True):
+    def run(self, data, out_dir, batch_size: int = 64, sigma: float = 25.0, seed: int = 0, progress: bool = True,
+            overwrite: bool = False):
         """Attack a whole dataset and write the results as it goes, resumably.
 
-        data: a DataLoader or Dataset of (clean image, label) (labels may be -1 for
-        none), or a pair of tensors (images [N, C, H, W], labels [N]). Each batch is
-        noised with sigma (0-255 scale; the noise of batch i is seeded by seed + i, so a
-        resumed run sees the same inputs), attacked, and appended as one JSON line to
-        out_dir/results.jsonl; out_dir/summary.json holds the totals. A run that finds
-        results.jsonl resumes after its last complete batch. Returns the summary dict."""
+        data: a DataLoader or Dataset of (clean image, label) (a label of -1 marks an
+        image without one: it is attacked, and left out of the success rate), or a pair of
+        tensors (images [N, C, H, W], labels [N]). Each batch is noised with sigma (0-255
+        scale; the noise of batch i is seeded by seed + i, so a resumed run sees the same
+        inputs), attacked, and appended as one JSON line to out_dir/results.jsonl;
+        out_dir/summary.json holds the totals.
+
+        out_dir/config.json records the whole configuration: the attack and its
+        parameters, the models (SHA-256 of their weights), the data (SHA-256 of every
+        batch), batch_size, sigma, seed and the package version. A run that finds a
+        folder of the same configuration resumes after its last complete batch; a folder
+        of another configuration is an error (overwrite=True deletes its results and
+        starts anew). The folder is locked while a run writes to it: a second run on it at
+        the same time gets RunFolderBusyError. Returns the summary dict."""
+        from .. import __version__
         from ..data import add_gaussian_noise
 
         _positive_int(batch_size, "batch_size")
+        sigma = check_scalar(sigma, "sigma")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        log = out / "results.jsonl"
-        done = _read_log(log)
-        batches = list(_batches(data, batch_size))
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"`out_dir` {out} exists and is not a folder")
+        batches = _merge_short_tail(list(_batches(data, batch_size)), self.min_batch)
         if not batches:
             raise ValueError("the dataset is empty")
-        device = next(self.denoiser_eager.parameters(), torch.zeros(())).device
-        with log.open("a") as f:
-            for i, (x, y) in enumerate(batches):
-                if i in done:
-                    continue
-                x = x.to(device)
-                x_noisy = add_gaussian_noise(x, sigma, generator=torch.Generator(device=x.device).manual_seed(seed + i))
-                labels = y.to(device) if (y is not None and bool((y >= 0).all())) else None
-                res = self.forward(x_noisy, labels if self.classifier is not None else None, x_clean=x)
-                rec = {"batch": i, "n": int(x.shape[0]), **_per_sample(res)}
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-                done[i] = rec
-                if progress:
-                    _progress(len(done), len(batches), self.name)
-        if progress:
-            print()
-        summary = _summarise([done[i] for i in sorted(done)])
-        summary["attack"] = repr(self)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if batches[-1][0].shape[0] < self.min_batch:
+            raise ValueError(f"{type(self).__name__} needs at least {self.min_batch} images "
+                             f"({self._min_batch_reason()}); the dataset holds {batches[-1][0].shape[0]}")
+        config = {"miga_fast": __version__, "attack": type(self).__name__, "parameters": self._parameters(),
+                  "models": {"denoiser": _model_id(self.denoiser_eager), "classifier": _model_id(self.classifier)},
+                  "data": _data_id(batches), "images": sum(int(x.shape[0]) for x, _ in batches),
+                  "batch_size": batch_size, "sigma": sigma, "seed": seed}
+        out.mkdir(parents=True, exist_ok=True)
+        log = out / "results.jsonl"
+        with _RunLock(out):
+            _claim_folder(out, config, overwrite)
+            done = _read_log(log)
+            device = model_device(self.denoiser_eager) or torch.device("cpu")
+            with log.open("a") as f:
+                for i, (x, y) in enumerate(batches):
+                    if i in done:
+                        continue
+                    x = x.to(device)
+                    gen = torch.Generator(device=x.device).manual_seed(seed + i)
+                    x_noisy = add_gaussian_noise(x, sigma, generator=gen)
+                    labels = y.to(device) if y is not None else None
+                    res = self.forward(x_noisy, labels if self.classifier is not None else None, x_clean=x)
+                    rec = {"batch": i, "n": int(x.shape[0]), **_per_sample(res)}
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    done[i] = rec
+                    if progress:
+                        _progress(len(done), len(batches), self.name)
+            if progress:
+                print()
+            summary = _summarise([done[i] for i in sorted(done)])
+            summary["attack"] = repr(self)
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def _parameters(self) -> dict:
+        """Every setting that changes what the attack computes, as JSON values (tensors and
+        models by SHA-256), for the run folder's config.json."""
+        params = {}
+        for key, value in sorted(vars(self).items()):
+            if key in ("denoiser", "denoiser_eager", "classifier", "_compiled_loss", "compile") or callable(value):
+                continue
+            if value is None or isinstance(value, (bool, int, float, str)):
+                params[key] = value
+            elif isinstance(value, torch.Tensor):
+                params[key] = _tensor_id(value)
+            elif isinstance(value, torch.Generator):
+                params[key] = f"generator seeded {value.initial_seed()}"
+            elif isinstance(value, torch.nn.Module):
+                params[key] = _model_id(value)
+            elif hasattr(value, "critic") and isinstance(value.critic, torch.nn.Module):  # a MINE estimator
+                params[key] = _model_id(value.critic)
+            else:
+                params[key] = repr(value)
+        return params
 
     def __repr__(self):
         return (f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, steps={self.steps}, "
                 f"alpha={self.alpha:.4g}, lambda_rec={self.lambda_rec:g}, lambda_mi={self.lambda_mi:g}, "
                 f"targeted={self.targeted}, compile={self.compile}, fused={self.fused})")
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another run is writing to the same output folder."""
+
+
+class _RunLock:
+    """An exclusive lock on a run folder (out_dir/.lock), held while a run writes to it;
+    released when the run ends, or when its process dies."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise RunFolderBusyError(f"another run is writing to {self.path.parent} (it holds {self.path}); "
+                                     "wait for it or choose another folder") from None
+        except ImportError:  # no fcntl (Windows): no lock
+            pass
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+        return False
+
+
+def _claim_folder(out: Path, config: dict, overwrite: bool) -> None:
+    """Resume only a folder written by the same configuration; overwrite=True starts anew."""
+    cfg_path, log, summary = out / "config.json", out / "results.jsonl", out / "summary.json"
+    if overwrite:
+        for p in (log, summary, cfg_path):
+            p.unlink(missing_ok=True)
+    elif cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{cfg_path} is unreadable ({exc}); pass overwrite=True to start anew") from exc
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            if "parameters" in diff:
+                p_old, p_new = old.get("parameters", {}), config["parameters"]
+                diff += [f"parameters.{k}" for k in sorted(set(p_old) | set(p_new)) if p_old.get(k) != p_new.get(k)]
+            raise ValueError(f"{out} holds a run of another configuration (it differs in {', '.join(diff)}); "
+                             "resume it with the same settings, choose another folder, or pass overwrite=True "
+                             "(CLI: --overwrite) to delete its results")
+    elif log.exists() and log.stat().st_size:
+        raise ValueError(f"{out} holds results.jsonl without a config.json (a run of unknown configuration); "
+                         "choose another folder or pass overwrite=True (CLI: --overwrite)")
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _tensor_id(t: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _model_id(model) -> dict | None:
+    """A model's identity: its class and the SHA-256 of its state dict (names, dtypes,
+    shapes and values)."""
+    if model is None:
+        return None
+    h = hashlib.sha256()
+    state = model.state_dict() if hasattr(model, "state_dict") else {}
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(_tensor_id(state[name]).encode())
+    return {"class": type(model).__name__, "sha256": h.hexdigest()}
+
+
+def _data_id(batches) -> str:
+    h = hashlib.sha256()
+    for x, y in batches:
+        h.update(_tensor_id(x).encode())
+        h.update(_tensor_id(y).encode() if y is not None else b"-")
+    return h.hexdigest()
+
+
+def _merge_short_tail(batches: list, min_batch: int) -> list:
+    """A last batch smaller than `min_batch` joins the one before it (the unknown task's
+    bound needs two images: a dataset of 2k + 1 images at batch size 2 ends on 3)."""
+    if min_batch > 1 and len(batches) > 1 and batches[-1][0].shape[0] < min_batch:
+        (xa, ya), (xb, yb) = batches[-2], batches[-1]
+        y = torch.cat([ya, yb]) if ya is not None and yb is not None else None
+        batches = batches[:-2] + [(torch.cat([xa, xb]), y)]
+    return batches
 
 
 def _read_log(log: Path) -> dict:
@@ -375,9 +550,10 @@ class MIGA(DenoiserAttack):
 
     name = "miga"
 
-    def __init__(self, denoiser, classifier=None, eps=8 / 255, norm="linf", steps=20, alpha=None,
+    def __init__(self, denoiser, classifier=None, eps=None, norm="linf", steps=20, alpha=None,
                  lambda_rec=10.0, lambda_mi=1.0, task=None, targeted=False, mine=None, reference=None,
-                 critic_steps=5, compile=True, fused=True, tau=0.95, random_start=False, generator=None):
+                 critic_steps=5, compile=True, fused=True, tau=0.95, random_start=False, generator=None,
+                 model_mode="eval"):
         task = task or ("known" if classifier is not None else "unknown")
         self.task = check_choice(task, "task", TASKS)
         if self.task == "known" and classifier is None:
@@ -394,7 +570,12 @@ class MIGA(DenoiserAttack):
         self.critic_steps = _positive_int(critic_steps, "critic_steps", 0)
         super().__init__(denoiser, classifier, eps=eps, norm=norm, steps=steps, alpha=alpha, tau=tau,
                          lambda_rec=lambda_rec, lambda_mi=lambda_mi, targeted=targeted, compile=compile,
-                         fused=fused, random_start=random_start, generator=generator)
+                         fused=fused, random_start=random_start, generator=generator, model_mode=model_mode)
+        # the unknown task's MI bound pairs samples within the batch: it needs two
+        self.min_batch = 2 if self.task == "unknown" else 1
+
+    def _min_batch_reason(self) -> str:
+        return "the unknown task's MI bound contrasts pairs within a batch"
 
     def _loss_fn(self):
         # the critic changes every step: the unknown task's loss stays eager
@@ -418,11 +599,14 @@ class MIGA(DenoiserAttack):
             sign = 1.0  # minimise I(x; D(x_n + delta))
         mine = self.mine
         if mine is None:
-            gen_state = torch.random.get_rng_state()
-            torch.manual_seed(0)
+            # A fresh critic with the same starting weights every batch: built on the CPU
+            # from the CPU generator, seeded inside fork_rng so the caller's CPU random state
+            # comes back untouched, and no CUDA generator is touched at all.
             shape = tuple(x_noisy.shape[1:])
-            mine = MINE(MINECritic(shape, shape, hidden=64).to(x_noisy.device, x_noisy.dtype), lr=1e-3)
-            torch.random.set_rng_state(gen_state)
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(0)
+                critic = MINECritic(shape, shape, hidden=64)
+            mine = MINE(critic.to(x_noisy.device, x_noisy.dtype), lr=1e-3)
         aux = {"anchor": anchor, "sign": sign, "mine": mine}
         if labels is not None:
             aux["true_labels"] = labels
@@ -440,7 +624,7 @@ class MIGA(DenoiserAttack):
     def _terms(self, out, x_ref, labels, aux):
         rec = self.lambda_rec * (out - x_ref).pow(2).flatten(1).mean(1)
         if self.task == "known":
-            ce = F.cross_entropy(self.classifier(out), labels, reduction="none")
+            ce = masked_cross_entropy(self.classifier(out), labels)
             return {"rec": rec, "mi": self.lambda_mi * (ce if self.targeted else -ce)}
         critic = aux["mine"].critic
         # One number for the batch; each sample's share of its gradient is O(1 / B), so the
@@ -455,7 +639,7 @@ class DenoiserDegradation(DenoiserAttack):
 
     name = "degradation"
 
-    def __init__(self, denoiser, classifier=None, eps=8 / 255, norm="linf", steps=20, alpha=None, **kwargs):
+    def __init__(self, denoiser, classifier=None, eps=None, norm="linf", steps=20, alpha=None, **kwargs):
         super().__init__(denoiser, classifier, eps=eps, norm=norm, steps=steps, alpha=alpha, lambda_rec=1.0,
                          lambda_mi=0.0, **kwargs)
 
@@ -469,7 +653,7 @@ class EndToEndPGD(DenoiserAttack):
 
     name = "e2e-pgd"
 
-    def __init__(self, denoiser, classifier, eps=8 / 255, norm="linf", steps=20, alpha=None, targeted=False,
+    def __init__(self, denoiser, classifier, eps=None, norm="linf", steps=20, alpha=None, targeted=False,
                  **kwargs):
         if classifier is None:
             raise ValueError("EndToEndPGD needs a classifier")
@@ -482,5 +666,5 @@ class EndToEndPGD(DenoiserAttack):
         return x_ref, labels, {}
 
     def _terms(self, out, x_ref, labels, aux):
-        ce = F.cross_entropy(self.classifier(out), labels, reduction="none")
+        ce = masked_cross_entropy(self.classifier(out), labels)
         return {"mi": ce if self.targeted else -ce}

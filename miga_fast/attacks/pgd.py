@@ -8,6 +8,7 @@ from .. import ops
 from .._validation import check_batch, check_choice, check_scalar, check_tensor, check_unit_range, value_checks
 from ..nvtx import nvtx_range
 from ..reference import projection as ref
+from ._common import DEFAULT_ALPHA, DEFAULT_EPS, check_model_mode, model_device, model_mode
 
 
 class PGD:
@@ -22,19 +23,28 @@ class PGD:
     backend); fused=False through the plain-PyTorch reference. With random_start=False
     the result equals torchattacks.PGD's (torchattacks.PGDL2's for norm="l2") up to
     float rounding. generator: a torch.Generator or int seed for the random start.
+
+    eps, alpha: by default torchattacks' for the norm: 8/255 and 2/255 (l-inf, as PGD),
+    1.0 and 0.2 (l2, as PGDL2). model_mode: "eval" (default, as torchattacks: BatchNorm
+    and dropout in inference mode during the attack), "train" or "keep"; the caller's
+    mode is restored afterwards. Inputs are moved to the model's device, and the
+    adversarial images are returned there.
     """
 
-    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, norm="linf",
-                 random_start=True, targeted=False, fused=True, loss_fn=None, generator=None):
+    def __init__(self, model, eps=None, alpha=None, steps=10, norm="linf",
+                 random_start=True, targeted=False, fused=True, loss_fn=None, generator=None,
+                 model_mode="eval"):
         if not callable(model):
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
         self.model = model
-        self.eps = check_scalar(eps, "eps")
-        self.alpha = check_scalar(alpha, "alpha")
+        norm = check_choice(norm, "norm", ops.projection.NORMS)
+        self.eps = check_scalar(DEFAULT_EPS[norm] if eps is None else eps, "eps")
+        self.alpha = check_scalar(DEFAULT_ALPHA[norm] if alpha is None else alpha, "alpha")
+        self.model_mode = check_model_mode(model_mode)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
         self.steps = steps
-        self.norm = check_choice(norm, "norm", ops.projection.NORMS)
+        self.norm = norm
         self.random_start = bool(random_start)
         self.targeted = bool(targeted)
         self.fused = bool(fused)
@@ -53,8 +63,6 @@ class PGD:
             raise TypeError("`labels` must be an integer tensor of class indices")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"`labels` must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
-        if labels.device != images.device:
-            raise ValueError(f"`labels` is on {labels.device}, expected {images.device}")
 
     def _grad(self, x: torch.Tensor, delta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """d loss(model(x + delta), labels) / d delta."""
@@ -69,8 +77,15 @@ class PGD:
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self._check(images, labels)
+        device = model_device(self.model)
         x = images.detach()
-        labels = labels.long()
+        if device is not None:
+            x, labels = x.to(device), labels.to(device)
+        with model_mode([self.model], self.model_mode):
+            return self._attack(x, labels.long())
+
+    def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The attack proper, on checked inputs on the model's device, in the chosen mode."""
         step = ops if self.fused else ref
         direction = -1.0 if self.targeted else 1.0
         delta = torch.zeros_like(x)

@@ -33,9 +33,9 @@ class SSIMAttack(PGD):
     """
 
     def __init__(self, model, tau=0.95, steps=20, alpha=2 / 255, solver="pgd", targeted=False,
-                 loss_fn=None, ssim_kwargs=None, window=8):
+                 loss_fn=None, ssim_kwargs=None, window=8, model_mode="eval"):
         super().__init__(model, eps=1.0, alpha=alpha, steps=steps, norm="linf", random_start=False,
-                         targeted=targeted, fused=True, loss_fn=loss_fn)
+                         targeted=targeted, fused=True, loss_fn=loss_fn, model_mode=model_mode)
         self.tau = check_scalar(tau, "tau")
         if not 0 < self.tau <= 1:
             raise ValueError(f"`tau` must lie in (0, 1], got {self.tau}")
@@ -49,10 +49,7 @@ class SSIMAttack(PGD):
         return (f"SSIMAttack(tau={self.tau}, steps={self.steps}, alpha={self.alpha:.4g}, "
                 f"solver={self.solver!r}, targeted={self.targeted})")
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self._check(images, labels)
-        x = images.detach()
-        labels = labels.long()
+    def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         direction = -1.0 if self.targeted else 1.0
         delta = torch.zeros_like(x)
         with value_checks(False):

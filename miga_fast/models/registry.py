@@ -4,6 +4,7 @@
 the data it was trained on, its file's SHA-256 and size, a description and the quality
 the training script measured on the held-out split. Checkpoints are plain state dicts,
 loaded with `torch.load(..., weights_only=True)` after their checksum is verified.
+Users' files load by default only in formats that cannot run code (docs/security.md).
 """
 from __future__ import annotations
 
@@ -99,12 +100,41 @@ def _ready(model: nn.Module, device) -> nn.Module:
     return model.to(device) if device is not None else model
 
 
-def load(name: str, device=None, *, arch: str | None = None, directory: Path | None = None, **kwargs) -> nn.Module:
+def _load_weights_file(path: Path) -> dict:
+    """A user's weights file, read by a loader that cannot run code: safetensors, or a
+    pickled state dict through torch.load(weights_only=True)."""
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise ValueError(f"{path} is a safetensors file: install the `safetensors` package to read it") from exc
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - a malformed file: say so in one line
+            raise ValueError(f"cannot read safetensors file {path}: {type(exc).__name__}: {exc}") from exc
+    return _load_state(path)
+
+
+UNTRUSTED_FORMATS = (".pt2 (torch.export)", "TorchScript")
+TRUST_NOTE = ("TorchScript and torch.export (.pt2) files can run arbitrary code while they load; "
+              "load one only from a source you trust")
+
+
+def load(name: str, device=None, *, arch: str | None = None, directory: Path | None = None, trust: bool = False,
+         **kwargs) -> nn.Module:
     """A ready model in eval mode (parameters frozen).
 
-    name: a shipped model (see `available()`), or a path to a user's file: a
-    `torch.export` archive (`.pt2`), a TorchScript file, or a `.pt` state dict together
-    with `arch=` (one of ARCHITECTURES) and its keyword arguments. `directory`: another checkpoint folder with its own manifest.json.
+    name: a shipped model (see `available()`; its file's SHA-256 is checked against the
+    manifest), or a path to a user's file:
+      - a state dict (`.pt`/`.pth`, read with `torch.load(weights_only=True)`, or
+        `.safetensors`) together with `arch=` (one of ARCHITECTURES) and its keyword
+        arguments: the safe default, no code in the file is run;
+      - a TorchScript file or a `torch.export` archive (`.pt2`), only with `trust=True`.
+        Loading these formats can execute code embedded in the file (TorchScript runs
+        the module's `__setstate__`, and a `.pt2` archive unpickles parts of itself
+        without restriction), so a file from an untrusted source can take over the
+        process. Without `trust=True` such a file is refused before it is opened.
+    `directory`: another checkpoint folder with its own manifest.json.
     """
     directory = Path(directory or CHECKPOINT_DIR)
     models = available(directory)
@@ -118,23 +148,28 @@ def load(name: str, device=None, *, arch: str | None = None, directory: Path | N
     if not path.exists():
         raise ValueError(f"unknown model {name!r}: not a shipped model ({', '.join(models) or 'none'}) "
                          "and not an existing file")
-    if arch is None and path.suffix == ".pt2":
+    if arch is not None:
+        model = build(arch, **kwargs)
+        try:
+            model.load_state_dict(_load_weights_file(path))
+        except RuntimeError as exc:
+            raise ValueError(f"{path} does not fit architecture {arch!r} with {kwargs}: {exc}") from exc
+        return _ready(model, device)
+    if not trust:
+        raise ValueError(f"refusing to load {path} without arch=: it would be read as TorchScript or a "
+                         f"torch.export archive, and {TRUST_NOTE}. Save its state dict and pass arch= "
+                         f"(one of {sorted(ARCHITECTURES)}), or pass trust=True (CLI: --trust-model-file) "
+                         "for a file you trust")
+    if path.suffix == ".pt2":
         try:
             return _ready(torch.export.load(str(path)).module(), device)
         except Exception as exc:
             raise ValueError(f"cannot read the torch.export archive {path}: {exc}") from exc
-    if arch is None:
-        try:
-            return _ready(torch.jit.load(str(path), map_location="cpu"), device)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a TorchScript file; for a state dict pass arch= "
-                             f"(one of {sorted(ARCHITECTURES)})") from exc
-    model = build(arch, **kwargs)
     try:
-        model.load_state_dict(_load_state(path))
-    except RuntimeError as exc:
-        raise ValueError(f"{path} does not fit architecture {arch!r} with {kwargs}: {exc}") from exc
-    return _ready(model, device)
+        return _ready(torch.jit.load(str(path), map_location="cpu"), device)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a TorchScript file; for a state dict pass arch= "
+                         f"(one of {sorted(ARCHITECTURES)})") from exc
 
 
 def register(info: ModelInfo, state: dict, directory: Path | None = None) -> ModelInfo:
