@@ -9,6 +9,7 @@ is an error (`BackendUnavailableError`), never a silent fallback.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import os
 
@@ -18,7 +19,9 @@ from . import _extension
 
 NAMES = ("auto", "cuda", "triton", "cpu", "reference")
 _PROBE_OP = "project_linf_"  # any op of the library: tells whether a dispatch key has kernels
-_state = {"backend": os.environ.get("MIGA_FAST_BACKEND", "auto")}
+# Per thread and per asyncio task (contextvars), like value_checks: one thread's choice is
+# not another's. torch.compile traces the read and guards on it.
+_BACKEND = contextvars.ContextVar("miga_fast_backend", default=os.environ.get("MIGA_FAST_BACKEND", "auto"))
 
 
 class BackendUnavailableError(RuntimeError):
@@ -122,8 +125,8 @@ def _check_name(name: str) -> None:
 
 
 class set_backend:
-    """Select the backend for every op: a function call, or a context manager that
-    restores the previous choice on exit.
+    """Select the backend for every op in the current thread (or asyncio task): a function
+    call, or a context manager that restores the previous choice on exit.
 
         miga_fast.set_backend("cpu")
         with miga_fast.set_backend("reference"):
@@ -132,15 +135,18 @@ class set_backend:
 
     def __init__(self, name: str):
         _check_name(name)
-        self.previous = _state["backend"]
+        self.previous = _BACKEND.get()
         self.name = name
-        _state["backend"] = name
+        self._token = _BACKEND.set(name)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        _state["backend"] = self.previous
+        try:
+            _BACKEND.reset(self._token)
+        except ValueError:  # exited in another context than it was entered in
+            _BACKEND.set(self.previous)
         return False
 
     def __repr__(self):
@@ -148,13 +154,13 @@ class set_backend:
 
 
 def get_backend() -> str:
-    return _state["backend"]
+    return _BACKEND.get()
 
 
 def resolve(device: torch.device, dtype: torch.dtype, kernels=("cuda", "triton", "cpu")) -> str:
     """The concrete backend for a call on tensors of `device` and `dtype`, for an op with
     compiled `kernels` (an op family that has only its reference yet passes ())."""
-    name = _state["backend"]
+    name = _BACKEND.get()
     kind = device.type
     half = dtype in (torch.float16, torch.bfloat16)
     if name == "auto":

@@ -11,32 +11,40 @@ They are skipped while torch.compile traces (they would break the graph).
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_state = {"values": True}
+# Per thread and per asyncio task (contextvars): switching checks off while one attack runs
+# leaves every other thread's checks on.
+_VALUE_CHECKS = contextvars.ContextVar("miga_fast_value_checks", default=True)
 
 
 class value_checks:
-    """Turn the data-reading checks on or off: a function call or a context manager."""
+    """Turn the data-reading checks on or off in the current thread (or asyncio task): a
+    function call, or a context manager that restores the previous setting on exit.
+    Other threads keep their own setting (on by default)."""
 
     def __init__(self, enabled: bool):
-        self.previous = _state["values"]
-        _state["values"] = bool(enabled)
+        self.previous = _VALUE_CHECKS.get()
+        self._token = _VALUE_CHECKS.set(bool(enabled))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        _state["values"] = self.previous
+        try:
+            _VALUE_CHECKS.reset(self._token)
+        except ValueError:  # exited in another context than it was entered in
+            _VALUE_CHECKS.set(self.previous)
         return False
 
 
 def values_checked() -> bool:
-    return _state["values"] and not torch.compiler.is_compiling()
+    return _VALUE_CHECKS.get() and not torch.compiler.is_compiling()
 
 
 def check_tensor(t, name: str, *, dtypes=FLOAT_DTYPES) -> None:
@@ -44,6 +52,47 @@ def check_tensor(t, name: str, *, dtypes=FLOAT_DTYPES) -> None:
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
         raise TypeError(f"`{name}` must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if t.device.type == "meta" and not torch.compiler.is_compiling():
+        raise ValueError(f"`{name}` is a meta tensor (no data): the ops need real CPU or CUDA tensors; "
+                         "for shapes only, trace them with torch.compile or FakeTensorMode")
+
+
+def check_no_overlap(outputs: dict, inputs: dict) -> None:
+    """In-place outputs must not overlap themselves (an expanded, stride-0 tensor), each
+    other, or any input: the result would depend on the order of the writes. Memory
+    ranges are compared, so two interleaved views of one buffer count as overlapping."""
+    for name, t in outputs.items():
+        if torch._debug_has_internal_overlap(t) == 1:
+            raise ValueError(f"`{name}` overlaps itself (an expanded or stride-0 tensor): it is written in place; "
+                             f"pass `{name}.clone()` or a tensor of its own")
+    items = list(outputs.items()) + list(inputs.items())
+    for i, (name, t) in enumerate(outputs.items()):
+        for other, u in items[i + 1:]:
+            if u is not None and _shares_memory(t, u):
+                raise ValueError(f"`{name}` and `{other}` share memory: `{name}` is written in place, so "
+                                 f"`{other}` would change under the op; pass separate tensors")
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range [lo, hi) a tensor's elements occupy."""
+    if t.numel() == 0:
+        return (0, 0)
+    lo = t.data_ptr()
+    extent = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if stride > 0)
+    low = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if stride < 0)
+    return (lo + low * t.element_size(), lo + (extent + 1) * t.element_size())
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
+        return False
+    try:
+        if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+            return False
+    except (RuntimeError, NotImplementedError):  # fake or functional tensors under tracing
+        return False
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
 
 
 def check_batch(t, name: str) -> None:
@@ -118,13 +167,21 @@ def per_sample(value, name: str, like: torch.Tensor, *, minimum: float = 0.0) ->
             raise TypeError(f"`{name}` must be a real tensor, got dtype {value.dtype}")
         if value.device != like.device:
             raise ValueError(f"`{name}` is on {value.device}, expected {like.device}")
+        converted = value.reshape(-1).to(dtype)
         if values_checked():
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"`{name}` contains NaN or Inf")
+            if not bool(torch.isfinite(converted).all()):
+                raise ValueError(f"`{name}` holds values beyond {dtype}'s range (max "
+                                 f"{torch.finfo(dtype).max:.4g}), the dtype the kernels compute in")
             if bool((value < minimum).any()):
                 raise ValueError(f"`{name}` must be >= {minimum}, got min {float(value.min()):.4g}")
-        return value.reshape(-1).to(dtype)
-    return torch.full((1,), check_scalar(value, name, minimum=minimum), dtype=dtype, device=like.device)
+        return converted
+    v = check_scalar(value, name, minimum=minimum)
+    if abs(v) > torch.finfo(dtype).max:
+        raise ValueError(f"`{name}` = {v:.4g} is beyond {dtype}'s range (max {torch.finfo(dtype).max:.4g}), "
+                         "the dtype the kernels compute in")
+    return torch.full((1,), v, dtype=dtype, device=like.device)
 
 
 def check_choice(value, name: str, choices) -> str:

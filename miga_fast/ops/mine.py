@@ -40,6 +40,12 @@ def _register_autograd(namespace: str) -> None:
 
     def backward(ctx, grad):
         u, v, w2, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference (exact second derivatives)
+            with torch.enable_grad():
+                value = ref.row_lse(u, v, w2, ACTIVATIONS[ctx.activation], ctx.exclude_diag)
+                wanted = [t for t, need in zip((u, v, w2), ctx.needs_input_grad[:3]) if need]
+                grads = iter(torch.autograd.grad(value, wanted, grad, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
         gu, gv, gw = ops_.mine_row_lse_backward(grad.contiguous(), u, v, w2, lse, ctx.activation,
                                                 ctx.exclude_diag)
         return gu, gv, gw, None, None

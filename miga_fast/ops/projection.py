@@ -20,6 +20,7 @@ from .._validation import (
     check_direction,
     check_finite,
     check_like,
+    check_no_overlap,
     check_scalar,
     check_tensor,
     check_unit_range,
@@ -47,7 +48,9 @@ def _ops_for(backend: str):
     return ops_for(backend, "projection")
 
 
-def _check_images(delta, x, **others):
+def _check_images(delta, x, outputs=("delta",), **others):
+    """Every check of the family, run before anything is written: layouts, in-place
+    outputs that overlap themselves or another argument, the image range."""
     check_tensor(delta, "delta")
     check_batch(delta, "delta")
     check_like(delta, "delta", x, "x")
@@ -56,6 +59,8 @@ def _check_images(delta, x, **others):
     if delta.requires_grad and torch.is_grad_enabled():
         raise ValueError("`delta` requires grad: the projection ops are in-place optimiser "
                          "steps; call them under torch.no_grad() or pass delta.detach()")
+    tensors = {"delta": delta, "x": x, **others}
+    check_no_overlap({k: tensors[k] for k in outputs}, {k: v for k, v in tensors.items() if k not in outputs})
     check_unit_range(x, "x")
 
 
@@ -82,6 +87,7 @@ def pgd_step_(delta, grad, x, eps, alpha, norm="linf", direction=1.0):
     direction = check_direction(direction)
     _check_images(delta, x, grad=grad)
     check_finite(grad, "grad")
+    check_finite(delta, "delta")
     e = per_sample(eps, "eps", delta)
     a = per_sample(alpha, "alpha", delta)
     op = "pgd_step_linf_" if norm == "linf" else "pgd_step_l2_"
@@ -94,9 +100,10 @@ def mi_fgsm_step_(delta, momentum, grad, x, eps, alpha, mu=1.0, direction=1.0):
     l-inf step on the momentum (`delta` and `momentum` are both updated). Returns delta."""
     direction = check_direction(direction)
     mu = check_scalar(mu, "mu")
-    _check_images(delta, x, grad=grad, momentum=momentum)
+    _check_images(delta, x, outputs=("delta", "momentum"), grad=grad, momentum=momentum)
     check_finite(grad, "grad")
     check_finite(momentum, "momentum")
+    check_finite(delta, "delta")
     e = per_sample(eps, "eps", delta)
     a = per_sample(alpha, "alpha", delta)
     _dispatch("mi_fgsm_step_", ref.mi_fgsm_step_, delta, momentum, grad, x, e, a, mu, direction)
@@ -136,6 +143,8 @@ def random_init_(delta, x, eps, norm="linf", generator=None):
     _check_images(delta, x)
     gen = _as_generator(generator, delta.device)
     e = per_sample(eps, "eps", delta)
+    _backend.resolve(delta.device, delta.dtype)  # a backend that cannot run raises before delta is written
+    sample = ref.sample_ball(delta, e, norm, gen)
     with torch.no_grad():
-        delta.copy_(ref.sample_ball(delta, e, norm, gen))
+        delta.copy_(sample)
     return project_(delta, x, e, norm)

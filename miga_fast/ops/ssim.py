@@ -21,6 +21,7 @@ from .._validation import (
     check_choice,
     check_finite,
     check_like,
+    check_no_overlap,
     check_scalar,
     check_tensor,
     check_unit_range,
@@ -38,13 +39,27 @@ WINDOW_BALL_KERNELS = ("cpu", "triton") + (
 
 def _register_autograd(namespace: str) -> None:
     """Autograd of <namespace>::ssim_value_and_grad: it returns d value_b / d x and
-    d value_b / d y, so the backward scales them by the upstream gradient of each sample."""
+    d value_b / d y, so the backward scales them by the upstream gradient of each sample.
+    A backward that must itself be differentiable (create_graph=True: Hessian-vector
+    products, gradient penalties) recomputes the gradient through the plain-PyTorch
+    reference on the same window, so second derivatives are exact rather than zero."""
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output[1], output[2])
+        x, y, window, data_range, k1, k2, same = inputs
+        ctx.save_for_backward(output[1], output[2], x, y, window)
+        ctx.consts = (data_range, k1, k2, same)
 
     def backward(ctx, grad_value, _grad_gx, _grad_gy):
-        gx, gy = ctx.saved_tensors
+        gx, gy, x, y, window = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable first derivative
+            data_range, k1, k2, same = ctx.consts
+            with torch.enable_grad():
+                value = ref.ssim_with_window(x, y, window, (k1 * data_range) ** 2, (k2 * data_range) ** 2,
+                                             "same" if same else "valid")
+                wanted = [t for t, need in zip((x, y), ctx.needs_input_grad[:2]) if need]
+                grads = iter(torch.autograd.grad(value, wanted, grad_value, create_graph=True))
+            return (next(grads) if ctx.needs_input_grad[0] else None, next(grads) if ctx.needs_input_grad[1] else None,
+                    None, None, None, None, None)
         scale = grad_value.reshape(-1, 1, 1, 1)
         return (scale * gx if ctx.needs_input_grad[0] else None, scale * gy if ctx.needs_input_grad[1] else None,
                 None, None, None, None, None)
@@ -119,6 +134,8 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     if backend == "reference" or return_map:
         return ref.ssim(x, y, float(data_range), win_size, win_sigma, K, padding, return_map)
     window = ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
+    if padding == "same":
+        window = ref.truncate_window(window, *x.shape[-2:])
     args = (x, y, window, float(data_range), K[0], K[1], padding == "same")
     ops_ = _ops_for(backend)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
@@ -126,16 +143,23 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     return ops_.ssim(*args)
 
 
-def _check_tau(tau, like: torch.Tensor, name: str = "tau"):
+# The window ball's radius grows as ((1 - gamma) / gamma)^2: below this floor it overflows
+# float32 (and constrains nothing a user could want), so smaller gamma is rejected.
+GAMMA_MIN = 1e-6
+
+
+def _check_tau(tau, like: torch.Tensor, name: str = "tau", minimum: float = 0.0):
+    """tau (or gamma) in (minimum, 1] (minimum > 0: [minimum, 1])."""
+    lo = f"[{minimum:g}, 1]" if minimum > 0 else "(0, 1]"
     if isinstance(tau, torch.Tensor):
         if tau.dim() > 1 or (tau.dim() == 1 and tau.shape[0] not in (1, like.shape[0])):
             raise ValueError(f"`{name}` must be a float or a [{like.shape[0]}] tensor, got shape {tuple(tau.shape)}")
-        if not bool(((tau > 0) & (tau <= 1)).all()):
-            raise ValueError(f"`{name}` must lie in (0, 1]")
+        if not bool(((tau > 0) & (tau >= minimum) & (tau <= 1)).all()):
+            raise ValueError(f"`{name}` must lie in {lo}")
         return tau.to(like.device)
     tau = check_scalar(tau, name, minimum=None)
-    if not 0 < tau <= 1:
-        raise ValueError(f"`{name}` must lie in (0, 1], got {tau}")
+    if not (0 < tau <= 1 and tau >= minimum):
+        raise ValueError(f"`{name}` must lie in {lo}, got {tau}")
     return tau
 
 
@@ -159,6 +183,8 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
                                        candidates, rounds)
         tau_t = torch.as_tensor(tau, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
         window = ref.gaussian_window(win_size, win_sigma, torch.float64, x.device)
+        if padding == "same":
+            window = ref.truncate_window(window, *x.shape[-2:])
         return _ops_for(backend).ssim_ball_scale(delta.detach(), x.detach(), window, tau_t.contiguous(),
                                                  float(data_range), K[0], K[1], padding == "same", candidates,
                                                  rounds)
@@ -168,6 +194,9 @@ def ssim_ball_project_(delta, x, tau, **kwargs):
     """delta <- t * delta with t = ssim_ball_scale(delta, x, tau, **kwargs): the largest
     step back along delta into the SSIM ball {x' : SSIM(x, x') >= tau}. When x and x + delta
     lie in the box [0, 1], so does x + t * delta. Returns delta."""
+    check_tensor(delta, "delta")
+    if isinstance(x, torch.Tensor):
+        check_no_overlap({"delta": delta}, {"x": x})
     t = ssim_ball_scale(delta, x, tau, **kwargs)
     with torch.no_grad():
         delta.mul_(t.reshape(-1, *([1] * (delta.dim() - 1))))
@@ -186,11 +215,12 @@ def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01
     check_like(delta, "delta", x, "x")
     if x.dim() != 4:
         raise ValueError(f"`x` must be [B, C, H, W], got shape {tuple(x.shape)}")
-    gamma = _check_tau(gamma, delta, name="gamma")
+    gamma = _check_tau(gamma, delta, name="gamma", minimum=GAMMA_MIN)
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise ValueError(f"`window` must be an int >= 2, got {window!r}")
     data_range = check_scalar(data_range, "data_range")
     K = _check_k(K)
+    check_no_overlap({"delta": delta}, {"x": x})
     check_unit_range(x, "x")
     check_finite(delta, "delta")
     backend = _backend.resolve(x.device, x.dtype, WINDOW_BALL_KERNELS)

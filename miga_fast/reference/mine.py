@@ -23,6 +23,15 @@ def pair_scores(u, v, b1, w2, b2, act: str = "relu") -> torch.Tensor:
     return hidden @ w2 + b2.reshape(())
 
 
+def row_lse(u, v, w2, act: str = "relu", exclude_diag: bool = False) -> torch.Tensor:
+    """r_i = log sum_j exp(w2 . act(u_i + v_j)) (j != i with exclude_diag) [B]: what the
+    mine_row_lse kernels compute (b1 folded into u, b2 outside)."""
+    t = activation(act)(u[:, None, :] + v[None, :, :]) @ w2
+    if exclude_diag:
+        t = t.masked_fill(torch.eye(t.shape[0], dtype=torch.bool, device=t.device), float("-inf"))
+    return torch.logsumexp(t, 1)
+
+
 def joint_scores(u, v, b1, w2, b2, act: str = "relu") -> torch.Tensor:
     """T_ii [B]: the critic on the paired rows (O(B H); every backend uses this)."""
     return activation(act)(u + v + b1) @ w2 + b2.reshape(())

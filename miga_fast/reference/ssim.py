@@ -9,10 +9,25 @@ import torch.nn.functional as F
 
 def gaussian_window(win_size: int, win_sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
     """The normalised 1-D Gaussian [win_size], built in float32 as pytorch-msssim does, and
-    directly on `device` (no host-to-device copy in an attack step)."""
-    coords = torch.arange(win_size, dtype=torch.float32, device=device) - win_size // 2
+    directly on `device` (no host-to-device copy in an attack step). A sigma so small that
+    2 sigma^2 underflows float32 is built in float64 (the window is then the centre tap
+    alone, 1), where float32 would give 0 / 0."""
+    build = torch.float32 if 2 * win_sigma ** 2 >= torch.finfo(torch.float32).tiny else torch.float64
+    coords = torch.arange(win_size, dtype=build, device=device) - win_size // 2
     g = torch.exp(-(coords ** 2) / (2 * win_sigma ** 2))
     return (g / g.sum()).to(dtype=dtype)
+
+
+def truncate_window(win: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """With zero ("same") padding, taps further than max(h, w) - 1 from the centre only
+    ever meet padding: dropping them (without renormalising) gives the same blur, and
+    bounds the work and the scratch by the image rather than the window."""
+    keep = 2 * max(h, w) - 1
+    k = win.numel()
+    if k <= keep:
+        return win
+    start = k // 2 - (keep // 2)
+    return win[start:start + keep].contiguous()
 
 
 def blur(t: torch.Tensor, win: torch.Tensor, padding: str = "valid") -> torch.Tensor:
@@ -29,6 +44,13 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     c1 = (K[0] * data_range) ** 2
     c2 = (K[1] * data_range) ** 2
     win = gaussian_window(win_size, win_sigma, x.dtype, x.device)
+    return ssim_with_window(x, y, win, c1, c2, padding, return_map)
+
+
+def ssim_with_window(x, y, win, c1, c2, padding="valid", return_map=False):
+    """SSIM with a given 1-D window and constants C1, C2 (what the kernels receive)."""
+    if padding == "same":
+        win = truncate_window(win, *x.shape[-2:])
     mu_x, mu_y = blur(x, win, padding), blur(y, win, padding)
     sxx = blur(x * x, win, padding) - mu_x * mu_x
     syy = blur(y * y, win, padding) - mu_y * mu_y
@@ -42,6 +64,8 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
 def ball_moments(x, delta, win, padding="valid"):
     """The blurred moments of (x, delta) from which SSIM(x, x + t*delta) follows for any t:
     mu_x, mu_d, var_x, var_d, cov_xd (each [B, C, H', W'])."""
+    if padding == "same":
+        win = truncate_window(win, *x.shape[-2:])
     mu_x, mu_d = blur(x, win, padding), blur(delta, win, padding)
     var_x = blur(x * x, win, padding) - mu_x * mu_x
     var_d = blur(delta * delta, win, padding) - mu_d * mu_d
