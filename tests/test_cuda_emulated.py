@@ -244,6 +244,15 @@ def test_ssim_opcheck_and_gradcheck(emu, rng):
             (a.clone().requires_grad_(), b.clone().requires_grad_()))
 
 
+def test_ssim_second_derivative_is_never_silently_zero(emu, rng):
+    """Hardening item 11 through the CUDA op's autograd: a double backward is exact."""
+    a, b = _pair(rng, (1, 2, 9, 10), torch.float64)
+    win = ref_ssim.gaussian_window(7, 1.5, torch.float64)
+    for same in (False, True):
+        assert torch.autograd.gradgradcheck(
+            lambda p: emu.ssim_value_and_grad(p, b, win, 1.0, 0.01, 0.03, same)[0], (a.clone().requires_grad_(),))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_ssim_ball_scale_matches_cpu_kernel_and_holds(emu, rng, dtype, padding):
@@ -340,3 +349,5 @@ def test_mine_opcheck_and_gradcheck(emu, rng, act):
     torch.library.opcheck(emu.mine_row_lse_backward, (torch.ones(9, dtype=torch.float64), u, v, w, lse, act, True))
     for exclude_diag in (False, True):
         assert torch.autograd.gradcheck(lambda a, b, c: emu.mine_row_lse(a, b, c, act, exclude_diag), leaves)
+        if act:  # relu's second derivative is zero almost everywhere; elu and softplus have one
+            assert torch.autograd.gradgradcheck(lambda a, b, c: emu.mine_row_lse(a, b, c, act, exclude_diag), leaves)
