@@ -54,8 +54,8 @@ T max_abs(const T* __restrict__ a, int64_t n) {
 
 // The per-sample sums the l2 and l1 steps need (projection_math.h, l2_factors): over
 // s = g / gscale and u = d / dscale, with gscale = max|g| (1 when g = 0).
-//   float data: one pass, the sums of the unscaled values in double (float32 squares
-//     can neither overflow nor underflow there), rescaled afterwards; dscale = 1.
+//   float data: one pass, max|g| and the sums of the unscaled values in double (float32
+//     squares can neither overflow nor underflow there), rescaled afterwards; dscale = 1.
 //   double data: a pass for the maxima, then the sums of the scaled values.
 // Four independent accumulators in a fixed order: deterministic and not latency-bound.
 struct SampleSums {
@@ -63,49 +63,158 @@ struct SampleSums {
   double gscale = 1, dscale = 1;
 };
 
-template <typename T, bool WANT_D, bool WANT_L1>
-SampleSums sample_sums(const T* __restrict__ g, const T* __restrict__ d, int64_t n) {
-  SampleSums r;
-  double gg[4] = {0, 0, 0, 0}, gd[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0}, ga[4] = {0, 0, 0, 0};
-  const bool has_g = g != nullptr;
-  // Scales: float data needs none in double; double data divides by its maxima.
-  constexpr bool kScaled = sizeof(T) >= sizeof(double);
-  double gs = 1.0, ds = 1.0;
-  T gmax = T(0);
-  if (has_g) gmax = max_abs(g, n);
-  if (kScaled) {
-    gs = static_cast<double>(safe_scale(gmax));
-    if (WANT_D) ds = static_cast<double>(safe_scale(max_abs(d, n)));
-  }
-  auto acc = [&](int k, int64_t i) {
-    const double gv = has_g ? static_cast<double>(g[i]) / gs : 0.0;
-    if (WANT_L1) ga[k] += std::abs(gv);
-    if (WANT_D) {
-      const double dv = static_cast<double>(d[i]) / ds;
-      gg[k] += gv * gv;
-      gd[k] += gv * dv;
-      dd[k] += dv * dv;
+inline double scale_of(double vmax) { return vmax > 0.0 ? vmax : 1.0; }
+
+// max|g| of 32-bit floats as an integer maximum of the bit patterns with the sign cleared:
+// for finite values that order is the order of magnitudes, and an integer max vectorises
+// where a floating-point one (NaN rules) does not.
+template <typename T>
+uint32_t max_magnitude_bits(const T* __restrict__ a, int64_t n, uint32_t m) {
+  static_assert(sizeof(T) == sizeof(uint32_t), "for 32-bit floats");
+  uint32_t acc[8] = {m, m, m, m, m, m, m, m};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      uint32_t u;
+      std::memcpy(&u, a + i + k, sizeof(u));
+      u &= 0x7fffffffu;
+      acc[k] = u > acc[k] ? u : acc[k];
     }
+  for (; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, a + i, sizeof(u));
+    u &= 0x7fffffffu;
+    acc[0] = u > acc[0] ? u : acc[0];
+  }
+  for (int k = 1; k < 8; ++k) acc[0] = acc[k] > acc[0] ? acc[k] : acc[0];
+  return acc[0];
+}
+
+// float: {sum g^2, sum g d, sum d^2} in double and max|g|, in one pass over memory: each
+// block of the sample is first scanned for the maximum, then summed while it is still in
+// L1 (two simple loops vectorise; one loop doing both did not).
+template <typename T>
+SampleSums l2_sums_one_pass(const T* __restrict__ g, const T* __restrict__ d, int64_t n) {
+  constexpr int64_t kBlock = 2048;
+  double gg[4] = {0, 0, 0, 0}, gd[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0};
+  uint32_t mbits = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const int64_t len = std::min(kBlock, n - b0);
+    const T* gb = g != nullptr ? g + b0 : nullptr;
+    const T* db = d + b0;
+    int64_t i = 0;
+    if (gb != nullptr) {
+      mbits = max_magnitude_bits(gb, len, mbits);
+      for (; i + 4 <= len; i += 4)
+        for (int k = 0; k < 4; ++k) {
+          const double gv = gb[i + k], dv = db[i + k];
+          gg[k] += gv * gv;
+          gd[k] += gv * dv;
+          dd[k] += dv * dv;
+        }
+      for (; i < len; ++i) {
+        const double gv = gb[i], dv = db[i];
+        gg[0] += gv * gv;
+        gd[0] += gv * dv;
+        dd[0] += dv * dv;
+      }
+    } else {
+      for (; i + 4 <= len; i += 4)
+        for (int k = 0; k < 4; ++k) dd[k] += static_cast<double>(db[i + k]) * db[i + k];
+      for (; i < len; ++i) dd[0] += static_cast<double>(db[i]) * db[i];
+    }
+  }
+  SampleSums r;
+  T gmax;
+  std::memcpy(&gmax, &mbits, sizeof(gmax));
+  r.gscale = scale_of(static_cast<double>(gmax));
+  r.ss = ((gg[0] + gg[1]) + (gg[2] + gg[3])) / (r.gscale * r.gscale);
+  r.su = ((gd[0] + gd[1]) + (gd[2] + gd[3])) / r.gscale;
+  r.uu = (dd[0] + dd[1]) + (dd[2] + dd[3]);
+  return r;
+}
+
+// double: the maxima first, then the sums of g / gscale and d / dscale.
+template <typename T>
+SampleSums l2_sums_scaled(const T* __restrict__ g, const T* __restrict__ d, int64_t n) {
+  SampleSums r;
+  r.gscale = g != nullptr ? scale_of(max_abs(g, n)) : 1.0;
+  r.dscale = scale_of(max_abs(d, n));
+  const double gs = r.gscale, ds = r.dscale;
+  double gg[4] = {0, 0, 0, 0}, gd[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0};
+  auto acc = [&](int k, int64_t i) {
+    const double gv = g != nullptr ? g[i] / gs : 0.0, dv = d[i] / ds;
+    gg[k] += gv * gv;
+    gd[k] += gv * dv;
+    dd[k] += dv * dv;
   };
   int64_t i = 0;
   for (; i + 4 <= n; i += 4)
     for (int k = 0; k < 4; ++k) acc(k, i + k);
   for (; i < n; ++i) acc(0, i);
-  const double sgg = (gg[0] + gg[1]) + (gg[2] + gg[3]);
-  const double sgd = (gd[0] + gd[1]) + (gd[2] + gd[3]);
+  r.ss = (gg[0] + gg[1]) + (gg[2] + gg[3]);
+  r.su = (gd[0] + gd[1]) + (gd[2] + gd[3]);
   r.uu = (dd[0] + dd[1]) + (dd[2] + dd[3]);
-  const double sga = (ga[0] + ga[1]) + (ga[2] + ga[3]);
-  r.gscale = static_cast<double>(safe_scale(gmax));
-  r.dscale = ds;
-  if (kScaled) {
-    r.ss = sgg;
-    r.su = sgd;
-    r.l1 = sga;
-  } else {  // rescale the unscaled double sums
-    r.ss = sgg / (r.gscale * r.gscale);
-    r.su = sgd / r.gscale;
-    r.l1 = sga / r.gscale;
+  return r;
+}
+
+template <typename T>
+SampleSums l2_sums(const T* g, const T* d, int64_t n) {
+  if constexpr (sizeof(T) >= sizeof(double)) return l2_sums_scaled(g, d, n);
+  else return l2_sums_one_pass(g, d, n);
+}
+
+// {sum |g| / gscale, gscale}: float data in one pass over memory (blocked as in
+// l2_sums_one_pass, the sum in double), double data in two.
+template <typename T>
+SampleSums l1_sums(const T* __restrict__ g, int64_t n) {
+  SampleSums r;
+  double acc[4] = {0, 0, 0, 0};
+  auto sum_abs = [&](const T* a, int64_t len, double scale) {
+    int64_t i = 0;
+    for (; i + 4 <= len; i += 4)
+      for (int k = 0; k < 4; ++k) acc[k] += std::abs(static_cast<double>(a[i + k])) / scale;
+    for (; i < len; ++i) acc[0] += std::abs(static_cast<double>(a[i])) / scale;
+  };
+  if constexpr (sizeof(T) >= sizeof(double)) {
+    r.gscale = scale_of(max_abs(g, n));
+    sum_abs(g, n, r.gscale);
+    r.l1 = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  } else {
+    constexpr int64_t kBlock = 2048;
+    uint32_t mbits = 0;
+    for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+      const int64_t len = std::min(kBlock, n - b0);
+      mbits = max_magnitude_bits(g + b0, len, mbits);
+      sum_abs(g + b0, len, 1.0);
+    }
+    T gmax;
+    std::memcpy(&gmax, &mbits, sizeof(gmax));
+    r.gscale = scale_of(static_cast<double>(gmax));
+    r.l1 = ((acc[0] + acc[1]) + (acc[2] + acc[3])) / r.gscale;
   }
+  return r;
+}
+
+// The per-element factor k of `k * g` for a per-sample factor `num / gscale`: one multiply
+// where k is a normal number of T (every case but extreme gradients), else a division by
+// gscale then a multiply by num (exact range handling, slower).
+template <typename T>
+struct GradScale {
+  T k;        // num / gscale, when `multiply`
+  T num, gs;  // otherwise: (g / gs) * num
+  bool multiply;
+};
+
+template <typename T>
+GradScale<T> grad_scale(double num, double gscale) {
+  GradScale<T> r;
+  const double k = num / gscale, ak = k < 0 ? -k : k;
+  r.multiply = k == 0.0 || (ak >= static_cast<double>(std::numeric_limits<T>::min()) &&
+                            ak <= static_cast<double>(std::numeric_limits<T>::max()));
+  r.k = r.multiply ? static_cast<T>(k) : T(0);
+  r.num = static_cast<T>(num);
+  r.gs = static_cast<T>(gscale);
   return r;
 }
 
@@ -113,23 +222,27 @@ template <typename T>
 void l2_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x, const T* eps,
                int64_t eps_stride, const T* alpha, int64_t alpha_stride, T direction,
                int64_t batch, int64_t n) {
-  std::vector<L2Factors<T>> fac(batch);
-  std::vector<T> gscale(batch, T(1));
+  std::vector<T> f(batch);
+  std::vector<GradScale<T>> gsc(batch);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const T e = eps[b * eps_stride];
-      const SampleSums s = sample_sums<T, true, false>(g != nullptr ? g + b * n : nullptr, d + b * n, n);
+      const SampleSums s = l2_sums<T>(g != nullptr ? g + b * n : nullptr, d + b * n, n);
       const T step = g != nullptr ? direction * alpha[b * alpha_stride] : T(0);
-      fac[b] = l2_factors<T>(s.ss, s.su, s.uu, s.dscale, e, step);
-      gscale[b] = static_cast<T>(s.gscale);
+      const L2Factors<T> fac = l2_factors<T>(s.ss, s.su, s.uu, s.dscale, e, step);
+      f[b] = fac.f;
+      gsc[b] = grad_scale<T>(static_cast<double>(fac.c), s.gscale);
     }
   });
   for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
-    const T c = fac[b].c, f = fac[b].f, gs = gscale[b];
-    if (g != nullptr) {
-      for (int64_t i = i0; i < i1; ++i) d[i] = box((d[i] + c * (g[i] / gs)) * f, x[i]);
+    const T fb = f[b];
+    const GradScale<T> q = gsc[b];
+    if (g == nullptr) {
+      for (int64_t i = i0; i < i1; ++i) d[i] = box(d[i] * fb, x[i]);
+    } else if (q.multiply) {  // (d + c * g / gscale) * f
+      for (int64_t i = i0; i < i1; ++i) d[i] = box((d[i] + q.k * g[i]) * fb, x[i]);
     } else {
-      for (int64_t i = i0; i < i1; ++i) d[i] = box(d[i] * f, x[i]);
+      for (int64_t i = i0; i < i1; ++i) d[i] = box((d[i] + q.num * (g[i] / q.gs)) * fb, x[i]);
     }
   });
 }
@@ -140,23 +253,30 @@ template <typename T>
 void mi_fgsm_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g,
                     const T* __restrict__ x, const T* eps, int64_t eps_stride, const T* alpha,
                     int64_t alpha_stride, T mu, T direction, int64_t batch, int64_t n) {
-  std::vector<T> l1(batch), gscale(batch);
+  std::vector<GradScale<T>> gsc(batch);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const SampleSums s = sample_sums<T, false, true>(g + b * n, nullptr, n);
-      l1[b] = static_cast<T>(s.l1);
-      gscale[b] = static_cast<T>(s.gscale);
+      const SampleSums s = l1_sums(g + b * n, n);
+      // g / (gscale * l1) = k * g; l1 = 0 only for g = 0: no step (k = 0)
+      gsc[b] = s.l1 > 0 ? grad_scale<T>(1.0 / s.l1, s.gscale) : grad_scale<T>(0.0, 1.0);
     }
   });
   for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
     const T e = eps[b * eps_stride];
     const T step = direction * alpha[b * alpha_stride];
-    const T norm = l1[b], gs = gscale[b];
-    for (int64_t i = i0; i < i1; ++i) {
-      const T gn = norm > T(0) ? (g[i] / gs) / norm : T(0);
-      const T mv = mu * m[i] + gn;
-      m[i] = mv;
-      d[i] = linf_step(d[i], mv, x[i], e, step);
+    const GradScale<T> q = gsc[b];
+    if (q.multiply) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const T mv = mu * m[i] + q.k * g[i];
+        m[i] = mv;
+        d[i] = linf_step(d[i], mv, x[i], e, step);
+      }
+    } else {
+      for (int64_t i = i0; i < i1; ++i) {
+        const T mv = mu * m[i] + q.num * (g[i] / q.gs);
+        m[i] = mv;
+        d[i] = linf_step(d[i], mv, x[i], e, step);
+      }
     }
   });
 }
