@@ -139,7 +139,10 @@ def _load_data(args):
     if args.classifier:  # labels must be the classifier's class indices
         class_map = "index"
         if args.class_map:
-            class_map = json.loads(Path(args.class_map).read_text())
+            try:
+                class_map = json.loads(Path(args.class_map).read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"--class-map {args.class_map}: {exc}") from exc
     folder = data.ImageFolderDataset(name, size=args.size, channels=args.channels, class_map=class_map,
                                      limit=args.n, follow_symlinks=args.follow_symlinks)
     return folder.tensors()
