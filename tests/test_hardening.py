@@ -555,6 +555,13 @@ def test_smaller_window_ball_and_window_sigma_extremes():
         torch.testing.assert_close(v, ops.ssim(x, (x + d).clamp(0, 1), win_size=1, padding="same"))
 
 
+def test_smaller_window_ball_floor_in_the_convex_attack():
+    from miga_fast.attacks import SSIMAttack
+
+    with pytest.raises(ValueError, match="`tau` must be >= 1e-06 for solver='convex'"):
+        SSIMAttack(torch.nn.Identity(), tau=1e-300, solver="convex")
+
+
 def test_smaller_meta_tensors_and_out_of_range_eps():
     x, d, grad = _step_inputs()
     meta = d.to("meta")

@@ -79,8 +79,7 @@ class PGD:
         self._check(images, labels)
         device = model_device(self.model)
         x = images.detach()
-        if device is not None:
-            x, labels = x.to(device), labels.to(device)
+        x, labels = (x.to(device), labels.to(device)) if device is not None else (x, labels.to(x.device))
         with model_mode([self.model], self.model_mode):
             return self._attack(x, labels.long())
 

@@ -7,6 +7,7 @@ import torch
 from .. import ops
 from .._validation import check_choice, check_scalar, value_checks
 from ..nvtx import nvtx_range
+from ..ops.ssim import GAMMA_MIN
 from ..reference import ssim as ssim_ref
 from .pgd import PGD
 
@@ -40,6 +41,9 @@ class SSIMAttack(PGD):
         if not 0 < self.tau <= 1:
             raise ValueError(f"`tau` must lie in (0, 1], got {self.tau}")
         self.solver = check_choice(solver, "solver", SOLVERS)
+        if self.solver == "convex" and self.tau < GAMMA_MIN:
+            raise ValueError(f"`tau` must be >= {GAMMA_MIN:g} for solver='convex' (the window balls' "
+                             f"radius overflows below it), got {self.tau}")
         self.ssim_kwargs = dict(ssim_kwargs or {})
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ValueError(f"`window` must be an int >= 2, got {window!r}")
