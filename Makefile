@@ -1,6 +1,7 @@
 # The README's two commands:
 #   make demo   install everything into .venv, then the main job
-#   make test   install everything into .venv, then the C++ smoke test (ctest) and pytest
+#   make test   install everything into .venv, then the C++ smoke test (ctest), pytest, and
+#               the package check (sdist -> wheel -> a fresh venv loads a model and runs an op)
 # Installing is idempotent and the extension build is incremental (build/).
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ NVCC ?= /usr/local/cuda/bin/nvcc
 # The CMake build adds the CUDA kernels whenever the toolkit is there, as setup.py does.
 CMAKE_CUDA := $(shell test -x $(NVCC) && echo -DMIGA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC))
 
-.PHONY: install demo test test-python test-cpp bench clean
+.PHONY: install demo test test-python test-cpp package-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +41,10 @@ test-cpp: install
 test-python: install
 	$(BIN)/pytest -q tests
 
-test: test-cpp test-python
+package-check: install
+	VENV=$(VENV) bash .ci/package-check
+
+test: test-cpp test-python package-check
 
 bench: install
 	$(BIN)/python benchmarks/bench_projection.py

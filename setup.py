@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 
@@ -100,22 +100,19 @@ def _extension():
     )
 
 
+# Packages are discovered, not listed: every folder under miga_fast/ (the checkpoint folder
+# is a namespace package holding data only), plus the Triton kernels, which live in the
+# top-level triton_kernels/ folder and install inside the package (a bare `triton_kernels`
+# would clash with another published package).
+PACKAGES = find_namespace_packages(include=["miga_fast", "miga_fast.*"],
+                                   exclude=["*.__pycache__", "miga_fast.triton_kernels"]) + ["miga_fast.triton_kernels"]
+
 setup(
-    packages=[
-        "miga_fast",
-        "miga_fast.ops",
-        "miga_fast.reference",
-        "miga_fast.attacks",
-        "miga_fast.defenses",
-        "miga_fast.models",
-        "miga_fast.purify",
-        "miga_fast.triton_kernels",
-    ],
-    # The committed checkpoints, their manifest and the diffusion model's sample sheet.
-    package_data={"miga_fast.models": ["checkpoints/*.pt", "checkpoints/*.json", "checkpoints/*.png"]},
-    # Triton kernels live in the top-level triton_kernels/ folder and install inside the
-    # package: a bare `triton_kernels` would clash with another published package.
+    packages=PACKAGES,
     package_dir={"miga_fast.triton_kernels": "triton_kernels"},
+    # The committed checkpoints, their manifest and the diffusion model's sample sheet.
+    package_data={"miga_fast.models.checkpoints": ["*.pt", "*.json", "*.png"]},
+    include_package_data=False,
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )
