@@ -12,7 +12,7 @@
 namespace miga_fast {
 
 inline void define_ops(torch::Library& m) {
-  // Projection family (ALGORITHMS.md section 1). `eps` and `alpha` are 1-D tensors of
+  // Projection family (docs/algorithms.md §1). `eps` and `alpha` are 1-D tensors of
   // one value or one value per sample; they are read on the device, so no call syncs.
   m.def(
       "pgd_step_linf_(Tensor(a!) delta, Tensor grad, Tensor x, Tensor eps, Tensor alpha, "
@@ -26,7 +26,7 @@ inline void define_ops(torch::Library& m) {
   m.def("project_linf_(Tensor(a!) delta, Tensor x, Tensor eps) -> ()");
   m.def("project_l2_(Tensor(a!) delta, Tensor x, Tensor eps) -> ()");
 
-  // SSIM family (ALGORITHMS.md section 2): per-sample SSIM [B]; and, in one pass over the
+  // SSIM family (docs/algorithms.md §2): per-sample SSIM [B]; and, in one pass over the
   // blurred moments, the value with its gradients d value_b / d x and d value_b / d y. The
   // upstream gradient of a per-sample value is one number per sample, so the backward is
   // a scaling of these maps: nothing per pixel is recomputed or kept besides them.
@@ -49,7 +49,7 @@ inline void define_ops(torch::Library& m) {
   // x + delta in [0, 1]. gamma: [1] or [B] in x's dtype.
   m.def("ssim_window_ball_project_(Tensor(a!) delta, Tensor x, Tensor gamma, int window, float c_pixel) -> ()");
 
-  // MINE family (ALGORITHMS.md section 3). With u = U + b1, v = V [B, H] and w = w2 [H],
+  // MINE family (docs/algorithms.md §3). With u = U + b1, v = V [B, H] and w = w2 [H],
   // the critic scores are T_ij = sum_h w_h act(u_ih + v_jh) (b2 is added by the caller);
   // mine_row_lse returns lse_i = log sum_j exp(T_ij) over all j (or j != i), never storing
   // anything B x B; its backward recomputes rows and columns and returns d/du, d/dv, d/dw.

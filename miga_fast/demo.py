@@ -1,4 +1,4 @@
-"""`miga-fast demo`: MIGA end to end on the shipped models and data (seed 000's main
+"""`miga-fast demo`: MIGA end to end on the shipped models and data (the MIGA paper's main
 experiment, small): natural patches (the headline, eps = 8/255) and digits (eps = 16/255:
 at 8/255 MIGA changes only about a quarter of the digit labels), sigma = 25, with the
 shipped denoisers and classifiers. Attacks: MIGA known task, MIGA unknown task (MINE,
@@ -139,7 +139,7 @@ def _grid(name, x, x_noisy, res, classifier, out: Path, count: int = 8) -> Path:
 
 def report_markdown(results: list[dict], seconds: float) -> str:
     lines = ["# miga-fast demo", "",
-             "MIGA (seed 000) on the shipped models, sigma = 25 noise, ALGORITHMS.md section 4. ASR: the share of "
+             "MIGA on the shipped models, sigma = 25 noise, docs/algorithms.md §4. ASR: the share of "
              "the images the pipeline classified correctly before the attack whose label changed after it "
              "(with a defense: the defended pipeline's own correct images). PSNR / SSIM: the denoised "
              "adversarial output against the clean image. The unknown-task MIGA never sees the classifier "

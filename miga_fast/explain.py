@@ -1,4 +1,4 @@
-"""Explanation maps (seed 001): where does a perceptual perturbation sit, and is that
+"""Explanation maps (docs/algorithms.md §2): where does a perceptual perturbation sit, and is that
 where the classifier looks? Grad-CAM of the classifier against the SSIM map of
 (x, x_adv)."""
 from __future__ import annotations

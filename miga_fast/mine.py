@@ -1,4 +1,4 @@
-"""MINE: mutual information neural estimation (Belghazi et al. 2018; ALGORITHMS.md
+"""MINE: mutual information neural estimation (Belghazi et al. 2018; docs/algorithms.md
 section 3) on the fused critic bound.
 
     critic = MINECritic(x_dim=8, y_dim=8, hidden=128)

@@ -1,4 +1,4 @@
-"""Triton kernels of the MINE family (ALGORITHMS.md section 3): the same math as
+"""Triton kernels of the MINE family (docs/algorithms.md §3): the same math as
 csrc/cpu/mine_loops.h, tiled as flash attention is.
 
 With u = U + b1, v = V [B, H] and w = w2 [H], T_ij = sum_h w_h act(u_ih + v_jh).

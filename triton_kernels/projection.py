@@ -1,4 +1,4 @@
-"""Triton kernels of the projection family (ALGORITHMS.md section 1).
+"""Triton kernels of the projection family (docs/algorithms.md §1).
 
 The math and the passes mirror csrc/cuda/projection_kernels.cu:
   l-inf:        one pass, a 2-D grid (blocks of a sample, samples).

@@ -1,4 +1,4 @@
-"""Triton kernels of the SSIM family (ALGORITHMS.md section 2): the same math as
+"""Triton kernels of the SSIM family (docs/algorithms.md §2): the same math as
 csrc/cpu/ssim_loops.h.
 
 _ssim_kernel: a program per tile of output pixels of one (b, c) plane; the five moments

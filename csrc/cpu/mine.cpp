@@ -1,4 +1,4 @@
-// CPU kernels of the MINE family (ALGORITHMS.md section 3): for the critic scores
+// CPU kernels of the MINE family (docs/algorithms.md §3): for the critic scores
 // T_ij = sum_h w_h act(u_ih + v_jh), the row-wise log-sum-exp over j (all j, or j != i),
 // and its backward, which recomputes each row (for d/du, d/dw) and each column (for d/dv)
 // instead of storing anything B x B. Memory: O(B * H) plus one B-vector per thread.

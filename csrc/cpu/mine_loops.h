@@ -1,7 +1,7 @@
 // The loops of the CPU MINE kernels. Included twice by mine.cpp (namespaces `generic` and
 // `avx2`); no include guard on purpose.
 //
-// Notation (ALGORITHMS.md section 3): u = U + b1 and v = V are [B, H] row-major, w = w2
+// Notation (docs/algorithms.md §3): u = U + b1 and v = V are [B, H] row-major, w = w2
 // [H]; the critic score without its bias b2 is T_ij = sum_h w_h act(u_ih + v_jh). Nothing
 // B x B (let alone B x B x H) is stored: a row (or column) of T lives in a scratch vector
 // of B numbers, recomputed by the backward. The inner loops run over h with LANES

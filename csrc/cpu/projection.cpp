@@ -1,4 +1,4 @@
-// CPU kernels of the projection family (ALGORITHMS.md section 1). The loops are in
+// CPU kernels of the projection family (docs/algorithms.md §1). The loops are in
 // projection_loops.h, built for plain x86-64 and for AVX2 and chosen at run time.
 //
 // l-inf: one pass over memory, split by at::parallel_for into chunks that never

@@ -1,4 +1,4 @@
-// CPU kernels of the SSIM family (ALGORITHMS.md section 2): per-sample SSIM, and the value
+// CPU kernels of the SSIM family (docs/algorithms.md §2): per-sample SSIM, and the value
 // with its gradients in both inputs from one pass over the blurred moments (the upstream
 // gradient of a per-sample value is one number per sample, so autograd's backward only
 // scales these). Planes (b, c) run in parallel; the loops (ssim_loops.h) are built for

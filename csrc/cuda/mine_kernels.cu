@@ -1,4 +1,4 @@
-// CUDA kernels of the MINE family (ALGORITHMS.md section 3), raw pointers only: the same
+// CUDA kernels of the MINE family (docs/algorithms.md §3), raw pointers only: the same
 // math as csrc/cpu/mine_loops.h and triton_kernels/mine.py.
 //
 // A block of 16 x 16 threads owns a 16-row (or 16-column) strip of the B x B score matrix

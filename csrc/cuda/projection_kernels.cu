@@ -1,4 +1,4 @@
-// CUDA kernels of the projection family (ALGORITHMS.md section 1), on raw pointers.
+// CUDA kernels of the projection family (docs/algorithms.md §1), on raw pointers.
 //
 // l-inf: one pass over memory, 16-byte packs where the pointers are aligned and no
 //        pack straddles a sample, a grid-stride loop, no host synchronisation.

@@ -1,4 +1,4 @@
-// CUDA kernels of the SSIM family (ALGORITHMS.md section 2), raw pointers only: the same
+// CUDA kernels of the SSIM family (docs/algorithms.md §2), raw pointers only: the same
 // math as csrc/cpu/ssim_loops.h and triton_kernels/ssim.py. Both kernels keep a sample's
 // channels inside the block (a loop over c), so each block writes one partial sum per
 // sample, and walk the batch along grid.y in a grid-stride loop.

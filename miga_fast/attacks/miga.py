@@ -1,4 +1,4 @@
-"""MIGA (seed 000; ALGORITHMS.md section 4): a small perturbation delta of a noisy image
+"""MIGA (docs/algorithms.md §4): a small perturbation delta of a noisy image
 x_n such that the denoiser's output D(x_n + delta) still looks clean but carries other
 semantics, and the two baselines it is compared with.
 
@@ -546,7 +546,7 @@ class MIGA(DenoiserAttack):
     (`mine`: a miga_fast.mine.MINE; by default a fresh critic with small CNN encoders,
     trained in the loop) and, with `reference` (images [B or 1, C, H, W] of other
     semantics), pulls the outputs toward them. lambda_rec weighs the fidelity term
-    against the task term (10 by default: see ALGORITHMS.md, "Balancing the terms")."""
+    against the task term (10 by default: see docs/algorithms.md §4, "Balancing the terms")."""
 
     name = "miga"
 

@@ -1,4 +1,4 @@
-"""The perceptual attack of seed 001: maximise the classifier's loss subject to
+"""The perceptual attack (docs/algorithms.md §2): maximise the classifier's loss subject to
 SSIM(x, x_adv) >= tau and the box, instead of an l_p ball."""
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class SSIMAttack(PGD):
     into the ball of the Gaussian SSIM). `ssim_kwargs` go to that SSIM (win_size,
     win_sigma, K, padding).
 
-    solver="convex": the convex route of seed 001 over the structural-SSIM window balls
+    solver="convex": the paper's convex route over the structural-SSIM window balls
     (ops.ssim_window_ball_project_'s set, tau as gamma, `window` pixels square, delta's
     window means kept at zero): Frank-Wolfe steps — linearise the classifier at the
     current point, take the closed-form maximiser of the linear model over the ball set,

@@ -1,5 +1,5 @@
-"""Input-transformation defenses that the attacks are evaluated against (seed 000,
-Figure 5): feature squeezing, non-local means, and diffusion purification. Each maps
+"""Input-transformation defenses that the attacks are evaluated against (as the MIGA paper's
+Figure 5 does): feature squeezing, non-local means, and diffusion purification. Each maps
 images [B, C, H, W] in [0, 1] to images in [0, 1]; in an evaluation they sit in front of
 the classifier (on the denoiser's output)."""
 from .transforms import DiffusionPurifier, FeatureSqueeze, NonLocalMeans

@@ -1,4 +1,4 @@
-"""The MINE family (ALGORITHMS.md section 3): critic scores and the DV / NWJ / InfoNCE
+"""The MINE family (docs/algorithms.md §3): critic scores and the DV / NWJ / InfoNCE
 bounds on I(X; Y) for the split-first-layer critic
 
     T(x_i, y_j) = w2 . act(u_i + v_j + b1) + b2,   u = f(x) W_x^T,  v = g(y) W_y^T.

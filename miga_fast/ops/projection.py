@@ -1,4 +1,4 @@
-"""The projection family (ALGORITHMS.md section 1): fused PGD steps on a perturbation.
+"""The projection family (docs/algorithms.md §1): fused PGD steps on a perturbation.
 
 Every op works in place on `delta` (the perturbation added to the image `x`), per
 sample: `eps` and `alpha` are floats or tensors of shape [B]. The order is torchattacks':

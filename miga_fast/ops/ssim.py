@@ -1,4 +1,4 @@
-"""The SSIM family (ALGORITHMS.md section 2): SSIM value and map, differentiable in both
+"""The SSIM family (docs/algorithms.md §2): SSIM value and map, differentiable in both
 inputs, and the SSIM ball.
 
 Backends: the C++ CPU kernel (the value alone, or the value with its gradients from one
@@ -204,8 +204,8 @@ def ssim_ball_project_(delta, x, tau, **kwargs):
 
 
 def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01, 0.03)):
-    """The convex SSIM ball (seed 001's "mathematically amenable variant"; our
-    reconstruction): per non-overlapping `window` x `window` window of each channel, the
+    """The convex SSIM ball (docs/algorithms.md §2: the perceptual-SSIM paper's "mathematically
+    amenable variant", our reconstruction): per non-overlapping `window` x `window` window of each channel, the
     exact Euclidean projection of delta's zero-mean part onto {S(u, u + eta) >= gamma}, the
     zero-mean structural SSIM, which is a ball; window means stay; then the box
     x + delta in [0, 1]. Closed form, one pass. gamma: a float or [B] tensor in (0, 1].

@@ -1,4 +1,4 @@
-"""Plain-PyTorch projection steps (ALGORITHMS.md section 1): the oracle every backend is
+"""Plain-PyTorch projection steps (docs/algorithms.md §1): the oracle every backend is
 tested against, and the last fallback.
 
 The order of operations is torchattacks': step, ball projection, then the box

@@ -1,4 +1,4 @@
-"""Plain-PyTorch SSIM (Wang et al. 2004; ALGORITHMS.md section 2): the oracle for the
+"""Plain-PyTorch SSIM (Wang et al. 2004; docs/algorithms.md §2): the oracle for the
 SSIM kernels. With the defaults it equals pytorch_msssim.ssim(x, y, data_range=1,
 size_average=False)."""
 from __future__ import annotations
@@ -146,7 +146,7 @@ def structural_ssim_windows(x, delta, window=8, data_range=1.0, K2=0.03):
 
 def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03):
     """The exact Euclidean projection, per non-overlapping window, onto the convex set
-    {eta : S(u, u + eta) >= gamma} (ALGORITHMS.md: the ball |eta - a u|^2 <= a (2|u|^2 + C)
+    {eta : S(u, u + eta) >= gamma} (docs/algorithms.md §2: the ball |eta - a u|^2 <= a (2|u|^2 + C)
     + a^2 |u|^2, a = (1 - gamma) / gamma) of the zero-mean part of delta; the window means
     of delta are left as they are (the structural SSIM does not see them). Then the box."""
     b, c, h, w = x.shape
