@@ -14,7 +14,7 @@ NVCC ?= /usr/local/cuda/bin/nvcc
 # The CMake build adds the CUDA kernels whenever the toolkit is there, as setup.py does.
 CMAKE_CUDA := $(shell test -x $(NVCC) && echo -DMIGA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC))
 
-.PHONY: install demo test test-python test-cpp package-check bench clean
+.PHONY: install demo test test-python test-cpp package-check bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,17 @@ test: test-cpp test-python package-check
 bench: install
 	$(BIN)/python benchmarks/bench_projection.py
 	$(BIN)/python benchmarks/bench_ssim.py
+	$(BIN)/python benchmarks/bench_mine.py
+	$(BIN)/python benchmarks/bench_attack.py
+
+# One prepared command for a GPU session (benchmarks/gpu_check.py): build for the visible
+# GPU, every CUDA test, compute-sanitizer, short benchmarks against the peers, a JSON and a
+# Markdown summary in benchmarks/results/. It uses .venv's Python where there is one, else
+# the machine's python3 (a lent GPU machine has its own torch); without a GPU it runs the
+# dry path (build, emulated CUDA tests, CPU benchmarks), as CI does.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf build dist *.egg-info miga_fast/_C*.so miga_fast/_build_info.py

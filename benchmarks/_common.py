@@ -72,3 +72,16 @@ def write_json(result: dict, family: str, out: str | None, quick: bool) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {os.path.relpath(path)}")
     return path
+
+
+def parse_sizes(text: str | None, dims: int):
+    """--sizes "64x3x224x224,16x3x128x128" -> [(64, 3, 224, 224), ...] (None: None)."""
+    if not text:
+        return None
+    sizes = []
+    for item in text.split(","):
+        parts = tuple(int(v) for v in item.lower().split("x"))
+        if len(parts) != dims or min(parts) < 1:
+            raise SystemExit(f"--sizes: {item!r} is not {dims} positive integers joined by 'x'")
+        sizes.append(parts)
+    return sizes

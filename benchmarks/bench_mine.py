@@ -19,7 +19,7 @@ import statistics
 import sys
 
 import torch
-from _common import device_name, sync, time_call, write_json
+from _common import device_name, parse_sizes, sync, time_call, write_json
 
 import miga_fast
 from miga_fast import ops
@@ -84,7 +84,7 @@ def peak_extra_bytes(fn, device):
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    sizes = QUICK_SIZES if args.quick else (GPU_SIZES if device.type == "cuda" else CPU_SIZES)
+    sizes = args.sizes or (QUICK_SIZES if args.quick else (GPU_SIZES if device.type == "cuda" else CPU_SIZES))
     rows = []
     for b, h in sizes:
         gen = torch.Generator().manual_seed(0)
@@ -151,10 +151,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--sizes", default=None, help='(B, H) pairs to time, e.g. "4096x256,1024x128"')
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (median reported)")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed sample")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    args.sizes = parse_sizes(args.sizes, 2)
     args.rounds = args.rounds or (2 if args.quick else 3)
     result = run(args)
     print_table(result)

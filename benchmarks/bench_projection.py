@@ -17,7 +17,7 @@ import platform
 import sys
 
 import torch
-from _common import device_name, time_call, write_json
+from _common import device_name, parse_sizes, time_call, write_json
 
 import miga_fast
 from miga_fast import ops
@@ -89,8 +89,8 @@ def implementations(norm: str, device, quick: bool):
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    sizes = QUICK_SIZES if args.quick else SIZES
-    norms = ["linf"] if args.quick else ["linf", "l2"]
+    sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
+    norms = args.norms.split(",") if args.norms else (["linf"] if args.quick else ["linf", "l2"])
     bw = copy_bandwidth(device, (256 << 20) if device.type == "cuda" else (64 << 20))
     rows = []
     for norm in norms:
@@ -144,12 +144,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="l-inf only, two sizes, no torch.compile")
+    p.add_argument("--sizes", default=None, help='shapes to time, e.g. "64x3x224x224,64x3x32x32"')
+    p.add_argument("--norms", default=None, help='"linf", "l2" or "linf,l2"')
     p.add_argument("--reps", type=int, default=None, help="timed samples per case (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample")
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/projection_<device>.json; "
                                                "bench-out/ with --quick)")
     args = p.parse_args(argv)
+    args.sizes = parse_sizes(args.sizes, 4)
     args.reps = args.reps or (3 if args.quick else 7)
     args.min_time = args.min_time or (0.02 if args.quick else 0.1)
     result = run(args)
