@@ -188,6 +188,40 @@ def per_sample(value, name: str, like: torch.Tensor, *, minimum: float = 0.0) ->
     return torch.full((1,), v, dtype=dtype, device=like.device)
 
 
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None, *, odd: bool = False) -> int:
+    """An int (not a bool) in [minimum, maximum] (either bound optional), odd if asked."""
+    if minimum is not None and maximum is not None:
+        want = f"an int in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        want = f"an int >= {minimum}"
+    elif maximum is not None:
+        want = f"an int <= {maximum}"
+    else:
+        want = "an int"
+    if odd:
+        want = want.replace("an int", "an odd int")
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (minimum is not None and value < minimum) or (maximum is not None and value > maximum)
+            or (odd and value % 2 == 0)):
+        raise ValueError(f"`{name}` must be {want}, got {value!r}")
+    return int(value)
+
+
+def check_labels(labels, like: torch.Tensor, name: str = "labels", *, unlabelled_ok: bool = False) -> torch.Tensor:
+    """Class indices for the batch of `like`: an int32/int64 tensor of shape [B]; values
+    >= 0 (>= -1 with unlabelled_ok: -1 marks a sample without a label). Returns them as
+    int64 on `like`'s device."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"`{name}` must be an integer tensor of class indices")
+    if labels.shape != like.shape[:1]:
+        raise ValueError(f"`{name}` must have shape [{like.shape[0]}], got {tuple(labels.shape)}")
+    lowest = -1 if unlabelled_ok else 0
+    if values_checked() and labels.numel() and int(labels.min()) < lowest:
+        raise ValueError(f"`{name}` must hold class indices >= 0{' (or -1 for none)' if unlabelled_ok else ''}, "
+                         f"got {int(labels.min())}")
+    return labels.to(like.device).long()
+
+
 def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")

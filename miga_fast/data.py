@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._validation import check_int
+
 SPLITS = ("train", "test")
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 FACE_CLASSES = ("non-face", "face")
@@ -30,8 +32,7 @@ def _check_split(split: str) -> None:
 
 
 def _check_size(size, name="size", choices=None) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {size!r}")
+    check_int(size, name, 1)
     if choices is not None and size not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {size}")
     return size
@@ -236,8 +237,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if bad:
             raise ValueError(f"folders {bad[:5]} are not in the class map (known: {sorted(class_map)[:10]})")
         out = [class_map[n] for n in names]
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
-            raise ValueError("the class map's values must be class indices >= 0")
+        for name, v in zip(names, out):
+            check_int(v, f"class_map[{name!r}]", 0)
         return out
 
     def __len__(self) -> int:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._validation import check_choice, check_finite, check_scalar, value_checks
+from ._validation import check_choice, check_finite, check_int, check_scalar, value_checks
 from .reference.mine import ACTIVATIONS, BOUNDS, PAIRS
 
 _ACT_MODULES = {"relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
@@ -99,10 +99,8 @@ class MINECritic(nn.Module):
     def __init__(self, x_dim, y_dim, hidden: int = 256, depth: int = 1, encoder=None, activation: str = "relu"):
         super().__init__()
         check_choice(activation, "activation", ACTIVATIONS)
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"`hidden` must be a positive int, got {hidden!r}")
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"`depth` must be an int >= 1, got {depth!r}")
+        check_int(hidden, "hidden", 1)
+        check_int(depth, "depth", 1)
         enc_x, enc_y = encoder if isinstance(encoder, (tuple, list)) else (encoder, encoder)
         self.f, fx = _encoder_for(x_dim, enc_x, hidden, depth, activation, "x_dim")
         self.g, fy = _encoder_for(y_dim, enc_y, hidden, depth, activation, "y_dim")
@@ -240,16 +238,14 @@ def estimate_mi(x, y, steps: int = 1500, batch_size: int = 256, seed: int = 0, h
         check_finite(t, name)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"`x` and `y` must pair up: {x.shape[0]} vs {y.shape[0]} samples")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"`steps` must be a positive int, got {steps!r}")
+    check_int(steps, "steps", 1)
     if not 0 <= held_out < 1:
         raise ValueError(f"`held_out` must lie in [0, 1), got {held_out}")
     n = x.shape[0]
     n_test = int(round(n * held_out))
     if n - n_test < 2 or (held_out and n_test < 2):
         raise ValueError(f"too few samples ({n}) for training and a held-out part of {held_out}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"`batch_size` must be an int >= 2, got {batch_size!r}")
+    check_int(batch_size, "batch_size", 2)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g).to(x.device)
     train, test = order[n_test:], (order[:n_test] if n_test else order)

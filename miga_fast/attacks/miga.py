@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from .. import metrics, ops
-from .._validation import check_batch, check_choice, check_scalar, check_tensor, check_unit_range, value_checks
+from .._validation import (check_batch, check_choice, check_int, check_labels, check_scalar, check_tensor, check_unit_range,
+                           value_checks)
 from ..compile import compile_denoiser
 from ..nvtx import nvtx_range
 from ..reference import projection as ref_projection
@@ -75,10 +76,6 @@ class AttackResult:
                 "images_per_s": self.delta.shape[0] / self.seconds if self.seconds > 0 else float("inf")}
 
 
-def _positive_int(v, name, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {v!r}")
-    return v
 
 
 class DenoiserAttack:
@@ -106,7 +103,7 @@ class DenoiserAttack:
         self.eps = check_scalar(DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"`eps` must lie in [0, 1] for norm='linf' (images live in [0, 1]), got {eps}")
-        self.steps = _positive_int(steps, "steps", 0)
+        self.steps = check_int(steps, "steps", 0)
         if alpha is None:
             alpha = 2.5 * self.eps / max(self.steps, 1) if self.norm != "ssim" else 1 / 255
         self.alpha = check_scalar(alpha, "alpha")
@@ -179,13 +176,7 @@ class DenoiserAttack:
     def _check_labels(self, labels, x, name="labels"):
         """Class indices, or -1 for a sample without a label (it is attacked for fidelity
         only and left out of the success rate)."""
-        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"`{name}` must be an integer tensor of class indices")
-        if labels.shape != x.shape[:1]:
-            raise ValueError(f"`{name}` must have shape [{x.shape[0]}], got {tuple(labels.shape)}")
-        if labels.numel() and int(labels.min()) < -1:
-            raise ValueError(f"`{name}` must hold class indices >= 0 (or -1 for none), got {int(labels.min())}")
-        return labels.to(x.device).long()
+        return check_labels(labels, x, name, unlabelled_ok=True)
 
     def _prepare(self, x_noisy, labels, x_clean):
         """(x_ref, labels, aux) for the loss; subclasses add what they need to aux."""
@@ -293,10 +284,9 @@ class DenoiserAttack:
         from .. import __version__
         from ..data import add_gaussian_noise
 
-        _positive_int(batch_size, "batch_size")
+        check_int(batch_size, "batch_size", 1)
         sigma = check_scalar(sigma, "sigma")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+        check_int(seed, "seed")
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise ValueError(f"`out_dir` {out} exists and is not a folder")
@@ -567,7 +557,7 @@ class MIGA(DenoiserAttack):
             check_unit_range(reference, "reference")
         self.reference = reference
         self.mine = mine
-        self.critic_steps = _positive_int(critic_steps, "critic_steps", 0)
+        self.critic_steps = check_int(critic_steps, "critic_steps", 0)
         super().__init__(denoiser, classifier, eps=eps, norm=norm, steps=steps, alpha=alpha, tau=tau,
                          lambda_rec=lambda_rec, lambda_mi=lambda_mi, targeted=targeted, compile=compile,
                          fused=fused, random_start=random_start, generator=generator, model_mode=model_mode)

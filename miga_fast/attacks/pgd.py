@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .._validation import check_batch, check_choice, check_scalar, check_tensor, check_unit_range, value_checks
+from .._validation import (check_batch, check_choice, check_int, check_labels, check_scalar, check_tensor, check_unit_range,
+                           value_checks)
 from ..nvtx import nvtx_range
 from ..reference import projection as ref
 from ._common import DEFAULT_ALPHA, DEFAULT_EPS, check_model_mode, model_device, model_mode
@@ -41,9 +42,7 @@ class PGD:
         self.eps = check_scalar(DEFAULT_EPS[norm] if eps is None else eps, "eps")
         self.alpha = check_scalar(DEFAULT_ALPHA[norm] if alpha is None else alpha, "alpha")
         self.model_mode = check_model_mode(model_mode)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
-        self.steps = steps
+        self.steps = check_int(steps, "steps", 0)
         self.norm = norm
         self.random_start = bool(random_start)
         self.targeted = bool(targeted)
@@ -59,10 +58,7 @@ class PGD:
         check_tensor(images, "images")
         check_batch(images, "images")
         check_unit_range(images, "images")
-        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError("`labels` must be an integer tensor of class indices")
-        if labels.shape != images.shape[:1]:
-            raise ValueError(f"`labels` must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
+        check_labels(labels, images)
 
     def _grad(self, x: torch.Tensor, delta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """d loss(model(x + delta), labels) / d delta."""

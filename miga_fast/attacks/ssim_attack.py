@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .._validation import check_choice, check_scalar, value_checks
+from .._validation import check_choice, check_int, check_scalar, value_checks
 from ..nvtx import nvtx_range
 from ..ops.ssim import GAMMA_MIN
 from ..reference import ssim as ssim_ref
@@ -45,9 +45,7 @@ class SSIMAttack(PGD):
             raise ValueError(f"`tau` must be >= {GAMMA_MIN:g} for solver='convex' (the window balls' "
                              f"radius overflows below it), got {self.tau}")
         self.ssim_kwargs = dict(ssim_kwargs or {})
-        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-            raise ValueError(f"`window` must be an int >= 2, got {window!r}")
-        self.window = window
+        self.window = check_int(window, "window", 2)
 
     def __repr__(self):
         return (f"SSIMAttack(tau={self.tau}, steps={self.steps}, alpha={self.alpha:.4g}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_batch, check_scalar, check_tensor, check_unit_range
+from .._validation import check_batch, check_int, check_scalar, check_tensor, check_unit_range
 from ..purify.schedules import LinearSchedule
 
 
@@ -24,10 +24,8 @@ class FeatureSqueeze:
     name = "squeeze"
 
     def __init__(self, bits: int = 5, median: int = 2):
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-            raise ValueError(f"`bits` must be an int in [1, 16], got {bits!r}")
-        if isinstance(median, bool) or not isinstance(median, int) or median < 1:
-            raise ValueError(f"`median` must be an int >= 1, got {median!r}")
+        check_int(bits, "bits", 1, 16)
+        check_int(median, "median", 1)
         self.bits, self.median = bits, median
 
     @torch.no_grad()
@@ -58,8 +56,7 @@ class NonLocalMeans:
         if self.h <= 0:
             raise ValueError(f"`h` must be > 0, got {self.h}")
         for name, v in (("patch", patch), ("search", search)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
-                raise ValueError(f"`{name}` must be an odd positive int, got {v!r}")
+            check_int(v, name, 1, odd=True)
         self.patch, self.search = patch, search
 
     @torch.no_grad()
@@ -95,10 +92,8 @@ class DiffusionPurifier:
                  generator=0):
         self.model = model
         self.schedule = schedule or LinearSchedule()
-        if isinstance(t_star, bool) or not isinstance(t_star, int) or not 1 <= t_star < self.schedule.T:
-            raise ValueError(f"`t_star` must be an int in [1, {self.schedule.T - 1}], got {t_star!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= t_star:
-            raise ValueError(f"`steps` must be an int in [1, t_star], got {steps!r}")
+        check_int(t_star, "t_star", 1, self.schedule.T - 1)
+        check_int(steps, "steps", 1, t_star)
         self.t_star, self.steps, self.generator = t_star, steps, generator
 
     @torch.no_grad()

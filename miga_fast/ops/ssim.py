@@ -20,6 +20,7 @@ from .._validation import (
     check_batch,
     check_choice,
     check_finite,
+    check_int,
     check_like,
     check_no_overlap,
     check_scalar,
@@ -87,8 +88,7 @@ if _extension.load() is not None:
 
 
 def _check_window(win_size, win_sigma) -> None:
-    if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:
-        raise ValueError(f"`win_size` must be an odd positive int, got {win_size!r}")
+    check_int(win_size, "win_size", 1, odd=True)
     check_scalar(win_sigma, "win_sigma")
     if win_sigma <= 0:
         raise ValueError(f"`win_sigma` must be > 0, got {win_sigma}")
@@ -172,8 +172,7 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
     K = _check_ssim_args(delta, "delta", x, "x", data_range, win_size, win_sigma, K, padding)
     tau = _check_tau(tau, delta)
     for name, v in (("candidates", candidates), ("rounds", rounds)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "candidates" else 1):
-            raise ValueError(f"`{name}` must be an int >= {2 if name == 'candidates' else 1}, got {v!r}")
+        check_int(v, name, 2 if name == "candidates" else 1)
     backend = _backend.resolve(x.device, x.dtype, BALL_KERNELS)
     if backend == "cuda" and candidates > 32 and _backend.get_backend() == "auto":
         backend = "triton"  # the CUDA kernel keeps at most 32 candidates in registers
@@ -216,8 +215,7 @@ def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01
     if x.dim() != 4:
         raise ValueError(f"`x` must be [B, C, H, W], got shape {tuple(x.shape)}")
     gamma = _check_tau(gamma, delta, name="gamma", minimum=GAMMA_MIN)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-        raise ValueError(f"`window` must be an int >= 2, got {window!r}")
+    check_int(window, "window", 2)
     data_range = check_scalar(data_range, "data_range")
     K = _check_k(K)
     check_no_overlap({"delta": delta}, {"x": x})
