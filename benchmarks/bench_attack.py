@@ -16,14 +16,12 @@ and `miga.update` (the projected step) for Nsight Systems.
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
 import sys
 import time
 
 import torch
-from _common import device_name, sync, write_json
+from _common import bench_parser, finish, result_record, sync
 
 import miga_fast
 from miga_fast.attacks import MIGA
@@ -69,9 +67,7 @@ def run(args) -> dict:
                          "seconds": t, "images_per_s": batch / t, "speedup_vs_eager": eager / t,
                          "first_call_s": compile_s[path],
                          "compiled": bool(attacks[path].compile)})
-    return {"benchmark": "attack", "device": device_name(device), "device_type": device.type,
-            "torch": torch.__version__, "miga_fast": miga_fast.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "rounds": args.rounds, "quick": args.quick, "rows": rows}
+    return result_record("attack", device, args, rows, rounds=args.rounds)
 
 
 def print_table(result: dict) -> None:
@@ -85,19 +81,13 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true")
+    p = bench_parser(__doc__, "the first configuration only, 5 steps")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.steps = args.steps or (5 if args.quick else 10)
     args.rounds = args.rounds or (2 if args.quick else 3)
-    result = run(args)
-    print_table(result)
-    write_json(result, "attack", args.out, args.quick)
-    return 0
+    return finish(run(args), "attack", args, print_table)
 
 
 if __name__ == "__main__":

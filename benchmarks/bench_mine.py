@@ -12,14 +12,12 @@ peak; CPU: the process's peak RSS, reset before each measurement).
 """
 from __future__ import annotations
 
-import argparse
 import math
-import platform
 import statistics
 import sys
 
 import torch
-from _common import device_name, parse_sizes, sync, time_call, write_json
+from _common import bench_parser, finish, parse_sizes, result_record, sync, time_call
 
 import miga_fast
 from miga_fast import ops
@@ -131,9 +129,7 @@ def run(args) -> dict:
                 rows.append({"B": b, "H": h, "pass": pass_name, "impl": name, "ms": None,
                              "peak_extra_mib": 3 * b * b * h * 4 / 2 ** 20, "speedup_vs_eager": None,
                              "note": "does not fit (estimated memory shown)"})
-    return {"benchmark": "mine", "device": device_name(device), "device_type": device.type,
-            "torch": torch.__version__, "miga_fast": miga_fast.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "rounds": args.rounds, "quick": args.quick, "rows": rows}
+    return result_record("mine", device, args, rows, rounds=args.rounds)
 
 
 def print_table(result: dict) -> None:
@@ -148,20 +144,14 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true")
+    p = bench_parser(__doc__, "B = 1024, H = 128 only")
     p.add_argument("--sizes", default=None, help='(B, H) pairs to time, e.g. "4096x256,1024x128"')
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (median reported)")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per timed sample")
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.sizes = parse_sizes(args.sizes, 2)
     args.rounds = args.rounds or (2 if args.quick else 3)
-    result = run(args)
-    print_table(result)
-    write_json(result, "mine", args.out, args.quick)
-    return 0
+    return finish(run(args), "mine", args, print_table)
 
 
 if __name__ == "__main__":

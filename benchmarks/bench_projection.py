@@ -12,12 +12,10 @@ an NVTX range named impl/norm/shape, for Nsight (see benchmarks/README.md).
 """
 from __future__ import annotations
 
-import argparse
-import platform
 import sys
 
 import torch
-from _common import device_name, parse_sizes, time_call, write_json
+from _common import bench_parser, finish, parse_sizes, result_record, time_call
 
 import miga_fast
 from miga_fast import ops
@@ -116,18 +114,7 @@ def run(args) -> dict:
                     "GB/s": nbytes / t / 1e9, "fraction_of_copy_bw": nbytes / t / bw,
                     "speedup_vs_reference_eager": base / t,
                 })
-    return {
-        "benchmark": "projection",
-        "device": device_name(device),
-        "device_type": device.type,
-        "copy_bandwidth_GBps": bw / 1e9,
-        "torch": torch.__version__,
-        "miga_fast": miga_fast.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "quick": args.quick,
-        "rows": rows,
-    }
+    return result_record("projection", device, args, rows, copy_bandwidth_GBps=bw / 1e9)
 
 
 def print_table(result: dict) -> None:
@@ -141,24 +128,17 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="l-inf only, two sizes, no torch.compile")
+    p = bench_parser(__doc__, "l-inf only, two sizes, no torch.compile")
     p.add_argument("--sizes", default=None, help='shapes to time, e.g. "64x3x224x224,64x3x32x32"')
     p.add_argument("--norms", default=None, help='"linf", "l2" or "linf,l2"')
     p.add_argument("--reps", type=int, default=None, help="timed samples per case (median reported)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--min-time", type=float, default=None, help="seconds per timed sample")
-    p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/projection_<device>.json; "
-                                               "bench-out/ with --quick)")
     args = p.parse_args(argv)
     args.sizes = parse_sizes(args.sizes, 4)
     args.reps = args.reps or (3 if args.quick else 7)
     args.min_time = args.min_time or (0.02 if args.quick else 0.1)
-    result = run(args)
-    print_table(result)
-    write_json(result, "projection", args.out, args.quick)
-    return 0
+    return finish(run(args), "projection", args, print_table)
 
 
 if __name__ == "__main__":

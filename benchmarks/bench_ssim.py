@@ -15,14 +15,12 @@ impl/pass/shape.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
-import platform
 import statistics
 import sys
 
 import torch
-from _common import device_name, time_call, write_json
+from _common import bench_parser, finish, result_record, time_call
 
 import miga_fast
 from miga_fast import ops
@@ -134,9 +132,7 @@ def run(args) -> dict:
                              "speedup_vs_pytorch_msssim": (peer / t) if peer and not same else None,
                              "speedup_vs_fused_ssim": (fused / t) if fused and same else None,
                              "max_abs_diff_vs_fused_ssim": gap if same else None})
-    return {"benchmark": "ssim", "device": device_name(device), "device_type": device.type,
-            "torch": torch.__version__, "miga_fast": miga_fast.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "rounds": args.rounds, "quick": args.quick, "rows": rows}
+    return result_record("ssim", device, args, rows, rounds=args.rounds)
 
 
 def print_table(result: dict) -> None:
@@ -154,18 +150,12 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true")
+    p = bench_parser(__doc__, "one size, [16, 3, 128, 128]")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (median reported)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed sample")
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 7)
-    result = run(args)
-    print_table(result)
-    write_json(result, "ssim", args.out, args.quick)
-    return 0
+    return finish(run(args), "ssim", args, print_table)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import os
 import torch
 
 from . import _extension
+from ._context import ContextSetting
 
 NAMES = ("auto", "cuda", "triton", "cpu", "reference")
 _PROBE_OP = "project_linf_"  # any op of the library: tells whether a dispatch key has kernels
@@ -124,7 +125,7 @@ def _check_name(name: str) -> None:
         raise BackendUnavailableError(f"backend 'triton' is not available: {_triton_error()}")
 
 
-class set_backend:
+class set_backend(ContextSetting):
     """Select the backend for every op in the current thread (or asyncio task): a function
     call, or a context manager that restores the previous choice on exit.
 
@@ -133,21 +134,12 @@ class set_backend:
             ...
     """
 
+    var = _BACKEND
+
     def __init__(self, name: str):
         _check_name(name)
-        self.previous = _BACKEND.get()
         self.name = name
-        self._token = _BACKEND.set(name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            _BACKEND.reset(self._token)
-        except ValueError:  # exited in another context than it was entered in
-            _BACKEND.set(self.previous)
-        return False
+        super().__init__(name)
 
     def __repr__(self):
         return f"set_backend({self.name!r})"

@@ -17,30 +17,23 @@ import numbers
 
 import torch
 
+from ._context import ContextSetting
+
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Per thread and per asyncio task (contextvars): switching checks off while one attack runs
 # leaves every other thread's checks on.
 _VALUE_CHECKS = contextvars.ContextVar("miga_fast_value_checks", default=True)
 
 
-class value_checks:
+class value_checks(ContextSetting):
     """Turn the data-reading checks on or off in the current thread (or asyncio task): a
     function call, or a context manager that restores the previous setting on exit.
     Other threads keep their own setting (on by default)."""
 
+    var = _VALUE_CHECKS
+
     def __init__(self, enabled: bool):
-        self.previous = _VALUE_CHECKS.get()
-        self._token = _VALUE_CHECKS.set(bool(enabled))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            _VALUE_CHECKS.reset(self._token)
-        except ValueError:  # exited in another context than it was entered in
-            _VALUE_CHECKS.set(self.previous)
-        return False
+        super().__init__(bool(enabled))
 
 
 def values_checked() -> bool:
