@@ -303,6 +303,7 @@ def main(argv=None) -> int:
     failed = [k for k, v in parts.items() if v["rc"] != 0]
     if failed:
         print(f"gpu-check: FAILED parts: {', '.join(failed)}")
+    print(f"gpu-check: {len(parts) - len(failed)} passed, {len(failed)} failed")  # parts, as a test runner counts
     return 1 if failed else 0
 
 

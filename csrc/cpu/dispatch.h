@@ -1,7 +1,7 @@
 // Run-time choice between the generic and the AVX2 build of a CPU loop family.
 //
-// A kernel file includes its loops header twice, inside namespaces `generic` and `avx2`
-// (the latter between `#pragma GCC push_options` / `target("avx2")` / `pop_options`, under
+// A kernel file instantiates its loops header twice through instantiate_loops.h, inside
+// namespaces `generic` and `avx2` (the latter under `#pragma GCC target`, where
 // MIGA_FAST_HAVE_AVX2_PATH), then calls MIGA_FAST_CPU_CALL(fn, args...).
 #pragma once
 

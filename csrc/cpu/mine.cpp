@@ -22,18 +22,9 @@
 namespace miga_fast {
 namespace {
 
-namespace generic {
-#include "mine_loops.h"
-}  // namespace generic
-
-#ifdef MIGA_FAST_HAVE_AVX2_PATH
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "mine_loops.h"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
+#define MIGA_FAST_LOOPS "mine_loops.h"
+#define MIGA_FAST_AVX2_TARGET "avx2,fma"
+#include "instantiate_loops.h"
 
 // fn(Act<T>{}) for the activation code.
 template <typename T, typename F>

@@ -26,18 +26,9 @@ namespace {
 // Per-sample chunks of at most this many elements per task.
 constexpr int64_t kGrain = 1 << 15;
 
-namespace generic {
-#include "projection_loops.h"
-}  // namespace generic
-
-#ifdef MIGA_FAST_HAVE_AVX2_PATH
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "projection_loops.h"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
+// (No FMA target: contracting (d + c*g)*f would change the rounding between machines.)
+#define MIGA_FAST_LOOPS "projection_loops.h"
+#include "instantiate_loops.h"
 
 // Shared driver: checks, contiguous views, dtype dispatch, write-back of strided outputs.
 void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,

@@ -19,18 +19,8 @@
 namespace miga_fast {
 namespace {
 
-namespace generic {
-#include "ssim_loops.h"
-}  // namespace generic
-
-#ifdef MIGA_FAST_HAVE_AVX2_PATH
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "ssim_loops.h"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
+#define MIGA_FAST_LOOPS "ssim_loops.h"
+#include "instantiate_loops.h"
 
 void check(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, bool same) {
   check_ssim_inputs(x, y, window, same, c10::DeviceType::CPU);
