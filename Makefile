@@ -1,7 +1,7 @@
 # The README's two commands:
 #   make demo   install everything into .venv, then the main job
-#   make test   install everything into .venv, then the C++ smoke test (ctest), pytest, and
-#               the package check (sdist -> wheel -> a fresh venv loads a model and runs an op)
+#   make test   install everything into .venv, then lint (ruff), the C++ smoke test (ctest),
+#               pytest, and the package check (sdist -> wheel -> a fresh venv loads a model and runs an op)
 # Installing is idempotent and the extension build is incremental (build/).
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ NVCC ?= /usr/local/cuda/bin/nvcc
 # The CMake build adds the CUDA kernels whenever the toolkit is there, as setup.py does.
 CMAKE_CUDA := $(shell test -x $(NVCC) && echo -DMIGA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC))
 
-.PHONY: install demo test test-python test-cpp package-check bench gpu-check clean
+.PHONY: install demo test test-python test-cpp package-check lint bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,14 @@ test-cpp: install
 test-python: install
 	$(BIN)/pytest -q tests
 
+# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear, pyupgrade.
+lint: install
+	$(BIN)/ruff check miga_fast tests benchmarks triton_kernels setup.py
+
 package-check: install
 	VENV=$(VENV) bash .ci/package-check
 
-test: test-cpp test-python package-check
+test: lint test-cpp test-python package-check
 
 bench: install
 	$(BIN)/python benchmarks/bench_projection.py

@@ -21,15 +21,17 @@ import sys
 import time
 
 import torch
-from _common import bench_parser, finish, result_record, sync
 
 import miga_fast
 from miga_fast.attacks import MIGA
 from miga_fast.models import registry
 from miga_fast.nvtx import nvtx_range
 
+from _common import bench_parser, finish, result_record, sync
+
 PATHS = {"eager": (False, False), "compiled": (True, False), "compiled+fused": (True, True)}
-CPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 64), ("digits", "dncnn_digits", "cnn_digits", 1, 32, 64)]
+CPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 64),
+               ("digits", "dncnn_digits", "cnn_digits", 1, 32, 64)]
 GPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 256),
                ("natural", "dncnn_natural", "resnet_natural", 3, 64, 256),
                ("digits", "dncnn_digits", "cnn_digits", 1, 32, 256)]

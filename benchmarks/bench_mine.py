@@ -17,12 +17,13 @@ import statistics
 import sys
 
 import torch
-from _common import bench_parser, finish, parse_sizes, result_record, sync, time_call
 
 import miga_fast
 from miga_fast import ops
 from miga_fast.nvtx import nvtx_range
 from miga_fast.ops import mine as family
+
+from _common import bench_parser, finish, parse_sizes, result_record, sync, time_call
 
 CPU_SIZES = [(256, 64), (1024, 128), (4096, 128), (4096, 256)]
 GPU_SIZES = [(256, 64), (1024, 128), (4096, 256), (16384, 256), (16384, 512)]

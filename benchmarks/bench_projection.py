@@ -15,12 +15,13 @@ from __future__ import annotations
 import sys
 
 import torch
-from _common import bench_parser, finish, parse_sizes, result_record, time_call
 
 import miga_fast
 from miga_fast import ops
 from miga_fast.nvtx import nvtx_range
 from miga_fast.reference import projection as ref
+
+from _common import bench_parser, finish, parse_sizes, result_record, time_call
 
 SIZES = [(64, 3, 32, 32), (64, 3, 64, 64), (64, 3, 128, 128), (64, 3, 224, 224)]
 QUICK_SIZES = [(64, 3, 32, 32), (64, 3, 224, 224)]

@@ -20,11 +20,12 @@ import statistics
 import sys
 
 import torch
-from _common import bench_parser, finish, result_record, time_call
 
 import miga_fast
 from miga_fast import ops
 from miga_fast.nvtx import nvtx_range
+
+from _common import bench_parser, finish, result_record, time_call
 
 SIZES = [(64, 3, 32, 32), (16, 3, 128, 128), (8, 3, 256, 256), (8, 3, 512, 512)]
 QUICK_SIZES = [(16, 3, 128, 128)]
@@ -121,7 +122,8 @@ def run(args) -> dict:
                          "images_per_s": shape[0] / t, "speedup_vs_pytorch_msssim": None,
                          "speedup_vs_reference": ref_ball / t})
         for pass_name in ("forward", "forward+backward"):
-            peer = statistics.median(times[("pytorch-msssim", pass_name)]) if ("pytorch-msssim", pass_name) in times else None
+            key = ("pytorch-msssim", pass_name)
+            peer = statistics.median(times[key]) if key in times else None
             fused = (statistics.median(times[("fused-ssim (same)", pass_name)])
                      if ("fused-ssim (same)", pass_name) in times else None)
             for name in impls:

@@ -9,7 +9,9 @@ image denoisers and diffusion-based adversarial purification, under a thin PyTor
 """
 from ._backend import BackendUnavailableError, backends, get_backend, set_backend
 from ._validation import value_checks
-from . import attacks, ops, reference  # noqa: E402  (after the backend machinery)
+
+# isort: split
+from . import attacks, ops, reference  # after the backend machinery
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,8 @@ NAMES = ("auto", "cuda", "triton", "cpu", "reference")
 _PROBE_OP = "project_linf_"  # any op of the library: tells whether a dispatch key has kernels
 # Per thread and per asyncio task (contextvars), like value_checks: one thread's choice is
 # not another's. torch.compile traces the read and guards on it.
-_BACKEND = contextvars.ContextVar("miga_fast_backend", default=os.environ.get("MIGA_FAST_BACKEND", "auto"))
+_DEFAULT_BACKEND: str = os.environ.get("MIGA_FAST_BACKEND", "auto")
+_BACKEND = contextvars.ContextVar("miga_fast_backend", default=_DEFAULT_BACKEND)
 
 
 class BackendUnavailableError(RuntimeError):

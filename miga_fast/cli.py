@@ -42,7 +42,8 @@ def _print_models(as_json: bool, evaluate: bool) -> int:
     if as_json:
         print(json.dumps({n: i.__dict__ for n, i in infos.items()}, indent=2))
         return 0
-    print(f"{'model':<15} {'kind':<10} {'data':<10} {'size':>8}  quality (held-out split{', re-measured' if evaluate else ''})")
+    again = ", re-measured" if evaluate else ""
+    print(f"{'model':<15} {'kind':<10} {'data':<10} {'size':>8}  quality (held-out split{again})")
     for info in infos.values():
         print(f"{info.name:<15} {info.kind:<10} {info.data:<10} {info.bytes / 1024:6.0f}KB  {_quality_line(info)}")
         print(f"{'':<15} {info.description}")
@@ -56,7 +57,8 @@ def _quality_line(info) -> str:
                  for s in (15, 25, 50) if f"psnr_noisy_sigma{s}" in q]
         return "PSNR noisy -> denoised  " + ", ".join(parts)
     if info.kind == "classifier":
-        line = f"accuracy clean {q['accuracy_clean']:.1%}, noisy(25) {q.get('accuracy_noisy_sigma25', float('nan')):.1%}"
+        noisy = q.get("accuracy_noisy_sigma25", float("nan"))
+        line = f"accuracy clean {q['accuracy_clean']:.1%}, noisy(25) {noisy:.1%}"
         if "accuracy_denoised_sigma25" in q:
             line += f", {q.get('denoiser')}(noisy(25)) {q['accuracy_denoised_sigma25']:.1%}"
         return line
@@ -74,7 +76,8 @@ def _evaluate(info, train) -> dict:
     if info.kind == "classifier":
         den = models.load(info.quality["denoiser"]) if "denoiser" in info.quality else None
         return {**train.evaluate_classifier(model, x, y, den), "denoiser": info.quality.get("denoiser")}
-    return {**train.evaluate_diffusion(model, x), **({"samples": info.quality["samples"]} if "samples" in info.quality else {})}
+    samples = {"samples": info.quality["samples"]} if "samples" in info.quality else {}
+    return {**train.evaluate_diffusion(model, x), **samples}
 
 
 def _ssim_attack(args) -> int:
@@ -96,7 +99,8 @@ def _ssim_attack(args) -> int:
                                           log=lambda s: print(s, flush=True)))
     for r in results:
         print(f"\n{r['data']} ({r['classifier']}, {r['images']} images, clean accuracy {r['clean_accuracy']:.1%})")
-        print(f"{'attack':<40} {'fooled':>7} {'SSIM':>6} {'linf':>6} {'l2':>6} {'corr(1-SSIM,CAM)':>17} {'IoU top20%':>10}")
+        print(f"{'attack':<40} {'fooled':>7} {'SSIM':>6} {'linf':>6} {'l2':>6} {'corr(1-SSIM,CAM)':>17} "
+              f"{'IoU top20%':>10}")
         for row in r["rows"]:
             print(f"{row['attack']:<40} {row['fooling_rate']:7.1%} {row['mean_ssim']:6.3f} {row['linf']:6.3f} "
                   f"{row['l2']:6.2f} {row['ssim_cam_correlation']:17.3f} {row['ssim_cam_iou']:10.3f}")
@@ -302,7 +306,8 @@ def main(argv=None) -> int:
     p.add_argument("--denoiser-arch", default=None, help="architecture of a .pt state dict")
     p.add_argument("--classifier", default=None, help="a shipped classifier name or a model file")
     p.add_argument("--classifier-arch", default=None, help="architecture of a .pt state dict")
-    p.add_argument("--denoiser-kwargs", default=None, help='the architecture\'s arguments as JSON, e.g. {"channels": 1}')
+    p.add_argument("--denoiser-kwargs", default=None,
+                   help='the architecture\'s arguments as JSON, e.g. {"channels": 1}')
     p.add_argument("--classifier-kwargs", default=None, help="the architecture's arguments as JSON")
     p.add_argument("--trust-model-file", action="store_true",
                    help="allow TorchScript and .pt2 model files: loading them can RUN CODE embedded in the file, "

@@ -116,7 +116,7 @@ def load_natural_patches(split: str, size: int = 32, channels: int = 3):
     for label, name in enumerate(NATURAL_PHOTOS):
         photo = _read_photo(name)
         boxes = natural_patch_boxes(photo.shape[1], photo.shape[2], split, size)
-        xs.append(torch.stack([photo[:, t:t + size, l:l + size] for t, l in boxes]))
+        xs.append(torch.stack([photo[:, top:top + size, left:left + size] for top, left in boxes]))
         ys.append(torch.full((len(boxes),), label, dtype=torch.int64))
     x = torch.cat(xs)
     if channels == 1:

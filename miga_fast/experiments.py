@@ -1,9 +1,10 @@
 """Experiments behind the `miga-fast` commands, on the shipped data and models.
 
 `ssim_attack_report`: the perceptual-SSIM paper's comparison (docs/algorithms.md §2).
-SSIMAttack (both solvers) against l-inf and l2 PGD whose radius is tuned (bisection) so their mean SSIM matches the pgd-solver
-SSIMAttack's; per attack the fooling rate, mean SSIM, l-inf / l2 size and the agreement of
-the SSIM dissimilarity map with the classifier's Grad-CAM, and an image grid.
+SSIMAttack (both solvers) against l-inf and l2 PGD whose radius is tuned (bisection) so their
+mean SSIM matches the pgd-solver SSIMAttack's; per attack the fooling rate, mean SSIM,
+l-inf / l2 size and the agreement of the SSIM dissimilarity map with the classifier's
+Grad-CAM, and an image grid.
 """
 from __future__ import annotations
 

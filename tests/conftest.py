@@ -1,5 +1,5 @@
-"""Test setup: scratch buffers poisoned with NaN; Triton kernels run through the interpreter on CPU tensors when no GPU is
-visible (TRITON_INTERPRET must be set before triton is imported); CUDA tests skip
+"""Test setup: scratch buffers poisoned with NaN; Triton kernels run through the interpreter
+on CPU tensors when no GPU is visible (TRITON_INTERPRET must be set before triton is imported); CUDA tests skip
 without a GPU and run whenever one is visible."""
 import os
 import sys

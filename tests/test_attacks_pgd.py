@@ -3,10 +3,11 @@ reference paths agree, works under torch.compile, rejects bad input."""
 import pytest
 import torch
 import torch.nn as nn
-from conftest import backend_params
 
 import miga_fast
 from miga_fast.attacks import PGD
+
+from conftest import backend_params
 
 torchattacks = pytest.importorskip("torchattacks")
 

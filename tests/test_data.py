@@ -47,11 +47,11 @@ def test_natural_train_and_test_regions_never_overlap(size):
     test = data.natural_patch_boxes(h, w, "test", size)
     assert train and test
     mask = np.zeros((h, w), dtype=np.int8)
-    for t, l in train:
-        mask[t:t + size, l:l + size] |= 1
-    for t, l in test:
-        assert t + size <= h and l + size <= w
-        assert not (mask[t:t + size, l:l + size] & 1).any()
+    for top, left in train:
+        mask[top:top + size, left:left + size] |= 1
+    for top, left in test:
+        assert top + size <= h and left + size <= w
+        assert not (mask[top:top + size, left:left + size] & 1).any()
 
 
 def test_faces():

@@ -21,7 +21,8 @@ def _bench():
     shape = [64, 3, 224, 224]
     return {
         "projection": {"rows": [
-            {"norm": "linf", "shape": shape, "impl": "reference (torch.compile)", "ms": 0.30, "fraction_of_copy_bw": 0.5},
+            {"norm": "linf", "shape": shape, "impl": "reference (torch.compile)", "ms": 0.30,
+             "fraction_of_copy_bw": 0.5},
             {"norm": "linf", "shape": shape, "impl": "miga_fast cuda", "ms": 0.20, "fraction_of_copy_bw": 0.8},
             {"norm": "l2", "shape": shape, "impl": "reference (torch.compile)", "ms": 0.30, "fraction_of_copy_bw": 0.5},
             {"norm": "l2", "shape": shape, "impl": "miga_fast cuda", "ms": 0.40, "fraction_of_copy_bw": 0.6}]},

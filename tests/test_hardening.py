@@ -3,11 +3,12 @@ probed as a careless or hostile user would, one test (or a few) per item, named 
 Each failed before its fix."""
 import pytest
 import torch
-from conftest import backend_params
 
 import miga_fast
 from miga_fast import ops
 from miga_fast.reference import projection as ref
+
+from conftest import backend_params
 
 BACKENDS = backend_params() + [pytest.param("reference", "cpu", id="reference")]
 
@@ -191,9 +192,9 @@ def test_untrusted_model_files_run_no_code(tmp_path, monkeypatch):
 
 
 def test_untrusted_model_files_run_no_code_from_the_cli(tmp_path):
-    from test_cli import _cli
-
     from miga_fast import models
+
+    from test_cli import _cli
 
     torch.save(_Payload(tmp_path / "payload-ran"), tmp_path / "model.ts")
     out = _cli("attack", "--denoiser", str(tmp_path / "model.ts"), "--data", "digits", "--out", str(tmp_path / "o"))
@@ -277,9 +278,9 @@ def test_resume_ignores_the_configuration_never_and_locks_the_folder(digits, tmp
 # ------------------------------------------------------------------ 4. CLI eps is ambiguous
 
 def test_cli_eps_is_ambiguous_never():
-    from test_cli import _cli
-
     from miga_fast.cli import parse_radius
+
+    from test_cli import _cli
 
     assert parse_radius("8/255", "linf") == pytest.approx(8 / 255)
     assert parse_radius("0.5", "linf") == 0.5 and parse_radius("1", "linf") == 1.0
@@ -313,6 +314,7 @@ def _digit_folder(root, names, n=2):
 
 def test_cli_tracebacks_never(tmp_path):
     from PIL import Image
+
     from test_cli import _cli
 
     (tmp_path / "a-file").write_text("x")

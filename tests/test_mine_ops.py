@@ -7,11 +7,12 @@ import os
 
 import pytest
 import torch
-from conftest import backend_params
 
 import miga_fast
 from miga_fast import ops
 from miga_fast.reference import mine as ref
+
+from conftest import backend_params
 
 
 def _critic(rng, b, h, dtype=torch.float64, scale=1.0, device="cpu"):

@@ -2,11 +2,12 @@
 random inputs, opcheck, torch.compile, and every bad input."""
 import pytest
 import torch
-from conftest import backend_params
 
 import miga_fast
 from miga_fast import ops
 from miga_fast.reference import projection as ref
+
+from conftest import backend_params
 
 BACKENDS = backend_params()
 

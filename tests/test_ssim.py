@@ -5,10 +5,11 @@ import importlib
 
 import pytest
 import torch
-from conftest import backend_params
 
 import miga_fast
 from miga_fast import data, ops
+
+from conftest import backend_params
 
 pytorch_msssim = pytest.importorskip("pytorch_msssim")
 
@@ -293,8 +294,8 @@ def test_ball_scale_kernels_match_the_reference(backend, dtype, rng):
         importlib.import_module("miga_fast.triton_kernels")
     namespace = torch.ops.miga_fast_triton if backend == "triton" else torch.ops.miga_fast
     torch.library.opcheck(namespace.ssim_ball_scale.default,
-                          (delta, x, gaussian_window(11, 1.5, torch.float64), torch.full((2,), 0.9, dtype=torch.float64),
-                           1.0, 0.01, 0.03, False, 8, 3))
+                          (delta, x, gaussian_window(11, 1.5, torch.float64),
+                           torch.full((2,), 0.9, dtype=torch.float64), 1.0, 0.01, 0.03, False, 8, 3))
 
 
 def test_ball_project_in_place_and_small_deltas_untouched(rng):

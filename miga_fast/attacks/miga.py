@@ -30,8 +30,16 @@ from pathlib import Path
 import torch
 
 from .. import metrics, ops
-from .._validation import (check_batch, check_choice, check_int, check_labels, check_scalar, check_tensor, check_unit_range,
-                           value_checks)
+from .._validation import (
+    check_batch,
+    check_choice,
+    check_int,
+    check_labels,
+    check_scalar,
+    check_tensor,
+    check_unit_range,
+    value_checks,
+)
 from ..compile import compile_denoiser
 from ..nvtx import nvtx_range
 from ..reference import projection as ref_projection
@@ -98,7 +106,8 @@ class DenoiserAttack:
         self.norm = check_choice(norm, "norm", NORMS)
         if self.norm == "ssim":
             if eps is not None:
-                raise ValueError("`eps` is not used with norm='ssim' (the SSIM ball is bounded by `tau`): leave it None")
+                raise ValueError("`eps` is not used with norm='ssim' (the SSIM ball is bounded by `tau`): "
+                                 "leave it None")
             eps = 1.0  # the l-inf ball of radius 1 is inactive: the sign step, the box, then the SSIM ball
         self.eps = check_scalar(DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
         if self.norm == "linf" and self.eps > 1:
@@ -580,8 +589,9 @@ class MIGA(DenoiserAttack):
 
         if self.reference is not None:
             if self.reference.shape[1:] != x_noisy.shape[1:] or self.reference.shape[0] not in (1, x_noisy.shape[0]):
-                raise ValueError(f"`reference` must be [1 or {x_noisy.shape[0]}, {', '.join(map(str, x_noisy.shape[1:]))}]"
-                                 f", got {tuple(self.reference.shape)}")
+                dims = ", ".join(map(str, x_noisy.shape[1:]))
+                raise ValueError(f"`reference` must be [1 or {x_noisy.shape[0]}, {dims}], "
+                                 f"got {tuple(self.reference.shape)}")
             anchor = self.reference.to(x_noisy).expand_as(x_noisy)
             sign = -1.0  # maximise I(x_r; D(x_n + delta))
         else:

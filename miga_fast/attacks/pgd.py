@@ -5,8 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .._validation import (check_batch, check_choice, check_int, check_labels, check_scalar, check_tensor, check_unit_range,
-                           value_checks)
+from .._validation import (
+    check_batch,
+    check_choice,
+    check_int,
+    check_labels,
+    check_scalar,
+    check_tensor,
+    check_unit_range,
+    value_checks,
+)
 from ..nvtx import nvtx_range
 from ..reference import projection as ref
 from ._common import DEFAULT_ALPHA, DEFAULT_EPS, check_model_mode, model_device, model_mode

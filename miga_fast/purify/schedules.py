@@ -15,7 +15,7 @@ class LinearSchedule:
         self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
 
-    def to(self, device) -> "LinearSchedule":
+    def to(self, device) -> LinearSchedule:
         self.betas = self.betas.to(device)
         self.alphas_cumprod = self.alphas_cumprod.to(device)
         return self
