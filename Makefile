@@ -8,13 +8,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The torch the extension is built against (a CUDA 13.0 build on this project's machines).
 TORCH_SPEC ?= torch==2.14.1
-export TORCH_CUDA_ARCH_LIST ?= 9.0
+# The CUDA arch to build for when none is visible: csrc/DEFAULT_CUDA_ARCH (setup.py and
+# CMakeLists.txt read it); TORCH_CUDA_ARCH_LIST overrides it.
 JOBS ?= $(shell nproc)
 NVCC ?= /usr/local/cuda/bin/nvcc
 # The CMake build adds the CUDA kernels whenever the toolkit is there, as setup.py does.
 CMAKE_CUDA := $(shell test -x $(NVCC) && echo -DMIGA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC))
 
-.PHONY: install demo test test-python test-cpp package-check lint bench gpu-check clean
+.PHONY: install dev demo test test-python test-cpp package-check lint bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.deps
 	$(BIN)/pip install -q --no-build-isolation ".[test]"
+
+# Contributors: an editable install into .venv (Python edits take effect at once; rerun
+# after editing csrc/). `make install` puts a regular install back.
+dev: $(VENV)/.deps
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
 
 demo: install
 	$(BIN)/miga-fast backends

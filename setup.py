@@ -3,7 +3,8 @@ build of torch are present.
 
 Environment:
   MIGA_FAST_CUDA=1      build the CUDA kernels or fail loudly; =0 skip them; unset: auto
-  TORCH_CUDA_ARCH_LIST  the archs to build for (default 9.0 when no GPU is visible)
+  TORCH_CUDA_ARCH_LIST  the archs to build for (default: the visible GPU's, else
+                        csrc/DEFAULT_CUDA_ARCH, 9.0 = H100/H200; CMake reads the same file)
   MAX_JOBS              parallel compile jobs (default: the core count)
   CUDA_HOME             the toolkit (default /usr/local/cuda when it exists)
 
@@ -55,9 +56,10 @@ def _arch_list(with_cuda):
     if torch.cuda.is_available():  # torch builds for the visible GPU
         major, minor = torch.cuda.get_device_capability()
         return f"{major}.{minor}"
-    # torch's build code fails with no visible GPU and no list; 9.0 = H100/H200.
-    os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-    return "9.0"
+    # torch's build code fails with no visible GPU and no list: the project's default
+    default = (ROOT / "csrc" / "DEFAULT_CUDA_ARCH").read_text().strip()
+    os.environ["TORCH_CUDA_ARCH_LIST"] = default
+    return default
 
 
 def _write_build_info(with_cuda, reason, archs):

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from ._validation import check_int
 
 SPLITS = ("train", "test")
-DIGIT_CLASSES = tuple(str(i) for i in range(10))
 FACE_CLASSES = ("non-face", "face")
 # scikit-image's colour photographs; a natural patch's label is the photo it was cut from.
 NATURAL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "retina.jpg",

@@ -36,7 +36,7 @@ def _tune_pgd(model, x, y, norm, target_ssim, steps, hi, iters=8):
     best = None
     for _ in range(iters):
         eps = (lo + hi) / 2
-        alpha = eps / 4 if norm == "linf" else eps / 4
+        alpha = eps / 4
         adv = PGD(model, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=False)(x, y)
         s = _mean_ssim(x, adv)
         if best is None or abs(s - target_ssim) < abs(best[2] - target_ssim):

@@ -17,8 +17,6 @@ import pytest  # noqa: E402
 import miga_fast  # noqa: E402
 
 GPU = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 
 
 def backend_params():

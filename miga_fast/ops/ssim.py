@@ -2,12 +2,13 @@
 inputs, and the SSIM ball.
 
 Backends: the C++ CPU kernel (the value alone, or the value with its gradients from one
-pass over the blurred moments when an input requires grad), the CUDA-extension kernels
-(shared-memory tiles, separable blur; a second kernel gathers the gradient), the Triton
-kernels (the same math; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and the
-plain-PyTorch reference. The ball ops run the reference (their fused kernels are open
-work); naming a backend that has no kernel for an op is an error. The SSIM map
-(return_map=True) always comes from the reference.
+pass over the blurred moments when an input requires grad), the CUDA-extension kernel
+(one fused value-and-gradient kernel: shared-memory tiles, the halo recomputed, channels
+in the block), the Triton kernels (the same math; CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1) and the plain-PyTorch reference. The SSIM ball (ssim_ball_scale) and
+the window ball have kernels in every backend too. A second derivative goes through the
+reference (exact, not zero); the SSIM map (return_map=True) comes from the reference.
+Naming a backend that has no kernel for an op is an error.
 """
 from __future__ import annotations
 
