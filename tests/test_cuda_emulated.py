@@ -276,6 +276,26 @@ def test_ssim_ball_scale_matches_cpu_kernel_and_holds(emu, rng, dtype, padding):
         assert (reached >= tau - 1e-6).all()
 
 
+def test_ssim_cpu_and_cuda_kernels_share_the_element_math(emu, rng):
+    """common/ssim_math.h is the one definition of the per-position SSIM, its partials and
+    the ball's SSIM(x + t delta): in float64 the C++ and the CUDA kernels agree to the
+    rounding of their (differently ordered) sums, 1e-14, and the ball search picks the very
+    same scales bit for bit."""
+    win = ref_ssim.gaussian_window(11, 1.5, torch.float64)
+    for shape in [(2, 3, 37, 41), (1, 1, 64, 64)]:
+        x = torch.rand(shape, generator=rng, dtype=torch.float64)
+        y = (x + 0.05 * torch.randn(shape, generator=rng, dtype=torch.float64)).clamp(0, 1)
+        for same in (False, True):
+            args = (win, 1.0, 0.01, 0.03, same)
+            cpu = torch.ops.miga_fast.ssim_value_and_grad(x, y, *args)
+            cuda = emu.ssim_value_and_grad(x, y, *args)
+            for a, b in zip(cpu, cuda):
+                torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-16)
+            tau = torch.full((shape[0],), 0.9, dtype=torch.float64)
+            ball = (win, tau, 1.0, 0.01, 0.03, same, 16, 4)
+            assert torch.equal(emu.ssim_ball_scale(y - x, x, *ball), torch.ops.miga_fast.ssim_ball_scale(y - x, x, *ball))
+
+
 def test_ssim_ball_scale_many_candidates_rejected(emu, rng):
     x = torch.rand(1, 1, 16, 16, generator=rng, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="candidates <= 32"):

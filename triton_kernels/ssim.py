@@ -66,6 +66,7 @@ def _ssim_kernel(x_ptr, y_ptr, win_ptr, part_ptr, pm_ptr, H, W, HO, WO, PAD, c1,
     oj = offs % WO
     base = plane * H * W
     mx, my, exx, eyy, exy = _window_moments(x_ptr, y_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K, BLOCK)
+    # ssim_pixel and ssim_partials of csrc/common/ssim_math.h, line for line
     a = 2 * mx * my + c1
     b = 2 * (exy - mx * my) + c2
     c = mx * mx + my * my + c1
@@ -223,6 +224,7 @@ def _ball_sums_kernel(mom_ptr, ts_ptr, part_ptr, C, N, c1, c2, NT: tl.constexpr,
         my = mx + t * md
         vy = vx + 2.0 * t * cv + t * t * vd
         cxy = vx + t * cv
+        # ssim_at_scale of csrc/common/ssim_math.h
         s = ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
         tl.store(part_ptr + (plane * nprog + pid) * NT + q, tl.sum(tl.where(mask, s, 0.0), axis=0))
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/ssim_checks.h"
+#include "../common/ssim_math.h"
 #include "dispatch.h"
 
 namespace miga_fast {

@@ -72,23 +72,6 @@ void blurred_moments(const T* xp, const T* yp, int64_t hp, int64_t wp, const T* 
   for (int q = 0; q < 5; ++q) blur_valid(planes[q], hp, wp, g, k, m + q * ms, tmp);
 }
 
-// SSIM at one output pixel from its raw moments, with the pieces the gradient needs.
-template <typename T>
-struct SsimPixel {
-  T a, b, c, d, s;
-};
-
-template <typename T>
-inline SsimPixel<T> ssim_pixel(T mx, T my, T exx, T eyy, T exy, T c1, T c2) {
-  SsimPixel<T> p;
-  p.a = T(2) * mx * my + c1;
-  p.b = T(2) * (exy - mx * my) + c2;
-  p.c = mx * mx + my * my + c1;
-  p.d = (exx - mx * mx) + (eyy - my * my) + c2;
-  p.s = (p.a / p.c) * (p.b / p.d);
-  return p;
-}
-
 // The SSIM map from the raw moments m[0..4] (each ms values).
 template <typename T>
 void ssim_map(const T* __restrict__ mx, const T* __restrict__ my, const T* __restrict__ exx,
@@ -96,23 +79,19 @@ void ssim_map(const T* __restrict__ mx, const T* __restrict__ my, const T* __res
   for (int64_t i = 0; i < ms; ++i) out[i] = ssim_pixel(mx[i], my[i], exx[i], eyy[i], exy[i], c1, c2).s;
 }
 
-// The four partial maps of the backward, scaled by the upstream gradient gs. With
-// S = A B / (C D): dS/dE[xy] = 2A/(CD), dS/dE[x^2] = dS/dE[y^2] = -S/D,
-// dS/dmu_x = 2 mu_y (B - A)/(CD) - 2 mu_x S (1/C - 1/D), symmetrically for mu_y.
+// The four partial maps of the backward, scaled by the upstream gradient gs
+// (common/ssim_math.h: ssim_partials).
 template <typename T>
-void ssim_partials(const T* __restrict__ mxp, const T* __restrict__ myp, const T* __restrict__ exx,
+void ssim_partial_maps(const T* __restrict__ mxp, const T* __restrict__ myp, const T* __restrict__ exx,
                    const T* __restrict__ eyy, const T* __restrict__ exy, int64_t ms, T c1, T c2, T gs,
                    T* __restrict__ pmx, T* __restrict__ pmy, T* __restrict__ psq, T* __restrict__ pxy) {
   for (int64_t i = 0; i < ms; ++i) {
     const T mx = mxp[i], my = myp[i];
-    const SsimPixel<T> q = ssim_pixel(mx, my, exx[i], eyy[i], exy[i], c1, c2);
-    const T inv_cd = T(1) / (q.c * q.d);
-    const T common = T(2) * (q.b - q.a) * inv_cd;
-    const T s_cd = T(2) * q.s * (T(1) / q.c - T(1) / q.d);
-    pmx[i] = gs * (my * common - mx * s_cd);
-    pmy[i] = gs * (mx * common - my * s_cd);
-    psq[i] = gs * (-q.s / q.d);
-    pxy[i] = gs * (T(2) * q.a * inv_cd);
+    const SsimPartials<T> p = ssim_partials(ssim_pixel(mx, my, exx[i], eyy[i], exy[i], c1, c2), mx, my, gs);
+    pmx[i] = p.mx;
+    pmy[i] = p.my;
+    psq[i] = p.sq;
+    pxy[i] = p.xy;
   }
 }
 
@@ -187,7 +166,7 @@ double ssim_plane_value_and_grad(const T* x, const T* y, int64_t h, int64_t w, i
   T* back = part + 4 * ms;
   T* padded = back + 4 * ps;
   T* tmp2 = padded + pad_size;
-  ssim_partials(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, gs, part, part + ms,
+  ssim_partial_maps(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, gs, part, part + ms,
                 part + 2 * ms, part + 3 * ms);
   for (int q = 0; q < 4; ++q) blur_transpose(part + q * ms, b.ho, b.wo, g, k, back + q * ps, padded, tmp2);
   for (int64_t i = 0; i < h; ++i) {
@@ -219,20 +198,13 @@ void ball_plane_moments(const S* x, const S* d, int64_t h, int64_t w, int64_t pa
   }
 }
 
-// acc[q] += sum over the ms pixels of SSIM(x, x + t[q] delta) for the nt candidates t:
-// mu_y = mu_x + t mu_d, var_y = var_x + 2 t cov + t^2 var_d, cov_xy = var_x + t cov
-// (the moments are polynomials in t; reference/ssim.py: ssim_at_scales).
+// acc[q] += sum over the ms pixels of SSIM(x, x + t[q] delta) for the nt candidates t
+// (common/ssim_math.h: ssim_at_scale; reference/ssim.py: ssim_at_scales).
 inline void ball_ssim_sums(const double* m, int64_t ms, const double* t, int nt, double c1, double c2, double* acc) {
   const double *mu_x = m, *mu_d = m + ms, *var_x = m + 2 * ms, *var_d = m + 3 * ms, *cov = m + 4 * ms;
   for (int64_t i = 0; i < ms; ++i) {
     const double mx = mu_x[i], md = mu_d[i], vx = var_x[i], vd = var_d[i], cv = cov[i];
-    for (int q = 0; q < nt; ++q) {
-      const double tq = t[q];
-      const double my = mx + tq * md;
-      const double vy = vx + (2.0 * tq) * cv + tq * tq * vd;
-      const double cxy = vx + tq * cv;
-      acc[q] += ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2));
-    }
+    for (int q = 0; q < nt; ++q) acc[q] += ssim_at_scale(mx, md, vx, vd, cv, t[q], c1, c2);
   }
 }
 

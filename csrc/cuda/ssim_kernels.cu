@@ -27,6 +27,7 @@
 // Shared memory is opted into above 48 KiB (TILE = 32 for float32, 16 for float64).
 #include <algorithm>
 
+#include "../common/ssim_math.h"
 #include "device.h"
 #include "ssim.h"
 
@@ -84,19 +85,6 @@ __device__ inline double block_sum(double v, double* scratch) {
     for (int i = 0; i < kThreads / 32; ++i) total += scratch[i];
   return total;
 }
-
-// SSIM of one output from its five moments; with the four partial maps when asked.
-template <typename T>
-struct SsimPoint {
-  T s, a, b, c, d;
-  __device__ SsimPoint(T mx, T my, T exx, T eyy, T exy, T c1, T c2) {
-    a = T(2) * mx * my + c1;
-    b = T(2) * (exy - mx * my) + c2;
-    c = mx * mx + my * my + c1;
-    d = (exx - mx * mx) + (eyy - my * my) + c2;
-    s = (a / c) * (b / d);
-  }
-};
 
 // The horizontal pass of the five moments at one position: rows rx, ry of the staged x
 // and y (or delta), k taps, written to hor[q * stride + e] for q = mu_x, mu_y, E[x^2],
@@ -163,7 +151,7 @@ __global__ void __launch_bounds__(kThreads)
           const int e = (threadIdx.y + t) * kValueTile + threadIdx.x;
           for (int q = 0; q < 5; ++q) m[q] += wt * hor[q * hs + e];
         }
-        own += static_cast<double>(SsimPoint<T>(m[0], m[1], m[2], m[3], m[4], c1, c2).s);
+        own += static_cast<double>(ssim_pixel<T>(m[0], m[1], m[2], m[3], m[4], c1, c2).s);
       }
       // The next channel's staging writes sx, sy only: everyone has passed the barrier
       // after their last read; hor is rewritten after the next barrier.
@@ -230,15 +218,13 @@ __global__ void __launch_bounds__(kThreads)
         const bool in = oy >= 0 && oy < g.ho && ox >= 0 && ox < g.wo;
         T p0 = 0, p1 = 0, p2 = 0, p3 = 0;
         if (in) {
-          const SsimPoint<T> pt(m[0], m[1], m[2], m[3], m[4], c1, c2);
+          const SsimPixel<T> pt = ssim_pixel<T>(m[0], m[1], m[2], m[3], m[4], c1, c2);
           if (oy >= py0 && oy < py0 + TILE && ox >= px0 && ox < px0 + TILE) own += static_cast<double>(pt.s);
-          const T inv_cd = T(1) / (pt.c * pt.d);
-          const T common = T(2) * (pt.b - pt.a) * inv_cd;
-          const T s_cd = T(2) * pt.s * (T(1) / pt.c - T(1) / pt.d);
-          p0 = gs * (m[1] * common - m[0] * s_cd);
-          p1 = gs * (m[0] * common - m[1] * s_cd);
-          p2 = gs * (-pt.s / pt.d);
-          p3 = gs * (T(2) * pt.a * inv_cd);
+          const SsimPartials<T> pd = ssim_partials<T>(pt, m[0], m[1], gs);
+          p0 = pd.mx;
+          p1 = pd.my;
+          p2 = pd.sq;
+          p3 = pd.xy;
         }
         pm[e] = p0;
         pm[os + e] = p1;
@@ -417,12 +403,7 @@ __global__ void __launch_bounds__(kThreads)
          p += static_cast<int64_t>(chunks) * kThreads) {
       const double* mp = m + (b * g.channels + p / ms) * 5 * ms + p % ms;
       const double mx = mp[0], md = mp[ms], vx = mp[2 * ms], vd = mp[3 * ms], cv = mp[4 * ms];
-      for (int q = 0; q < nt; ++q) {
-        const double my = mx + t[q] * md;
-        const double vy = vx + (2.0 * t[q]) * cv + t[q] * t[q] * vd;
-        const double cxy = vx + t[q] * cv;
-        acc[q] += ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2));
-      }
+      for (int q = 0; q < nt; ++q) acc[q] += ssim_at_scale(mx, md, vx, vd, cv, t[q], c1, c2);
     }
     for (int q = 0; q < nt; ++q) {
       const double total = block_sum(acc[q], red);
