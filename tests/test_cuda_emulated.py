@@ -293,7 +293,8 @@ def test_ssim_cpu_and_cuda_kernels_share_the_element_math(emu, rng):
                 torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-16)
             tau = torch.full((shape[0],), 0.9, dtype=torch.float64)
             ball = (win, tau, 1.0, 0.01, 0.03, same, 16, 4)
-            assert torch.equal(emu.ssim_ball_scale(y - x, x, *ball), torch.ops.miga_fast.ssim_ball_scale(y - x, x, *ball))
+            got = emu.ssim_ball_scale(y - x, x, *ball)
+            assert torch.equal(got, torch.ops.miga_fast.ssim_ball_scale(y - x, x, *ball))
 
 
 def test_ssim_ball_scale_many_candidates_rejected(emu, rng):
