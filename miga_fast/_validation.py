@@ -16,6 +16,7 @@ import math
 import numbers
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from ._context import ContextSetting
 
@@ -81,12 +82,13 @@ def _span(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b may touch the same bytes. Tensors with no memory (empty, meta, fake:
+    their data pointers are all 0) share none."""
     if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
         return False
-    try:
-        if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-            return False
-    except (RuntimeError, NotImplementedError):  # fake or functional tensors under tracing
+    if is_fake(a) or is_fake(b):
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
         return False
     (a0, a1), (b0, b1) = _span(a), _span(b)
     return a0 < b1 and b0 < a1

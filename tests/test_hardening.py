@@ -663,3 +663,15 @@ def test_ssim_second_derivative_is_never_silently_zero_in_mine(backend, device):
             got = _hvp(lambda t: ops.mine_bound(t, v, b1, w2, b2, bound="dv", activation=act), u, dv)
         assert expected.abs().max() > 1e-3
         torch.testing.assert_close(got, expected)
+
+
+def test_inputs_modified_although_the_call_raises_never_fake_tensors_share_nothing():
+    """Fake tensors (FakeTensorMode, tracing) have no memory: the overlap check must not
+    see their zero data pointers as one buffer."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from miga_fast._validation import check_no_overlap
+
+    with FakeTensorMode():
+        d, x = torch.empty(2, 3), torch.empty(2, 3)
+        check_no_overlap({"delta": d}, {"x": x})

@@ -165,9 +165,7 @@ def _update_kernel(d_ptr, m_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, part_ptr, eps
     if MODE != 2:
         # l2_factors (csrc/common/projection_math.h): |d + c s| relative to K = max(ds, |c|)
         snorm = tl.sqrt(tl.maximum(ss, 0.0))
-        c64 = tl.where(snorm > 0, step.to(tl.float64) / tl.where(snorm > 0, snorm, 1.0), 0.0)
-        if MODE == 1:
-            c64 = c64 * 0.0
+        c64 = tl.where(snorm > 0, step.to(tl.float64) / tl.where(snorm > 0, snorm, 1.0), 0.0)  # 0 for MODE 1: ss = 0
         kk = tl.maximum(ds64, tl.abs(c64))
         kk_safe = tl.where(kk > 0, kk, 1.0)
         a = ds64 / kk_safe

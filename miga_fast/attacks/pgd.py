@@ -66,7 +66,7 @@ class PGD:
         check_tensor(images, "images")
         check_batch(images, "images")
         check_unit_range(images, "images")
-        check_labels(labels, images)
+        return check_labels(labels, images)
 
     def _grad(self, x: torch.Tensor, delta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """d loss(model(x + delta), labels) / d delta."""
@@ -80,12 +80,13 @@ class PGD:
         return self.forward(images, labels)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        self._check(images, labels)
+        labels = self._check(images, labels)  # int64, on the images' device
         device = model_device(self.model)
         x = images.detach()
-        x, labels = (x.to(device), labels.to(device)) if device is not None else (x, labels.to(x.device))
+        if device is not None:
+            x, labels = x.to(device), labels.to(device)
         with model_mode([self.model], self.model_mode):
-            return self._attack(x, labels.long())
+            return self._attack(x, labels)
 
     def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The attack proper, on checked inputs on the model's device, in the chosen mode."""
