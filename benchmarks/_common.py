@@ -29,6 +29,14 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
 
 
+def compiled_backends(op: str, device: torch.device) -> list[str]:
+    """The compiled backends that can run `op` (its name in torch.ops.miga_fast) on float32
+    tensors of `device`, from the op's dispatch table; Triton's CPU interpreter is no
+    benchmark, so CPU runs leave it out."""
+    table = miga_fast._backend.OPS[op]
+    return [b for b in table.runnable(device) if b != "reference" and not (b == "triton" and device.type == "cpu")]
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

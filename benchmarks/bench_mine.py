@@ -21,9 +21,8 @@ import torch
 import miga_fast
 from miga_fast import ops
 from miga_fast.nvtx import nvtx_range
-from miga_fast.ops import mine as family
 
-from _common import bench_parser, finish, parse_sizes, result_record, sync, time_call
+from _common import bench_parser, compiled_backends, finish, parse_sizes, result_record, sync, time_call
 
 CPU_SIZES = [(256, 64), (1024, 128), (4096, 128), (4096, 256)]
 GPU_SIZES = [(256, 64), (1024, 128), (4096, 256), (16384, 256), (16384, 512)]
@@ -32,10 +31,8 @@ QUICK_SIZES = [(1024, 128)]
 
 def implementations(device):
     impls = {"reference (eager)": "reference"}
-    for backend in family.KERNELS:
-        wanted = "cpu" if backend == "cpu" else "cuda"
-        if device.type == wanted and miga_fast.backends()[backend]["runs_here"]:
-            impls[f"miga_fast {backend}"] = backend
+    for backend in compiled_backends("mine_row_lse", device):
+        impls[f"miga_fast {backend}"] = backend
     return impls
 
 

@@ -21,7 +21,7 @@ from miga_fast import ops
 from miga_fast.nvtx import nvtx_range
 from miga_fast.reference import projection as ref
 
-from _common import bench_parser, finish, parse_sizes, result_record, time_call
+from _common import bench_parser, compiled_backends, finish, parse_sizes, result_record, time_call
 
 SIZES = [(64, 3, 32, 32), (64, 3, 64, 64), (64, 3, 128, 128), (64, 3, 224, 224)]
 QUICK_SIZES = [(64, 3, 32, 32), (64, 3, 224, 224)]
@@ -73,11 +73,7 @@ def implementations(norm: str, device, quick: bool):
         s["adv"] = ta(s["adv"], s["grad"], s["x"], eps, alpha)
 
     impls["torchattacks step"] = (None, ta_step)
-    info = miga_fast.backends()
-    for backend in ("cpu", "cuda", "triton"):
-        wanted_device = "cpu" if backend == "cpu" else "cuda"  # Triton's CPU interpreter is no benchmark
-        if device.type != wanted_device or not info[backend]["runs_here"]:
-            continue
+    for backend in compiled_backends(f"pgd_step_{norm}_", device):
 
         def fused(s):
             ops.pgd_step_(s["delta"], s["grad"], s["x"], eps, alpha, norm, 1.0)

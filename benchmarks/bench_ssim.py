@@ -15,7 +15,6 @@ impl/pass/shape.
 """
 from __future__ import annotations
 
-import importlib
 import statistics
 import sys
 
@@ -25,7 +24,7 @@ import miga_fast
 from miga_fast import ops
 from miga_fast.nvtx import nvtx_range
 
-from _common import bench_parser, finish, result_record, time_call
+from _common import bench_parser, compiled_backends, finish, result_record, time_call
 
 SIZES = [(64, 3, 32, 32), (16, 3, 128, 128), (8, 3, 256, 256), (8, 3, 512, 512)]
 QUICK_SIZES = [(16, 3, 128, 128)]
@@ -39,9 +38,7 @@ def implementations(device):
         impls["pytorch-msssim"] = (None, lambda a, b: pytorch_msssim.ssim(a, b, data_range=1, size_average=False))
     except ImportError:
         pass
-    family = importlib.import_module("miga_fast.ops.ssim")  # the module (ops.ssim is the function)
-    ours = [b for b in family.KERNELS
-            if device.type == ("cpu" if b == "cpu" else "cuda") and miga_fast.backends()[b]["runs_here"]]
+    ours = compiled_backends("ssim", device)
     for backend in ours:
         impls[f"miga_fast {backend}"] = (backend, ops.ssim)
     fused = _fused_ssim() if device.type == "cuda" else None
@@ -102,10 +99,8 @@ def run(args) -> dict:
         # The SSIM ball: the largest step t back into SSIM(x, x + t delta) >= 0.95 (16 candidates, 5 rounds).
         # Up to 256 x 256: beyond, the reference's [B, 16, C, H, W] float64 maps take gigabytes.
         ball_impls = {"reference (eager)": "reference"} if shape[-1] <= 256 else {}
-        family = importlib.import_module("miga_fast.ops.ssim")
-        for backend in family.BALL_KERNELS if ball_impls else ():
-            if device.type == ("cpu" if backend == "cpu" else "cuda") and miga_fast.backends()[backend]["runs_here"]:
-                ball_impls[f"miga_fast {backend}"] = backend
+        for backend in compiled_backends("ssim_ball_scale", device) if ball_impls else ():
+            ball_impls[f"miga_fast {backend}"] = backend
         delta = y - x
         for name in ball_impls:
             times[(name, "ball_scale")] = []

@@ -1,11 +1,14 @@
-"""Which backend runs an op: `set_backend`, `get_backend`, `backends()`.
+"""Which backend runs an op: `set_backend`, `get_backend`, `backends()`, and the per-op
+dispatch tables (`Op`).
 
-`auto` picks, per call, from the device of the tensors:
-  CUDA tensors -> the CUDA extension; Triton where the extension was built without CUDA;
-                  the reference where neither exists.
-  CPU tensors  -> the C++ kernels; the reference where the extension is missing.
-A backend asked for by name that is missing, or that cannot run on the tensors' device,
-is an error (`BackendUnavailableError`), never a silent fallback.
+Each op (one `Op` per torch.ops.miga_fast kernel) answers, for each backend,
+`not_supported_reasons(backend, device, dtype, **facts)`: why that backend cannot run the
+op on these inputs (not built, another device, a dtype its kernel does not take, an
+argument past its limits), an empty list when it can. `auto` takes the first backend in
+AUTO_ORDER with no reasons: the CUDA kernels, the C++ kernels, Triton, then the reference,
+which runs everything. A backend asked for by name that cannot run raises
+`BackendUnavailableError`, listing every backend and why each was passed over: never a
+silent fallback. `backends()["ops"]` and `miga-fast backends` print the tables.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from . import _extension
 from ._context import ContextSetting
 
 NAMES = ("auto", "cuda", "triton", "cpu", "reference")
+AUTO_ORDER = ("cuda", "cpu", "triton", "reference")  # auto takes the first that can run
 _PROBE_OP = "project_linf_"  # any op of the library: tells whether a dispatch key has kernels
 # Per thread and per asyncio task (contextvars), like value_checks: one thread's choice is
 # not another's. torch.compile traces the read and guards on it.
@@ -102,6 +106,7 @@ def backends() -> dict:
             "note": f"{torch.get_num_threads()} threads" if cpu else f"not loaded: {ext_error}",
         },
         "reference": {"built": True, "runs_here": True, "note": "plain PyTorch"},
+        "ops": {name: {"public": op.public, **op.table()} for name, op in sorted(OPS.items())},
         "versions": {
             "torch": torch.__version__,
             "torch_cuda": torch.version.cuda,
@@ -120,8 +125,7 @@ def _check_name(name: str) -> None:
         raise BackendUnavailableError(
             f"backend 'cpu' is not available: miga_fast._C did not load ({_extension.load_error()})")
     if name == "cuda" and not _cuda_built():
-        raise BackendUnavailableError(
-            "backend 'cuda' is not available: " + backends()["cuda"]["note"])
+        raise BackendUnavailableError("backend 'cuda' is not available: " + backends_note("cuda"))
     if name == "triton" and not _triton_built():
         raise BackendUnavailableError(f"backend 'triton' is not available: {_triton_error()}")
 
@@ -150,32 +154,142 @@ def get_backend() -> str:
     return _BACKEND.get()
 
 
-def resolve(device: torch.device, dtype: torch.dtype, kernels=("cuda", "triton", "cpu")) -> str:
-    """The concrete backend for a call on tensors of `device` and `dtype`, for an op with
-    compiled `kernels` (an op family that has only its reference yet passes ())."""
-    name = _BACKEND.get()
-    kind = device.type
-    half = dtype in (torch.float16, torch.bfloat16)
-    if name == "auto":
-        if kind == "cuda":
-            if _cuda_built() and "cuda" in kernels:
-                return "cuda"
-            return "triton" if _triton_built() and "triton" in kernels else "reference"
-        if kind == "cpu" and _cpu_built() and not half and "cpu" in kernels:
-            return "cpu"
-        return "reference"
-    _check_name(name)
-    if name != "reference" and name not in kernels:
+# --- per-op dispatch tables -------------------------------------------------------------
+
+FLOAT = (torch.float32, torch.float64)
+ANY_FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_names(dtypes) -> str:
+    return "/".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+class Limit:
+    """A condition one or more backends' kernels put on an op's arguments: `holds(facts)`
+    says whether it is met; `text` says what the kernel needs and becomes the reason
+    when it is not."""
+
+    __slots__ = ("backends", "text", "holds")
+
+    def __init__(self, backends, text: str, holds):
+        self.backends, self.text, self.holds = tuple(backends), text, holds
+
+
+class Op:
+    """The dispatch table of one op: which backends have a kernel for it (the CPU and CUDA
+    kernels are probed in the built extension as torch.ops.miga_fast.<kernel>), the dtypes
+    each takes, and the limits on its arguments."""
+
+    def __init__(self, name: str, public: str, kernel: str | None = None, dtypes=None, limits=(),
+                 kernels=("cuda", "triton", "cpu")):
+        self.name, self.public, self.kernel = name, public, kernel or name
+        self.kernels = tuple(kernels)
+        self.dtypes = {"cuda": FLOAT, "triton": ANY_FLOAT, "cpu": FLOAT, **(dtypes or {})}
+        self.limits = tuple(limits)
+        self._built = {"reference": ()}
+
+    def build_reasons(self, backend: str) -> tuple[str, ...]:
+        """Why `backend` cannot run this op whatever the inputs (not built): () when it can
+        run on some input. Probed once per process (what was built never changes)."""
+        if backend not in self._built:
+            self._built[backend] = tuple(self._probe(backend))
+        return self._built[backend]
+
+    def _probe(self, backend: str) -> list[str]:
+        if backend not in self.kernels:
+            return [f"no {backend} kernel for this op yet"]
+        if backend == "cpu":
+            if not _cpu_built():
+                return [f"miga_fast._C did not load ({_extension.load_error()})"]
+            if not _extension.has_kernel(self.kernel, "CPU"):
+                return [f"the built extension has no CPU kernel for {self.kernel} (rebuild it)"]
+        elif backend == "cuda":
+            if not _cuda_built():
+                return [backends_note("cuda")]
+            if not _extension.has_kernel(self.kernel, "CUDA"):
+                return [f"the built extension has no CUDA kernel for {self.kernel} (rebuild it)"]
+        elif backend == "triton":
+            err = _triton_error()
+            if err is not None:
+                return [err]
+        return []
+
+    def not_supported_reasons(self, backend: str, device: torch.device, dtype: torch.dtype, auto: bool = False,
+                              **facts) -> list[str]:
+        """Why `backend` cannot run this op on tensors of `device` and `dtype` with the
+        arguments `facts` (those the op's limits read); [] when it can. auto=True: whether
+        "auto" may take it (the Triton interpreter on CPU tensors is a debugging aid that
+        runs only when named)."""
+        reasons = list(self.build_reasons(backend))
+        if backend == "reference" or reasons:
+            return reasons
+        kind = device.type
+        if backend == "cuda" and kind != "cuda":
+            reasons.append(f"runs CUDA tensors, got tensors on {kind}")
+        elif backend == "cpu" and kind != "cpu":
+            reasons.append(f"runs CPU tensors, got tensors on {kind}")
+        elif backend == "triton" and kind != "cuda":
+            if not (kind == "cpu" and triton_interpret()):
+                reasons.append(f"runs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), got tensors on {kind}")
+            elif auto:
+                reasons.append("the interpreter on CPU tensors runs only when named (set_backend('triton'))")
+        if dtype not in self.dtypes[backend]:
+            reasons.append(f"takes {_dtype_names(self.dtypes[backend])}, got {str(dtype).replace('torch.', '')}")
+        for limit in self.limits:
+            if backend in limit.backends and not limit.holds(facts):
+                reasons.append(limit.text)
+        return reasons
+
+    def runnable(self, device: torch.device, dtype: torch.dtype = torch.float32, **facts) -> list[str]:
+        """The backends that can run this op on such inputs, in auto's order."""
+        return [b for b in AUTO_ORDER if not self.not_supported_reasons(b, device, dtype, **facts)]
+
+    def select(self, device: torch.device, dtype: torch.dtype, **facts) -> str:
+        """The backend that runs a call: the selected one, or under "auto" the first in
+        AUTO_ORDER that can. Raises BackendUnavailableError when the selected one cannot."""
+        name = _BACKEND.get()
+        auto = name == "auto"
+        if auto:
+            for backend in AUTO_ORDER:
+                if not self.not_supported_reasons(backend, device, dtype, True, **facts):
+                    return backend
+        elif not self.not_supported_reasons(name, device, dtype, **facts):
+            return name
+        # only "auto" with every backend refused (cannot happen: the reference runs all) or a named one
+        lines = []
+        for backend in AUTO_ORDER:
+            why = self.not_supported_reasons(backend, device, dtype, auto, **facts)
+            lines.append(f"  {backend}: " + ("can run" if not why else "; ".join(why)))
         raise BackendUnavailableError(
-            f"backend {name!r} has no kernel for this op yet (it has: {', '.join(kernels) or 'the reference only'}); "
-            "use set_backend('auto') or 'reference'")
-    if name == "cpu" and (kind != "cpu" or half):
-        raise BackendUnavailableError(
-            f"backend 'cpu' runs float32/float64 CPU tensors, got {dtype} on {device}")
-    if name == "cuda" and kind != "cuda":
-        raise BackendUnavailableError(f"backend 'cuda' runs CUDA tensors, got tensors on {device}")
-    if name == "triton" and not (kind == "cuda" or (kind == "cpu" and triton_interpret())):
-        raise BackendUnavailableError(
-            f"backend 'triton' runs CUDA tensors (CPU tensors only with TRITON_INTERPRET=1), "
-            f"got tensors on {device}")
-    return name
+            f"backend {name!r} cannot run {self.name} ({self.public}) on {str(dtype).replace('torch.', '')} "
+            f"tensors on {device}:\n" + "\n".join(lines)
+            + "\nuse set_backend('auto') to take the first backend that can, or name one that can run")
+
+    def table(self) -> dict:
+        """Per backend: built (the build reasons, empty when built) and the conditions its
+        kernel puts on inputs."""
+        out = {}
+        for backend in AUTO_ORDER:
+            if backend == "reference":
+                out[backend] = {"built": True, "reasons": [], "needs": ["any float dtype, any device"]}
+                continue
+            dev = "CUDA tensors" if backend == "cuda" else (
+                "CPU tensors" if backend == "cpu" else "CUDA tensors (CPU tensors with TRITON_INTERPRET=1)")
+            needs = [dev, _dtype_names(self.dtypes[backend])]
+            needs += [lim.text for lim in self.limits if backend in lim.backends]
+            why = list(self.build_reasons(backend))
+            out[backend] = {"built": not why, "reasons": why, "needs": needs}
+        return out
+
+
+OPS: dict[str, Op] = {}
+
+
+def register_op(op: Op) -> Op:
+    """Add an op's dispatch table (each op family's module registers its ops at import)."""
+    OPS[op.name] = op
+    return op
+
+
+def backends_note(backend: str) -> str:
+    return backends()[backend]["note"]

@@ -23,7 +23,15 @@ def _print_backends(as_json: bool) -> int:
     for name in ("cuda", "triton", "cpu", "reference"):
         b = info[name]
         print(f"{name:<10} {'yes' if b['built'] else 'no':<6} {'yes' if b['runs_here'] else 'no':<10} {b['note']}")
-    print(f"selected: {info['selected']}")
+    print(f"selected: {info['selected']}  (auto takes, per call, the first of cuda, cpu, triton, reference "
+          "that can run it)")
+    print("\nper op (torch.ops.miga_fast name: what each backend's kernel takes, or why it is missing)")
+    for name, table in info["ops"].items():
+        print(f"{name}  [{table['public']}]")
+        for backend in ("cuda", "cpu", "triton", "reference"):
+            b = table[backend]
+            text = "; ".join(b["needs"]) if b["built"] else "unavailable: " + "; ".join(b["reasons"])
+            print(f"  {backend:<10} {text}")
     return 0
 
 

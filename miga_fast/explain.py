@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._backend import set_backend
 from .ops import ssim as _ssim
 
 
@@ -72,7 +73,8 @@ def ssim_vs_cam(x: torch.Tensor, x_adv: torch.Tensor, cam: torch.Tensor, top: fl
         raise ValueError(f"`cam` must be [B, H, W] = {(x.shape[0],) + tuple(x.shape[-2:])}, got {tuple(cam.shape)}")
     ssim_kwargs.setdefault("padding", "same")
     with torch.no_grad():
-        _, smap = _ssim(x, x_adv, return_map=True, **ssim_kwargs)
+        with set_backend("reference"):  # only the reference returns the SSIM map
+            _, smap = _ssim(x, x_adv, return_map=True, **ssim_kwargs)
     d = (1 - smap.mean(1)).to(cam.dtype)
     a = d.flatten(1) - d.flatten(1).mean(1, keepdim=True)
     b = cam.flatten(1) - cam.flatten(1).mean(1, keepdim=True)

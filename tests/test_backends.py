@@ -118,3 +118,101 @@ def test_cpu_kernels_carry_an_avx2_build():
     dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", ext.__file__], capture_output=True, text=True,
                          timeout=120).stdout
     assert dis.count("ymm") > 200, "no AVX2 code in miga_fast._C: the target pragma did not take effect"
+
+
+# --- the per-op dispatch tables (backends that say why) ---------------------------------
+
+OP_NAMES = {"pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_", "ssim",
+            "ssim_ball_scale", "ssim_window_ball_project_", "mine_row_lse"}
+
+
+def test_every_op_has_a_dispatch_table():
+    ops_table = miga_fast.backends()["ops"]
+    assert set(ops_table) == OP_NAMES
+    for table in ops_table.values():
+        assert table["reference"] == {"built": True, "reasons": [], "needs": ["any float dtype, any device"]}
+        for backend in ("cuda", "cpu", "triton"):
+            entry = table[backend]
+            assert entry["built"] == (not entry["reasons"])
+            assert entry["needs"]
+
+
+def test_auto_takes_the_first_backend_that_can_run():
+    from miga_fast._backend import OPS
+
+    cpu = torch.device("cpu")
+    # float32 CPU tensors: the C++ kernels; half on CPU: not the C++ kernels (float32/float64), not the
+    # Triton interpreter (auto never takes it), so the reference
+    assert OPS["pgd_step_linf_"].select(cpu, torch.float32) == "cpu"
+    assert OPS["pgd_step_linf_"].select(cpu, torch.float16) == "reference"
+    # MINE computes half in float32 before dispatch: the C++ kernel takes it
+    assert OPS["mine_row_lse"].select(cpu, torch.float16) == "cpu"
+    # the SSIM map comes from the reference only
+    assert OPS["ssim"].select(cpu, torch.float32, return_map=False) == "cpu"
+    assert OPS["ssim"].select(cpu, torch.float32, return_map=True) == "reference"
+    # the CUDA ball keeps 32 candidates at most; on CUDA tensors more go to Triton (when it is built)
+    cuda = torch.device("cuda")
+    ball = OPS["ssim_ball_scale"]
+    why = ball.not_supported_reasons("cuda", cuda, torch.float32, candidates=64)
+    assert any("candidates <= 32" in r for r in why)
+    if miga_fast.backends()["cuda"]["built"]:
+        assert ball.not_supported_reasons("cuda", cuda, torch.float32, candidates=32) == []
+    if miga_fast.backends()["triton"]["built"]:
+        assert ball.select(cuda, torch.float32, candidates=64) == "triton"
+
+
+def test_a_named_backend_that_cannot_run_lists_every_backend_and_why():
+    x = torch.rand(2, 3, 16, 16)
+    with miga_fast.set_backend("cpu"):
+        with pytest.raises(BackendUnavailableError) as info:
+            ops.ssim(x, x.clone(), return_map=True)
+    text = str(info.value)
+    assert "backend 'cpu' cannot run ssim" in text
+    for line in ("  cuda: ", "  cpu: ", "  triton: ", "  reference: can run"):
+        assert line in text, text
+    assert "return_map=False" in text and "set_backend('auto')" in text
+    # every named failure is raised before anything is written
+    d = torch.full_like(x, 0.01).half()
+    before = d.clone()
+    with miga_fast.set_backend("cpu"):
+        with pytest.raises(BackendUnavailableError, match="takes float32/float64, got float16"):
+            ops.pgd_step_(d, torch.ones_like(d), x.half(), 0.1, 0.01)
+    assert torch.equal(d, before)
+
+
+def test_the_cli_prints_the_table_per_op():
+    out = _cli("backends")
+    assert out.returncode == 0, out.stderr
+    for name in OP_NAMES:
+        assert f"\n{name}  [" in out.stdout
+    assert "candidates <= 32" in out.stdout and "return_map=False" in out.stdout
+    assert set(json.loads(_cli("backends", "--json").stdout)["ops"]) == OP_NAMES
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_half_precision_is_as_close_as_the_reference(dtype, rng):
+    """The Triton kernels take half precision (they compute in float32): against the float64
+    reference on the same rounded inputs they must be at least as close as the reference run
+    in that dtype (within one rounding of the dtype)."""
+    if not miga_fast.backends()["triton"]["runs_here"]:
+        pytest.skip("Triton cannot run here")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.rand(2, 3, 16, 16, generator=rng).to(dev, dtype)
+    y = (x.float() + 0.2 * torch.randn(2, 3, 16, 16, generator=rng).to(dev)).clamp(0, 1).to(dtype)
+    g = torch.randn(2, 3, 16, 16, generator=rng).to(dev, dtype)
+    ulp = torch.finfo(dtype).eps
+
+    def run(backend, exact=False):
+        cast = (lambda t: t.double()) if exact else (lambda t: t)
+        with miga_fast.set_backend(backend):
+            d = cast(torch.zeros_like(x))
+            ops.pgd_step_(d, cast(g), cast(x), 0.1, 0.03, norm="l2")
+            w = cast(y - x)
+            ops.ssim_window_ball_project_(w, cast(x), 0.8)
+            return [ops.ssim(cast(x), cast(y)), ops.ssim_ball_scale(cast(y - x), cast(x), 0.97), d, w]
+
+    truth = run("reference", exact=True)
+    for name, tri, ref, t in zip(("ssim", "ball", "pgd_l2", "window_ball"), run("triton"), run("reference"), truth):
+        err_tri = (tri.double() - t).abs().max().item()
+        err_ref = (ref.double() - t).abs().max().item()
+        assert err_tri <= err_ref + 2 * ulp, (name, err_tri, err_ref)

@@ -271,10 +271,10 @@ def _(delta, x, *args):
 
 @triton.jit
 def _window_ball_kernel(d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     """A program per (window, plane): the exact projection of delta's zero-mean part onto
     the window's structural-SSIM ball, window mean kept, then the box (reference/ssim.py:
-    window_ball_project_)."""
+    window_ball_project_). Computes in COMPUTE: float64 for float64 data, float32 otherwise."""
     wid = tl.program_id(0)
     plane = tl.program_id(1).to(tl.int64)
     k = tl.arange(0, BLOCK)
@@ -282,10 +282,10 @@ def _window_ball_kernel(d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN
     cols = (wid % NWX) * WIN + k % WIN
     mask = (k < WIN * WIN) & (rows < H) & (cols < W)
     p = plane * H * W + rows * W + cols
-    xv = tl.load(x_ptr + p, mask=mask, other=0.0)
-    dv = tl.load(d_ptr + p, mask=mask, other=0.0)
+    xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(COMPUTE)
+    dv = tl.load(d_ptr + p, mask=mask, other=0.0).to(COMPUTE)
+    g = tl.load(g_ptr + (plane // C) * GSTRIDE).to(COMPUTE)
     cnt = tl.sum(mask.to(xv.dtype), axis=0)
-    g = tl.load(g_ptr + (plane // C) * GSTRIDE)
     a = (1.0 - g) / g
     u = tl.where(mask, xv - tl.sum(xv, axis=0) / cnt, 0.0)
     md = tl.sum(dv, axis=0) / cnt
@@ -295,7 +295,8 @@ def _window_ball_kernel(d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN
     r2 = a * (2.0 * uu + cnt * c_pixel) + a * a * uu
     scale = tl.where(oo > r2, tl.sqrt(r2 / tl.maximum(oo, 1e-300)), 1.0)
     v = xv + (md + a * u + off * scale)
-    tl.store(d_ptr + p, tl.minimum(tl.maximum(v, 0.0), 1.0) - xv, mask=mask)
+    out = (tl.minimum(tl.maximum(v, 0.0), 1.0) - xv).to(COMPUTE)  # the interpreter keeps Python floats as doubles
+    tl.store(d_ptr + p, out.to(d_ptr.dtype.element_ty), mask=mask)
 
 
 @torch.library.custom_op("miga_fast_triton::ssim_window_ball_project_", mutates_args=("delta",),
@@ -308,8 +309,9 @@ def ssim_window_ball_project_(delta: Tensor, x: Tensor, gamma: Tensor, window: i
     nwy, nwx = triton.cdiv(h, window), triton.cdiv(w, window)
     gamma = gamma.contiguous()
     block = triton.next_power_of_2(window * window)
+    compute = tl.float64 if x.dtype == torch.float64 else tl.float32
     _window_ball_kernel[(nwy * nwx, b * c)](delta, x, gamma, c, h, w, nwx, 0 if gamma.numel() == 1 else 1,
-                                            c_pixel, WIN=window, BLOCK=block)
+                                            c_pixel, WIN=window, BLOCK=block, COMPUTE=compute)
 
 
 @ssim_window_ball_project_.register_fake

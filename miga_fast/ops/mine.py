@@ -25,7 +25,10 @@ from ..reference import mine as ref
 from ..reference.mine import ACTIVATIONS, BOUNDS, PAIRS
 from ._namespaces import ops_for
 
-KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("mine_row_lse", "CUDA") else ())
+# float16 / bfloat16 inputs are computed in float32 before dispatch: every kernel takes them
+ROW_LSE = _backend.register_op(_backend.Op(
+    "mine_row_lse", "ops.mine_bound, ops.mine_terms (pairs='all')",
+    dtypes={"cpu": _backend.ANY_FLOAT, "cuda": _backend.ANY_FLOAT}))
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # csrc/common/mine_checks.h
 
 
@@ -149,7 +152,7 @@ def _prepare(u, v, b1, w2, b2, pairs, perm, activation):
         perm = _check_perm(perm, u.shape[0], u.device)
     elif perm is not None:
         raise ValueError("`perm` is only used with pairs='shuffle'")
-    backend = _backend.resolve(u.device, u.dtype, KERNELS)
+    backend = ROW_LSE.select(u.device, u.dtype)
     return [_compute(t) for t in (u, v, b1, w2, b2)], perm, backend
 
 

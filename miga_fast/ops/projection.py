@@ -31,6 +31,12 @@ from ._namespaces import ops_for
 
 NORMS = ("linf", "l2")
 _OPS = ("pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_")
+_PUBLIC = {"pgd_step_linf_": "ops.pgd_step_(norm='linf')", "pgd_step_l2_": "ops.pgd_step_(norm='l2')",
+           "mi_fgsm_step_": "ops.mi_fgsm_step_", "project_linf_": "ops.project_(norm='linf'), ops.random_init_",
+           "project_l2_": "ops.project_(norm='l2'), ops.random_init_"}
+# the CUDA and Triton kernels read and write half precision (computing in float32); the C++ ones do not
+TABLES = {name: _backend.register_op(_backend.Op(name, _PUBLIC[name], dtypes={"cuda": _backend.ANY_FLOAT}))
+          for name in _OPS}
 
 
 def _register_cpp(namespace: str = "miga_fast") -> None:
@@ -67,7 +73,7 @@ def _check_images(delta, x, outputs=("delta",), **others):
 def _dispatch(op: str, reference, delta: torch.Tensor, *args) -> None:
     """Run torch.ops.<namespace>.<op>(delta, *args) on the selected backend, or
     `reference(delta, *args)` on the reference backend."""
-    backend = _backend.resolve(delta.device, delta.dtype)
+    backend = TABLES[op].select(delta.device, delta.dtype)
     with torch.no_grad():
         if backend == "reference":
             reference(delta, *args)
@@ -143,7 +149,7 @@ def random_init_(delta, x, eps, norm="linf", generator=None):
     _check_images(delta, x)
     gen = _as_generator(generator, delta.device)
     e = per_sample(eps, "eps", delta)
-    _backend.resolve(delta.device, delta.dtype)  # a backend that cannot run raises before delta is written
+    TABLES[f"project_{norm}_"].select(delta.device, delta.dtype)  # a backend that cannot run raises first
     sample = ref.sample_ball(delta, e, norm, gen)
     with torch.no_grad():
         delta.copy_(sample)

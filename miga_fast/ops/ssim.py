@@ -7,8 +7,9 @@ pass over the blurred moments when an input requires grad), the CUDA-extension k
 in the block), the Triton kernels (the same math; CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1) and the plain-PyTorch reference. The SSIM ball (ssim_ball_scale) and
 the window ball have kernels in every backend too. A second derivative goes through the
-reference (exact, not zero); the SSIM map (return_map=True) comes from the reference.
-Naming a backend that has no kernel for an op is an error.
+reference (exact, not zero). What each backend's kernel takes (dtypes, return_map, the
+CUDA ball's candidate count) is in the dispatch tables below (`miga-fast backends`):
+naming a backend that cannot run a call is an error that says why.
 """
 from __future__ import annotations
 
@@ -32,11 +33,17 @@ from ..reference import ssim as ref
 from ._namespaces import ops_for
 
 PADDINGS = ("valid", "same")
-# compiled backends that implement ssim(): the CUDA kernel where the extension was built with CUDA
-KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("ssim", "CUDA") else ())
-BALL_KERNELS = ("cpu", "triton") + (("cuda",) if _extension.has_kernel("ssim_ball_scale", "CUDA") else ())
-WINDOW_BALL_KERNELS = ("cpu", "triton") + (
-    ("cuda",) if _extension.has_kernel("ssim_window_ball_project_", "CUDA") else ())
+CUDA_MAX_CANDIDATES = 32  # the CUDA ball kernel keeps its candidates in registers (csrc/cuda/ssim.h)
+
+SSIM = _backend.register_op(_backend.Op(
+    "ssim", "ops.ssim (with its gradient: ssim_value_and_grad)",
+    limits=[_backend.Limit(("cuda", "triton", "cpu"), "return_map=False (the SSIM map comes from the reference)",
+                           lambda f: not f["return_map"])]))
+BALL = _backend.register_op(_backend.Op(
+    "ssim_ball_scale", "ops.ssim_ball_scale, ops.ssim_ball_project_",
+    limits=[_backend.Limit(("cuda",), f"candidates <= {CUDA_MAX_CANDIDATES} (kept in registers)",
+                           lambda f: f["candidates"] <= CUDA_MAX_CANDIDATES)]))
+WINDOW_BALL = _backend.register_op(_backend.Op("ssim_window_ball_project_", "ops.ssim_window_ball_project_"))
 
 
 def _register_autograd(namespace: str) -> None:
@@ -131,8 +138,8 @@ def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), paddi
     pytorch_msssim.ssim(x, y, data_range=1, size_average=False); "same" zero-pads
     (fused-ssim's convention). Differentiable in x and y."""
     K = _check_ssim_args(x, "x", y, "y", data_range, win_size, win_sigma, K, padding)
-    backend = _backend.resolve(x.device, x.dtype, KERNELS)
-    if backend == "reference" or return_map:
+    backend = SSIM.select(x.device, x.dtype, return_map=bool(return_map))
+    if backend == "reference":
         return ref.ssim(x, y, float(data_range), win_size, win_sigma, K, padding, return_map)
     window = ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
     if padding == "same":
@@ -174,9 +181,7 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
     tau = _check_tau(tau, delta)
     for name, v in (("candidates", candidates), ("rounds", rounds)):
         check_int(v, name, 2 if name == "candidates" else 1)
-    backend = _backend.resolve(x.device, x.dtype, BALL_KERNELS)
-    if backend == "cuda" and candidates > 32 and _backend.get_backend() == "auto":
-        backend = "triton"  # the CUDA kernel keeps at most 32 candidates in registers
+    backend = BALL.select(x.device, x.dtype, candidates=candidates)
     with torch.no_grad():
         if backend == "reference":
             return ref.ssim_ball_scale(delta, x, tau, float(data_range), win_size, win_sigma, K, padding,
@@ -222,7 +227,7 @@ def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01
     check_no_overlap({"delta": delta}, {"x": x})
     check_unit_range(x, "x")
     check_finite(delta, "delta")
-    backend = _backend.resolve(x.device, x.dtype, WINDOW_BALL_KERNELS)
+    backend = WINDOW_BALL.select(x.device, x.dtype)
     with torch.no_grad():
         if backend == "reference":
             return ref.window_ball_project_(delta, x, gamma, window, data_range, K[1])
