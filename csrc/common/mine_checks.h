@@ -34,4 +34,27 @@ inline void check_mine_backward(const char* op, const at::Tensor& u, const at::T
               op, ": `lse` must be [B] in u's dtype and device");
 }
 
+// The prologue every backend's glue shares: the checks, then u, v, w2 (and, for the
+// backward, the upstream gradient and the saved lse) contiguous, with B and H.
+struct MineCall {
+  at::Tensor u, v, w, grad, lse;
+  int64_t batch = 0, hidden = 0;
+
+  MineCall(const char* op, const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
+           int64_t activation, c10::DeviceType device, const at::Tensor* grad_in = nullptr,
+           const at::Tensor* lse_in = nullptr) {
+    check_mine_inputs(op, u_in, v_in, w_in, activation, device);
+    if (grad_in != nullptr) {
+      check_mine_backward(op, u_in, *grad_in, *lse_in);
+      grad = grad_in->contiguous();
+      lse = lse_in->contiguous();
+    }
+    u = u_in.contiguous();
+    v = v_in.contiguous();
+    w = w_in.contiguous();
+    batch = u.size(0);
+    hidden = u.size(1);
+  }
+};
+
 }  // namespace miga_fast

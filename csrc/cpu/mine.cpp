@@ -46,9 +46,9 @@ int64_t grain(int64_t B, int64_t H) { return std::max<int64_t>(1, (1 << 16) / st
 
 at::Tensor mine_row_lse_cpu(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
                             int64_t activation, bool exclude_diag) {
-  check_mine_inputs("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, c10::DeviceType::CPU);
-  const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
-  const int64_t B = u.size(0), H = u.size(1);
+  const MineCall c("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, c10::DeviceType::CPU);
+  const at::Tensor &u = c.u, &v = c.v, &w = c.w;
+  const int64_t B = c.batch, H = c.hidden;
   at::Tensor lse = at::empty({B}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "miga_fast_mine_row_lse_cpu", [&] {
     using T = scalar_t;
@@ -70,11 +70,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cpu(const a
                                                                        const at::Tensor& w_in,
                                                                        const at::Tensor& lse_in,
                                                                        int64_t activation, bool exclude_diag) {
-  check_mine_inputs("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, c10::DeviceType::CPU);
-  check_mine_backward("miga_fast.mine_row_lse_backward", u_in, grad_in, lse_in);
-  const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
-  const at::Tensor g = grad_in.contiguous(), lse = lse_in.contiguous();
-  const int64_t B = u.size(0), H = u.size(1);
+  const MineCall c("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, c10::DeviceType::CPU,
+                   &grad_in, &lse_in);
+  const at::Tensor &u = c.u, &v = c.v, &w = c.w, &g = c.grad, &lse = c.lse;
+  const int64_t B = c.batch, H = c.hidden;
   at::Tensor gu = at::empty_like(u), gv = at::empty_like(v), gw_rows = at::empty_like(u);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "miga_fast_mine_row_lse_backward_cpu", [&] {
     using T = scalar_t;

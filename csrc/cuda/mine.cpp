@@ -13,28 +13,26 @@
 namespace miga_fast {
 namespace {
 
-cuda::MineArgs make_args(const at::Tensor& u, const at::Tensor& v, const at::Tensor& w, int64_t activation,
-                         bool exclude_diag) {
+cuda::MineArgs make_args(const MineCall& c, int64_t activation, bool exclude_diag) {
   cuda::MineArgs a;
-  a.u = u.data_ptr();
-  a.v = v.data_ptr();
-  a.w = w.data_ptr();
-  a.batch = u.size(0);
-  a.hidden = u.size(1);
+  a.u = c.u.data_ptr();
+  a.v = c.v.data_ptr();
+  a.w = c.w.data_ptr();
+  a.batch = c.batch;
+  a.hidden = c.hidden;
   a.activation = static_cast<int>(activation);
   a.exclude_diag = exclude_diag;
-  a.is_double = u.scalar_type() == at::kDouble;
+  a.is_double = c.u.scalar_type() == at::kDouble;
   return a;
 }
 
 at::Tensor mine_row_lse_cuda(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
                              int64_t activation, bool exclude_diag) {
-  check_mine_inputs("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, glue::kDevice);
-  const glue::DeviceGuard guard(u_in.device());
-  const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
-  at::Tensor lse = at::empty({u.size(0)}, u.options());
+  const MineCall c("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, glue::kDevice);
+  const glue::DeviceGuard guard(c.u.device());
+  at::Tensor lse = at::empty({c.batch}, c.u.options());
   if (std::getenv("MIGA_FAST_POISON") != nullptr) lse.fill_(std::numeric_limits<double>::quiet_NaN());
-  cuda::MineArgs a = make_args(u, v, w, activation, exclude_diag);
+  cuda::MineArgs a = make_args(c, activation, exclude_diag);
   a.out = lse.data_ptr();
   const cudaError_t err = cuda::launch_mine_row_lse(a, glue::current_stream());
   TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA mine_row_lse kernel failed: ", cudaGetErrorString(err));
@@ -47,21 +45,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cuda(const 
                                                                         const at::Tensor& w_in,
                                                                         const at::Tensor& lse_in,
                                                                         int64_t activation, bool exclude_diag) {
-  check_mine_inputs("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, glue::kDevice);
-  check_mine_backward("miga_fast.mine_row_lse_backward", u_in, grad_in, lse_in);
-  const glue::DeviceGuard guard(u_in.device());
-  const at::Tensor u = u_in.contiguous(), v = v_in.contiguous(), w = w_in.contiguous();
-  const at::Tensor g = grad_in.contiguous(), lse = lse_in.contiguous();
-  at::Tensor gu = at::zeros_like(u), gv = at::zeros_like(v), gw_rows = at::zeros_like(u);
-  cuda::MineArgs a = make_args(u, v, w, activation, exclude_diag);
-  a.grad = g.data_ptr();
-  a.lse = lse.data_ptr();
+  const MineCall c("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, glue::kDevice, &grad_in,
+                   &lse_in);
+  const glue::DeviceGuard guard(c.u.device());
+  at::Tensor gu = at::zeros_like(c.u), gv = at::zeros_like(c.v), gw_rows = at::zeros_like(c.u);
+  cuda::MineArgs a = make_args(c, activation, exclude_diag);
+  a.grad = c.grad.data_ptr();
+  a.lse = c.lse.data_ptr();
   a.gu = gu.data_ptr();
   a.gv = gv.data_ptr();
   a.gw_rows = gw_rows.data_ptr();
   const cudaError_t err = cuda::launch_mine_row_lse_backward(a, glue::current_stream());
   TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA mine_row_lse_backward kernel failed: ", cudaGetErrorString(err));
-  return {gu.mul_(w), gv.mul_(w), gw_rows.sum(0)};
+  return {gu.mul_(c.w), gv.mul_(c.w), gw_rows.sum(0)};
 }
 
 }  // namespace
