@@ -1,10 +1,10 @@
 """Benchmark of MIGA end to end: images per second of the known-task attack on the
 shipped denoiser + classifier, three ways:
 
-  eager            compile=False, fused=False: plain PyTorch loss, backward and update
-  compiled         compile=True,  fused=False: torch.compile'd denoiser and loss (forward
-                   and backward), the update in plain PyTorch
-  compiled+fused   compile=True,  fused=True: the same with the fused projection op
+  eager            compile=False, backend "reference": plain PyTorch loss, backward and update
+  compiled         compile=True,  backend "reference": torch.compile'd denoiser and loss
+                   (forward and backward), the update in plain PyTorch
+  compiled+fused   compile=True,  backend "auto": the same with the fused projection op
 
 Compilation happens in a warm-up call and is reported apart (it is paid once per shape).
 The paths are timed in interleaved rounds; NVTX ranges mark each path and, inside the
@@ -29,7 +29,7 @@ from miga_fast.nvtx import nvtx_range
 
 from _common import bench_parser, finish, result_record, sync
 
-PATHS = {"eager": (False, False), "compiled": (True, False), "compiled+fused": (True, True)}
+PATHS = {"eager": (False, "reference"), "compiled": (True, "reference"), "compiled+fused": (True, "auto")}
 CPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 64),
                ("digits", "dncnn_digits", "cnn_digits", 1, 32, 64)]
 GPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 256),
@@ -47,16 +47,18 @@ def run(args) -> dict:
         x = torch.rand(batch, channels, size, size, generator=gen).to(device)
         y = torch.randint(0, 8, (batch,), generator=gen).to(device)
         attacks, compile_s = {}, {}
-        for path, (comp, fused) in PATHS.items():
-            attacks[path] = MIGA(D, F, eps=8 / 255, steps=args.steps, compile=comp, fused=fused)
+        for path, (comp, backend) in PATHS.items():
+            attacks[path] = MIGA(D, F, eps=8 / 255, steps=args.steps, compile=comp)
             start = time.perf_counter()
-            attacks[path](x, y)  # warm-up: compilation for the compiled paths
+            with miga_fast.set_backend(backend):
+                attacks[path](x, y)  # warm-up: compilation for the compiled paths
             sync(device)
             compile_s[path] = time.perf_counter() - start
         times = {p: [] for p in PATHS}
         for _ in range(args.rounds):
             for path, attack in attacks.items():
-                with miga_fast.value_checks(False), nvtx_range(f"{path}/{name}/{batch}x{channels}x{size}x{size}"):
+                with miga_fast.set_backend(PATHS[path][1]), miga_fast.value_checks(False), \
+                        nvtx_range(f"{path}/{name}/{batch}x{channels}x{size}x{size}"):
                     sync(device)
                     start = time.perf_counter()
                     attack(x, y)

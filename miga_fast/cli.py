@@ -167,7 +167,7 @@ def parse_radius(text: str | None, norm: str):
     meant 8/255); --norm ssim is bounded by --tau, so an --eps there is refused."""
     import math
 
-    from miga_fast.attacks.miga import DEFAULT_EPS
+    from miga_fast.attacks._common import DEFAULT_EPS
 
     if norm == "ssim":
         if text is not None:

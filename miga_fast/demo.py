@@ -21,6 +21,7 @@ from .attacks import MIGA, DenoiserDegradation, EndToEndPGD
 from .defenses import DiffusionPurifier, FeatureSqueeze, NonLocalMeans
 from .mine import estimate_mi
 from .models import registry
+from .progress import progress_bar
 
 SETUPS = {
     "natural": {"loader": lambda: data.load_natural_patches("test", 32), "denoiser": "dncnn_natural",
@@ -180,35 +181,27 @@ def print_table(results: list[dict]) -> None:
                   f"{row['linf'] * 255:6.1f} {row['l2']:5.2f} {row['images_per_s']:6.1f}")
 
 
-class _ProgressBar:
-    """One line, redrawn: [#####.....] k/total  what is running now."""
-
-    def __init__(self, total: int):
-        self.total, self.k = total, 0
-
-    def __call__(self, what: str) -> None:
-        width = 30
-        filled = width * self.k // self.total
-        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.k}/{self.total}  {what:<45}", end="", flush=True)
-        self.k += 1
-
-    def done(self) -> None:
-        print(f"\r[{'#' * 30}] {self.total}/{self.total}  {'done':<45}", flush=True)
-
-
 def run(out_dir="miga-fast-demo", n: int = 64, steps: int = 20, sigma: float = 25.0, compile: bool = False,
         setups=("natural", "digits"), log=print) -> list[dict]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = []
-    bar = _ProgressBar(len(setups) * len(ATTACKS)) if log is print else None
-    for i, name in enumerate(setups):
-        if bar is None:
-            log(f"[{i + 1}/{len(setups)}] {name}")
-        results.append(run_setup(name, n, steps, sigma, out, compile, log, progress=bar))
-    if bar is not None:
-        bar.done()
+    with progress_bar(total=len(setups) * len(ATTACKS), desc="demo", enabled=log is print, unit="attack") as bar:
+        started = []
+
+        def step(what: str) -> None:  # called as each attack starts: the previous one is done
+            if started:
+                bar.update(1)
+            started.append(what)
+            bar.set_postfix_str(what)
+
+        for i, name in enumerate(setups):
+            if log is not print:
+                log(f"[{i + 1}/{len(setups)}] {name}")
+            results.append(run_setup(name, n, steps, sigma, out, compile, log, progress=step))
+        if started:
+            bar.update(1)
     seconds = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(results, seconds))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import data
 from .metrics import accuracy, psnr
 from .models import registry
+from .progress import progress_bar
 from .purify.schedules import LinearSchedule
 
 EVAL_SIGMAS = (15, 25, 50)
@@ -87,14 +88,19 @@ def _fit(model, steps: int, lr: float, batch_loss, label: str, log, log_every: i
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
-    for step in range(steps):
-        loss = batch_loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps - 1:
-            log(f"  step {step:5d}  {label} {loss.item():.5f}")
+    with progress_bar(total=steps, desc=f"  {label}", enabled=log is print, unit="step") as bar:
+        for step in range(steps):
+            loss = batch_loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            if step % log_every == 0 or step == steps - 1:
+                if log is print:
+                    bar.set_postfix_str(f"{label} {loss.item():.5f}")
+                else:
+                    log(f"  step {step:5d}  {label} {loss.item():.5f}")
     return model.eval()
 
 

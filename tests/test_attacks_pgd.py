@@ -29,21 +29,23 @@ def _data(rng, dtype=torch.float32, batch=8):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("fused", [True, False])
-def test_linf_equals_torchattacks(dtype, fused, rng):
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_linf_equals_torchattacks(dtype, backend, rng):
     model = _model(dtype)
     x, y = _data(rng, dtype)
     theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)(x, y)
-    ours = PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False, fused=fused)(x, y)
+    with miga_fast.set_backend(backend):
+        ours = PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)(x, y)
     torch.testing.assert_close(ours, theirs.to(dtype), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_l2_equals_torchattacks(fused, rng):
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_l2_equals_torchattacks(backend, rng):
     model = _model(torch.float64)
     x, y = _data(rng, torch.float64)
     theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=10, random_start=False)(x, y)
-    ours = PGD(model, eps=0.5, alpha=0.1, steps=10, norm="l2", random_start=False, fused=fused)(x, y)
+    with miga_fast.set_backend(backend):
+        ours = PGD(model, eps=0.5, alpha=0.1, steps=10, norm="l2", random_start=False)(x, y)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 

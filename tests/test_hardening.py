@@ -259,7 +259,7 @@ def copy_with_new_weights(model):
 
 def test_resume_ignores_the_configuration_never_and_locks_the_folder(digits, tmp_path):
     from miga_fast.attacks import RunFolderBusyError
-    from miga_fast.attacks.miga import _RunLock
+    from miga_fast.attacks.run_folder import RunLock as _RunLock
 
     x, y, D, F = digits
     out = tmp_path / "run"

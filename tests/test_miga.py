@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import miga_fast
 from miga_fast import data, metrics
 from miga_fast.attacks import MIGA, DenoiserDegradation, EndToEndPGD
 from miga_fast.mine import estimate_mi
@@ -65,8 +66,9 @@ def test_targeted_and_end_to_end(natural):
 def test_fused_and_reference_paths_agree(natural, norm):
     x, y, xn, D, F = natural
     eps = 8 / 255 if norm == "linf" else 1.0
-    a = MIGA(D, F, eps=eps, norm=norm, steps=5, compile=False, fused=True)(xn[:8], y[:8], x_clean=x[:8])
-    b = MIGA(D, F, eps=eps, norm=norm, steps=5, compile=False, fused=False)(xn[:8], y[:8], x_clean=x[:8])
+    a = MIGA(D, F, eps=eps, norm=norm, steps=5, compile=False)(xn[:8], y[:8], x_clean=x[:8])
+    with miga_fast.set_backend("reference"):
+        b = MIGA(D, F, eps=eps, norm=norm, steps=5, compile=False)(xn[:8], y[:8], x_clean=x[:8])
     torch.testing.assert_close(a.adversarial, b.adversarial, rtol=0, atol=5e-5)  # 5 steps through D: rounding grows
 
 
@@ -88,7 +90,7 @@ def test_unknown_task_lowers_the_mi_estimate(digits):
     assert after < before - 0.5, (before, after)
 
 
-def test_run_resumes_without_losing_or_repeating_batches(digits, tmp_path, monkeypatch):
+def test_run_resumes_without_losing_or_repeating_batches(digits, tmp_path, monkeypatch, capsys):
     x, y, _, D, F = digits
     x, y = x[:40], y[:40]
     full = MIGA(D, F, eps=16 / 255, steps=3, compile=False).run((x, y), tmp_path / "full", batch_size=8,
@@ -112,7 +114,10 @@ def test_run_resumes_without_losing_or_repeating_batches(digits, tmp_path, monke
     with log.open("a") as f:  # a line cut by the interruption is redone, not trusted
         f.write('{"batch": 2, "n": 8, "ps')
     monkeypatch.setattr(attack, "forward", original)
-    summary = attack.run((x, y), tmp_path / "part", batch_size=8, progress=False)
+    capsys.readouterr()
+    summary = attack.run((x, y), tmp_path / "part", batch_size=8)  # with the progress bar (tqdm, on stderr)
+    bar = capsys.readouterr().err
+    assert "miga" in bar and "2/5" in bar and "5/5" in bar, bar  # starts at the 2 batches already done
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
     assert sorted(r["batch"] for r in lines) == [0, 1, 2, 3, 4]
     assert log.read_text().splitlines()[:2] == first

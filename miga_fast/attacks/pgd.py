@@ -16,7 +16,6 @@ from .._validation import (
     value_checks,
 )
 from ..nvtx import nvtx_range
-from ..reference import projection as ref
 from ._common import DEFAULT_ALPHA, DEFAULT_EPS, check_model_mode, model_device, model_mode
 
 
@@ -28,8 +27,8 @@ class PGD:
 
     model: any nn.Module mapping images in [0, 1] to logits (normalisation belongs to
     the model). targeted=True: `labels` are the targets, and the step descends their
-    cross-entropy. fused=True runs the step through miga_fast.ops (the selected
-    backend); fused=False through the plain-PyTorch reference. With random_start=False
+    cross-entropy. The step runs through miga_fast.ops on the selected backend
+    (`with miga_fast.set_backend("reference"):` for plain PyTorch). With random_start=False
     the result equals torchattacks.PGD's (torchattacks.PGDL2's for norm="l2") up to
     float rounding. generator: a torch.Generator or int seed for the random start.
 
@@ -41,7 +40,7 @@ class PGD:
     """
 
     def __init__(self, model, eps=None, alpha=None, steps=10, norm="linf",
-                 random_start=True, targeted=False, fused=True, loss_fn=None, generator=None,
+                 random_start=True, targeted=False, loss_fn=None, generator=None,
                  model_mode="eval"):
         if not callable(model):
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
@@ -54,13 +53,12 @@ class PGD:
         self.norm = norm
         self.random_start = bool(random_start)
         self.targeted = bool(targeted)
-        self.fused = bool(fused)
         self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
         self.generator = generator
 
     def __repr__(self):
         return (f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
-                f"random_start={self.random_start}, targeted={self.targeted}, fused={self.fused})")
+                f"random_start={self.random_start}, targeted={self.targeted})")
 
     def _check(self, images, labels):
         check_tensor(images, "images")
@@ -90,7 +88,6 @@ class PGD:
 
     def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The attack proper, on checked inputs on the model's device, in the chosen mode."""
-        step = ops if self.fused else ref
         direction = -1.0 if self.targeted else 1.0
         delta = torch.zeros_like(x)
         # The inputs were checked once above; the loop runs without host syncs.
@@ -100,5 +97,5 @@ class PGD:
             for _ in range(self.steps):
                 grad = self._grad(x, delta, labels)
                 with torch.no_grad(), nvtx_range("pgd.step"):
-                    step.pgd_step_(delta, grad, x, self.eps, self.alpha, self.norm, direction)
+                    ops.pgd_step_(delta, grad, x, self.eps, self.alpha, self.norm, direction)
         return (x + delta).detach()

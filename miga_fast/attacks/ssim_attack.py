@@ -36,7 +36,7 @@ class SSIMAttack(PGD):
     def __init__(self, model, tau=0.95, steps=20, alpha=2 / 255, solver="pgd", targeted=False,
                  loss_fn=None, ssim_kwargs=None, window=8, model_mode="eval"):
         super().__init__(model, eps=1.0, alpha=alpha, steps=steps, norm="linf", random_start=False,
-                         targeted=targeted, fused=True, loss_fn=loss_fn, model_mode=model_mode)
+                         targeted=targeted, loss_fn=loss_fn, model_mode=model_mode)
         self.tau = check_scalar(tau, "tau")
         if not 0 < self.tau <= 1:
             raise ValueError(f"`tau` must lie in (0, 1], got {self.tau}")

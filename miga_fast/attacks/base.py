@@ -1,0 +1,269 @@
+"""The shared machinery of the attacks on a denoiser (docs/algorithms.md §4): MIGA
+(miga.py) and the two baselines it is compared with (baselines.py).
+
+Every attack here descends, per sample,
+
+    lambda_rec * mean((D(x_n + delta) - x_ref)^2) + lambda_mi * L_MI
+
+with signed-gradient (l-inf) or normalised-gradient (l2) steps through the fused
+projection ops (on the selected backend), or sign steps followed by the SSIM-ball
+projection (norm="ssim"), and keeps x_n + delta in [0, 1]. A subclass says what its
+terms are (`_terms`) and what it needs per batch (`_prepare`, `_before_step`). Calling
+an attack on a batch returns an AttackResult (result.py); `run` attacks a dataset into a
+run folder (run_folder.py).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import metrics, ops
+from .._validation import (
+    check_batch,
+    check_choice,
+    check_int,
+    check_labels,
+    check_scalar,
+    check_tensor,
+    check_unit_range,
+    value_checks,
+)
+from ..compile import compile_denoiser
+from ..nvtx import nvtx_range
+from . import run_folder
+from ._common import DEFAULT_EPS, check_model_mode, model_device, model_mode
+from .result import AttackResult
+
+NORMS = ("linf", "l2", "ssim")
+
+
+class DenoiserAttack:
+    """The shared machinery of the attacks on a denoiser (MIGA and the baselines): checks,
+    the compiled loss, the projected step, per-sample metrics and `run`."""
+
+    name = "denoiser-attack"
+
+    min_batch = 1  # the smallest batch the attack can run on
+
+    def __init__(self, denoiser, classifier=None, eps=None, norm="linf", steps=20, alpha=None, tau=0.95,
+                 lambda_rec=10.0, lambda_mi=1.0, targeted=False, compile=True, random_start=False,
+                 generator=None, model_mode="eval"):
+        if not isinstance(denoiser, torch.nn.Module):
+            raise TypeError(f"`denoiser` must be an nn.Module, got {type(denoiser).__name__}")
+        if classifier is not None and not isinstance(classifier, torch.nn.Module):
+            raise TypeError(f"`classifier` must be an nn.Module or None, got {type(classifier).__name__}")
+        self.denoiser_eager = denoiser
+        self.classifier = classifier
+        self.norm = check_choice(norm, "norm", NORMS)
+        if self.norm == "ssim":
+            if eps is not None:
+                raise ValueError("`eps` is not used with norm='ssim' (the SSIM ball is bounded by `tau`): "
+                                 "leave it None")
+            eps = 1.0  # the l-inf ball of radius 1 is inactive: the sign step, the box, then the SSIM ball
+        self.eps = check_scalar(DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"`eps` must lie in [0, 1] for norm='linf' (images live in [0, 1]), got {eps}")
+        self.steps = check_int(steps, "steps", 0)
+        if alpha is None:
+            alpha = 2.5 * self.eps / max(self.steps, 1) if self.norm != "ssim" else 1 / 255
+        self.alpha = check_scalar(alpha, "alpha")
+        self.tau = check_scalar(tau, "tau")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"`tau` must lie in (0, 1], got {tau}")
+        self.lambda_rec = check_scalar(lambda_rec, "lambda_rec")
+        self.lambda_mi = check_scalar(lambda_mi, "lambda_mi")
+        self.targeted = bool(targeted)
+        self.compile = bool(compile)
+        self.random_start = bool(random_start)
+        self.generator = generator
+        self.model_mode = check_model_mode(model_mode)
+        self.denoiser = compile_denoiser(denoiser) if self.compile else denoiser
+        self._compiled_loss = None
+
+    # ------------------------------------------------------------------ the loss
+    def _terms(self, x_adv, x_ref, labels, aux):
+        """Per-sample loss terms {name: [B]} on the attacked input; their weighted sum is
+        descended."""
+        raise NotImplementedError
+
+    def _loss(self, delta, x_noisy, x_ref, labels, aux):
+        out = self.denoiser(x_noisy + delta)
+        terms = self._terms(out, x_ref, labels, aux)
+        total = sum(terms.values())
+        return total.sum(), {k: v.detach().mean() for k, v in terms.items()}, out
+
+    def _loss_fn(self):
+        if not self.compile:
+            return self._loss
+        if self._compiled_loss is None:
+            self._compiled_loss = torch.compile(self._loss, dynamic=False)
+        return self._compiled_loss
+
+    def _grad(self, delta, x_noisy, x_ref, labels, aux):
+        d = delta.detach().requires_grad_(True)
+        with torch.enable_grad(), nvtx_range(f"{self.name}.forward_backward"):
+            try:
+                total, terms, out = self._loss_fn()(d, x_noisy, x_ref, labels, aux)
+            except Exception:  # noqa: BLE001 - a compile failure: the eager loss, for good
+                if not self.compile:
+                    raise
+                self.compile, self._compiled_loss = False, None
+                total, terms, out = self._loss(d, x_noisy, x_ref, labels, aux)
+            (grad,) = torch.autograd.grad(total, d)
+        return grad, terms, out.detach()
+
+    # ------------------------------------------------------------------ the step
+    def _step(self, delta, grad, x_noisy):
+        """The projected descent step through miga_fast.ops, on the selected backend
+        (set_backend("reference") for plain PyTorch)."""
+        with torch.no_grad(), nvtx_range(f"{self.name}.update"):
+            if self.norm == "ssim":
+                ops.pgd_step_(delta, grad, x_noisy, 1.0, self.alpha, "linf", -1.0)  # step + box
+                ops.ssim_ball_project_(delta, x_noisy, self.tau)
+            else:
+                ops.pgd_step_(delta, grad, x_noisy, self.eps, self.alpha, self.norm, -1.0)
+
+    # ------------------------------------------------------------------ checks
+    def _check_images(self, t, name):
+        check_tensor(t, name)
+        check_batch(t, name)
+        if t.dim() != 4:
+            raise ValueError(f"`{name}` must be [B, C, H, W], got shape {tuple(t.shape)}")
+        check_unit_range(t, name)
+
+    def _check_labels(self, labels, x, name="labels"):
+        """Class indices, or -1 for a sample without a label (it is attacked for fidelity
+        only and left out of the success rate)."""
+        return check_labels(labels, x, name, unlabelled_ok=True)
+
+    def _prepare(self, x_noisy, labels, x_clean):
+        """(x_ref, labels, aux) for the loss; subclasses add what they need to aux."""
+        return x_clean, labels, {}
+
+    # ------------------------------------------------------------------ the attack
+    def __call__(self, x_noisy, labels=None, x_clean=None) -> AttackResult:
+        return self.forward(x_noisy, labels, x_clean)
+
+    def forward(self, x_noisy, labels=None, x_clean=None) -> AttackResult:
+        """Attack one batch. Inputs are moved to the denoiser's device; the models run in
+        `model_mode` (eval by default) and are left in the caller's mode afterwards."""
+        self._check_images(x_noisy, "x_noisy")
+        if x_noisy.shape[0] < self.min_batch:
+            raise ValueError(f"{type(self).__name__} needs batches of at least {self.min_batch} images "
+                             f"({self._min_batch_reason()}), got {x_noisy.shape[0]}")
+        device = model_device(self.denoiser_eager)
+        if device is not None:
+            x_noisy = x_noisy.to(device)
+            x_clean = x_clean.to(device) if isinstance(x_clean, torch.Tensor) else x_clean
+        with model_mode([self.denoiser_eager, self.classifier], self.model_mode):
+            return self._forward(x_noisy, labels, x_clean)
+
+    def _min_batch_reason(self) -> str:
+        return ""
+
+    def _forward(self, x_noisy, labels, x_clean) -> AttackResult:
+        if x_clean is not None:
+            self._check_images(x_clean, "x_clean")
+            if x_clean.shape != x_noisy.shape:
+                raise ValueError(f"`x_clean` must have x_noisy's shape {tuple(x_noisy.shape)}, "
+                                 f"got {tuple(x_clean.shape)}")
+        if labels is not None:
+            labels = self._check_labels(labels, x_noisy)
+        x_noisy = x_noisy.detach()
+        start = time.perf_counter()
+        with torch.no_grad():
+            denoised_clean = self.denoiser_eager(x_noisy)
+        x_ref = x_clean.detach() if x_clean is not None else denoised_clean
+        x_ref, labels, aux = self._prepare(x_noisy, labels, x_ref)
+        delta = torch.zeros_like(x_noisy)
+        history: list[dict] = []
+        with value_checks(False):
+            if self.random_start and self.norm != "ssim":
+                ops.random_init_(delta, x_noisy, self.eps, self.norm, self.generator)
+            for k in range(self.steps):
+                self._before_step(k, delta, x_noisy, x_ref, labels, aux)
+                grad, terms, _ = self._grad(delta, x_noisy, x_ref, labels, aux)
+                history.append(terms)
+                self._step(delta, grad, x_noisy)
+        with torch.no_grad():
+            x_adv = (x_noisy + delta).detach()
+            out = self.denoiser_eager(x_adv)
+        if x_noisy.device.type == "cuda":
+            torch.cuda.synchronize(x_noisy.device)
+        seconds = time.perf_counter() - start
+        losses = {k: torch.stack([h[k] for h in history]).tolist() for k in (history[0] if history else {})}
+        return self._result(x_noisy, x_adv, out, denoised_clean, delta, labels, x_clean, x_ref, aux, losses,
+                            seconds)
+
+    def _before_step(self, k, delta, x_noisy, x_ref, labels, aux):
+        """Hook run before every delta step (the unknown task trains its critic here)."""
+
+    @torch.no_grad()
+    def _result(self, x_noisy, x_adv, out, denoised_clean, delta, labels, x_clean, x_ref, aux, losses, seconds):
+        target = x_clean if x_clean is not None else denoised_clean
+        success = correct = None
+        if self.classifier is not None and labels is not None:
+            before = self.classifier(denoised_clean).argmax(1)
+            after = self.classifier(out).argmax(1)
+            if self.targeted:  # labels are the targets: count the samples not already there
+                correct, success = (before != labels) & (labels >= 0), after == labels
+            else:
+                true = aux.get("true_labels", labels)
+                correct, success = (before == true) & (true >= 0), after != true
+            correct, success = correct.cpu(), success.cpu()  # unlabelled samples (-1) count as not correct
+        flat = delta.flatten(1)
+        return AttackResult(
+            adversarial=x_adv.cpu(), denoised=out.cpu(), denoised_clean=denoised_clean.cpu(), delta=delta.cpu(),
+            success=success, correct_before=correct,
+            psnr=metrics.psnr(out.clamp(0, 1), target).cpu(), ssim=metrics.ssim(out, target).cpu(),
+            psnr_vs_denoised=metrics.psnr(out, denoised_clean).cpu(),
+            ssim_vs_denoised=metrics.ssim(out, denoised_clean.clamp(0, 1)).cpu(),
+            linf=flat.abs().amax(1).cpu(), l2=flat.norm(dim=1).cpu(), losses=losses, seconds=seconds)
+
+    # ------------------------------------------------------------------ a dataset
+    def run(self, data, out_dir, batch_size: int = 64, sigma: float = 25.0, seed: int = 0, progress: bool = True,
+            overwrite: bool = False) -> dict:
+        """Attack a whole dataset and write the results as it goes, resumably.
+
+        data: a DataLoader or Dataset of (clean image, label) (a label of -1 marks an
+        image without one: it is attacked, and left out of the success rate), or a pair of
+        tensors (images [N, C, H, W], labels [N]). Each batch is noised with sigma (0-255
+        scale; the noise of batch i is seeded by seed + i, so a resumed run sees the same
+        inputs), attacked, and appended as one JSON line to out_dir/results.jsonl;
+        out_dir/summary.json holds the totals.
+
+        out_dir/config.json records the whole configuration: the attack and its
+        parameters, the models (SHA-256 of their weights), the data (SHA-256 of every
+        batch), batch_size, sigma, seed and the package version. A run that finds a
+        folder of the same configuration resumes after its last complete batch; a folder
+        of another configuration is an error (overwrite=True deletes its results and
+        starts anew). The folder is locked while a run writes to it: a second run on it at
+        the same time gets RunFolderBusyError. Returns the summary dict."""
+        return run_folder.run_attack(self, data, out_dir, batch_size, sigma, seed, progress, overwrite)
+
+    def _parameters(self) -> dict:
+        """Every setting that changes what the attack computes, as JSON values (tensors and
+        models by SHA-256), for the run folder's config.json."""
+        params = {}
+        for key, value in sorted(vars(self).items()):
+            if key in ("denoiser", "denoiser_eager", "classifier", "_compiled_loss", "compile") or callable(value):
+                continue
+            if value is None or isinstance(value, (bool, int, float, str)):
+                params[key] = value
+            elif isinstance(value, torch.Tensor):
+                params[key] = run_folder.tensor_id(value)
+            elif isinstance(value, torch.Generator):
+                params[key] = f"generator seeded {value.initial_seed()}"
+            elif isinstance(value, torch.nn.Module):
+                params[key] = run_folder.model_id(value)
+            elif hasattr(value, "critic") and isinstance(value.critic, torch.nn.Module):  # a MINE estimator
+                params[key] = run_folder.model_id(value.critic)
+            else:
+                params[key] = repr(value)
+        return params
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, steps={self.steps}, "
+                f"alpha={self.alpha:.4g}, lambda_rec={self.lambda_rec:g}, lambda_mi={self.lambda_mi:g}, "
+                f"targeted={self.targeted}, compile={self.compile})")

@@ -1,0 +1,235 @@
+"""A dataset run's folder (docs/attacks.md, "Runs over a dataset"): the locked, resumable
+JSON-lines log of per-sample results, the configuration it must match, and the summary."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from .._validation import check_int, check_scalar
+from ..progress import progress_bar
+from ._common import model_device
+from .result import AttackResult
+
+
+def run_attack(attack, data, out_dir, batch_size: int = 64, sigma: float = 25.0, seed: int = 0,
+               progress: bool = True, overwrite: bool = False) -> dict:
+    """DenoiserAttack.run: see its docstring."""
+    from .. import __version__
+    from ..data import add_gaussian_noise
+
+    check_int(batch_size, "batch_size", 1)
+    sigma = check_scalar(sigma, "sigma")
+    check_int(seed, "seed")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`out_dir` {out} exists and is not a folder")
+    batches = merge_short_tail(list(batches_of(data, batch_size)), attack.min_batch)
+    if not batches:
+        raise ValueError("the dataset is empty")
+    if batches[-1][0].shape[0] < attack.min_batch:
+        raise ValueError(f"{type(attack).__name__} needs at least {attack.min_batch} images "
+                         f"({attack._min_batch_reason()}); the dataset holds {batches[-1][0].shape[0]}")
+    config = {"miga_fast": __version__, "attack": type(attack).__name__, "parameters": attack._parameters(),
+              "models": {"denoiser": model_id(attack.denoiser_eager), "classifier": model_id(attack.classifier)},
+              "data": data_id(batches), "images": sum(int(x.shape[0]) for x, _ in batches),
+              "batch_size": batch_size, "sigma": sigma, "seed": seed}
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "results.jsonl"
+    with RunLock(out):
+        claim_folder(out, config, overwrite)
+        done = read_log(log)
+        device = model_device(attack.denoiser_eager) or torch.device("cpu")
+        with log.open("a") as f, progress_bar(total=len(batches), desc=attack.name, enabled=progress, unit="batch",
+                                              initial=len(done)) as bar:
+            for i, (x, y) in enumerate(batches):
+                if i in done:
+                    continue
+                x = x.to(device)
+                gen = torch.Generator(device=x.device).manual_seed(seed + i)
+                x_noisy = add_gaussian_noise(x, sigma, generator=gen)
+                labels = y.to(device) if y is not None else None
+                res = attack.forward(x_noisy, labels if attack.classifier is not None else None, x_clean=x)
+                rec = {"batch": i, "n": int(x.shape[0]), **per_sample_record(res)}
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                done[i] = rec
+                bar.update(1)
+        summary = summarise([done[i] for i in sorted(done)])
+        summary["attack"] = repr(attack)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another run is writing to the same output folder."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder (out_dir/.lock), held while a run writes to it;
+    released when the run ends, or when its process dies."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise RunFolderBusyError(f"another run is writing to {self.path.parent} (it holds {self.path}); "
+                                     "wait for it or choose another folder") from None
+        except ImportError:  # no fcntl (Windows): no lock
+            pass
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+        return False
+
+
+def claim_folder(out: Path, config: dict, overwrite: bool) -> None:
+    """Resume only a folder written by the same configuration; overwrite=True starts anew."""
+    cfg_path, log, summary = out / "config.json", out / "results.jsonl", out / "summary.json"
+    if overwrite:
+        for p in (log, summary, cfg_path):
+            p.unlink(missing_ok=True)
+    elif cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{cfg_path} is unreadable ({exc}); pass overwrite=True to start anew") from exc
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            if "parameters" in diff:
+                p_old, p_new = old.get("parameters", {}), config["parameters"]
+                diff += [f"parameters.{k}" for k in sorted(set(p_old) | set(p_new)) if p_old.get(k) != p_new.get(k)]
+            raise ValueError(f"{out} holds a run of another configuration (it differs in {', '.join(diff)}); "
+                             "resume it with the same settings, choose another folder, or pass overwrite=True "
+                             "(CLI: --overwrite) to delete its results")
+    elif log.exists() and log.stat().st_size:
+        raise ValueError(f"{out} holds results.jsonl without a config.json (a run of unknown configuration); "
+                         "choose another folder or pass overwrite=True (CLI: --overwrite)")
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def tensor_id(t: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def model_id(model) -> dict | None:
+    """A model's identity: its class and the SHA-256 of its state dict (names, dtypes,
+    shapes and values)."""
+    if model is None:
+        return None
+    h = hashlib.sha256()
+    state = model.state_dict() if hasattr(model, "state_dict") else {}
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(tensor_id(state[name]).encode())
+    return {"class": type(model).__name__, "sha256": h.hexdigest()}
+
+
+def data_id(batches) -> str:
+    h = hashlib.sha256()
+    for x, y in batches:
+        h.update(tensor_id(x).encode())
+        h.update(tensor_id(y).encode() if y is not None else b"-")
+    return h.hexdigest()
+
+
+def merge_short_tail(batches: list, min_batch: int) -> list:
+    """A last batch smaller than `min_batch` joins the one before it (the unknown task's
+    bound needs two images: a dataset of 2k + 1 images at batch size 2 ends on 3)."""
+    if min_batch > 1 and len(batches) > 1 and batches[-1][0].shape[0] < min_batch:
+        (xa, ya), (xb, yb) = batches[-2], batches[-1]
+        y = torch.cat([ya, yb]) if ya is not None and yb is not None else None
+        batches = batches[:-2] + [(torch.cat([xa, xb]), y)]
+    return batches
+
+
+def read_log(log: Path) -> dict:
+    """The complete records of a previous run, by batch. A line cut by an interruption
+    (or otherwise unreadable) is dropped from the file, so its batch is redone cleanly."""
+    if not log.exists():
+        return {}
+    text = log.read_text()
+    done, kept, dropped = {}, [], False
+    for line in text.split("\n"):
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+            batch = rec["batch"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            dropped = True
+            continue
+        if batch not in done:
+            done[batch] = rec
+            kept.append(line)
+    if dropped or (text and not text.endswith("\n")):
+        log.write_text("".join(line + "\n" for line in kept))
+    return done
+
+
+def batches_of(data, batch_size):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i:i + batch_size], (y[i:i + batch_size] if y is not None else None)
+        return
+    if isinstance(data, torch.utils.data.Dataset):
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    for item in data:
+        if isinstance(item, (tuple, list)):
+            yield item[0], torch.as_tensor(item[1])
+        else:
+            yield item, None
+
+
+def per_sample_record(res: AttackResult) -> dict:
+    rec = {"psnr": res.psnr.tolist(), "ssim": res.ssim.tolist(), "ssim_vs_denoised": res.ssim_vs_denoised.tolist(),
+           "linf": res.linf.tolist(), "l2": res.l2.tolist(),
+           "psnr_vs_denoised": [x if math.isfinite(x) else None for x in res.psnr_vs_denoised.tolist()],
+           "seconds": res.seconds}
+    if res.success is not None:
+        rec["success"] = res.success.tolist()
+        rec["correct_before"] = res.correct_before.tolist()
+    return rec
+
+
+def summarise(records: list[dict]) -> dict:
+    def flat(key):
+        return [v for r in records for v in r.get(key, []) if v is not None]
+
+    n = sum(r["n"] for r in records)
+    summary = {"n": n, "batches": len(records), "psnr": mean_of(flat("psnr")), "ssim": mean_of(flat("ssim")),
+               "psnr_vs_denoised": mean_of(flat("psnr_vs_denoised")),
+               "ssim_vs_denoised": mean_of(flat("ssim_vs_denoised")),
+               "linf": max(flat("linf"), default=float("nan")), "l2": mean_of(flat("l2")),
+               "images_per_s": n / max(sum(r["seconds"] for r in records), 1e-9)}
+    if all("success" in r for r in records):
+        ok = [s for r in records for s, c in zip(r["success"], r["correct_before"]) if c]
+        summary["asr"] = mean_of([float(s) for s in ok])
+        summary["correct_before"] = len(ok)
+    return summary
+
+
+def mean_of(values):
+    return sum(values) / len(values) if values else float("nan")
