@@ -95,3 +95,66 @@ def test_attack_command_bad_input(tmp_path):
         out = _cli("attack", *args, "--out", str(tmp_path / "o"))
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+def test_the_library_never_imports_the_application():
+    code = ("import sys, pkgutil, importlib, miga_fast\n"
+            "def walk(pkg):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + '.'):\n"
+            "        if m.name.startswith(('miga_fast.app', 'miga_fast.triton_kernels', 'miga_fast._C')):\n"
+            "            continue\n"
+            "        mod = importlib.import_module(m.name)\n"
+            "        if m.ispkg:\n"
+            "            walk(mod)\n"
+            "walk(miga_fast)\n"
+            "print(sorted(n for n in sys.modules if n.startswith('miga_fast.app')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_one_setups_table_names_the_classes():
+    from miga_fast import data
+    from miga_fast.app import demo, experiments, setups
+
+    assert setups.setup("natural").classes == data.NATURAL_CLASSES
+    assert setups.setup("natural").class_name(1) == "chelsea"
+    assert setups.setup("natural32") is setups.SETUPS["natural"]  # the manifest's name for the same data
+    assert demo.SETUPS == ["natural", "digits"] and experiments.SETUPS == ["natural", "digits"]
+    x, y = setups.setup("faces").load("test")
+    assert x.shape[0] == y.shape[0] > 0 and set(y.tolist()) <= {0, 1}
+
+
+def test_labelled_grid_has_row_titles_and_captions(tmp_path):
+    """Each row's title is drawn in a margin left of the images, each caption under its image."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from miga_fast.app.viz import save_labelled_grid
+
+    rows = [torch.ones(3, 3, 8, 8), torch.ones(3, 3, 8, 8)]  # white images: any dark pixel is text
+    titles = ["clean x", "a longer row title"]
+    path = save_labelled_grid(rows, titles, tmp_path / "g.png", captions=[["cat"] * 3, ["dog"] * 3], scale=3)
+    a = np.asarray(Image.open(path).convert("L"))
+    text = a < 128
+    margin = a.shape[1] - 3 * (24 + 4) - 4  # the title column's width
+    assert margin > 60 and text[:, :margin].any(axis=1).sum() >= 2 * 5  # two titles, several pixel rows each
+    band = text[:, margin:]
+    assert band.any(axis=1).sum() >= 2 * 5  # the captions under the images
+    with __import__("pytest").raises(ValueError, match="row titles"):
+        save_labelled_grid(rows, titles[:1], tmp_path / "bad.png")
+
+
+def test_attack_success_rate_is_computed_in_one_place():
+    """The demo's ASR is metrics.attack_success_rate: NaN (not 0) when no sample was right before."""
+    import inspect
+    import math
+
+    import torch
+
+    from miga_fast import metrics
+    from miga_fast.app import demo
+
+    assert math.isnan(metrics.attack_success_rate(torch.tensor([True, True]), torch.tensor([False, False])))
+    assert "metrics.attack_success_rate(" in inspect.getsource(demo.run_setup)

@@ -278,7 +278,7 @@ def test_resume_ignores_the_configuration_never_and_locks_the_folder(digits, tmp
 # ------------------------------------------------------------------ 4. CLI eps is ambiguous
 
 def test_cli_eps_is_ambiguous_never():
-    from miga_fast.cli import parse_radius
+    from miga_fast.app.cli import parse_radius
 
     from test_cli import _cli
 

@@ -6,7 +6,8 @@ import warnings
 import pytest
 import torch
 
-from miga_fast import data, models, train
+from miga_fast import data, models
+from miga_fast.app import train
 from miga_fast.metrics import accuracy, psnr
 from miga_fast.models import registry
 

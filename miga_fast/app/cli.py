@@ -6,10 +6,13 @@ import json
 import sys
 from pathlib import Path
 
+from .setups import SETUPS, with_models
 
-def _print_backends(as_json: bool) -> int:
+
+def _print_backends(args) -> int:
     import miga_fast
 
+    as_json = args.json
     info = miga_fast.backends()
     if as_json:
         print(json.dumps(info, indent=2))
@@ -35,15 +38,16 @@ def _print_backends(as_json: bool) -> int:
     return 0
 
 
-def _print_models(as_json: bool, evaluate: bool) -> int:
+def _print_models(args) -> int:
     from miga_fast import models
 
+    as_json, evaluate = args.json, args.evaluate
     infos = models.available()
     if not infos:
         print("no shipped models found (miga_fast/models/checkpoints/manifest.json is missing)", file=sys.stderr)
         return 1
     if evaluate:
-        from miga_fast import train
+        from miga_fast.app import train
 
         for info in infos.values():
             info.quality = _evaluate(info, train)
@@ -91,7 +95,7 @@ def _evaluate(info, train) -> dict:
 def _ssim_attack(args) -> int:
     from pathlib import Path
 
-    from miga_fast.experiments import SETUPS, ssim_attack_report
+    from miga_fast.app.experiments import SETUPS, ssim_attack_report
 
     if not 0 < args.tau <= 1:
         print(f"miga-fast: --tau must lie in (0, 1], got {args.tau}", file=sys.stderr)
@@ -122,7 +126,7 @@ def _ssim_attack(args) -> int:
 def _demo(args) -> int:
     from pathlib import Path
 
-    from miga_fast import demo
+    from miga_fast.app import demo
 
     if args.n < 2 or args.steps < 1:
         print("miga-fast: --n must be >= 2 and --steps >= 1", file=sys.stderr)
@@ -141,12 +145,8 @@ def _load_data(args):
     from miga_fast import data
 
     name = args.data
-    if name == "natural":
-        return data.load_natural_patches("test", 32)
-    if name == "digits":
-        return data.load_digits("test")
-    if name == "faces":
-        return data.load_faces("test")
+    if name in SETUPS:  # a shipped data set: its test split
+        return SETUPS[name].load("test")
     class_map = None
     if args.classifier:  # labels must be the classifier's class indices
         class_map = "index"
@@ -294,22 +294,27 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"miga_fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("backends", help="what was built and what runs on this machine")
+    p.set_defaults(func=_print_backends)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = sub.add_parser("models", help="the shipped models and their measured quality")
+    p.set_defaults(func=_print_models)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--evaluate", action="store_true", help="re-measure quality on the held-out splits now")
     p = sub.add_parser("ssim-attack", help="SSIM-ball attacks vs SSIM-matched PGD, with SSIM-map / Grad-CAM agreement")
-    p.add_argument("--data", choices=["natural", "digits", "all"], default="all")
+    p.set_defaults(func=_ssim_attack)
+    p.add_argument("--data", choices=[*with_models("cam_classifier"), "all"], default="all")
     p.add_argument("--n", type=int, default=96, help="held-out images per data set")
     p.add_argument("--tau", type=float, default=0.95, help="the SSIM bound")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", default="miga-fast-out", help="folder for the JSON and the PNG grids")
     p = sub.add_parser("demo", help="MIGA end to end on the shipped models: the main job (a few minutes)")
+    p.set_defaults(func=_demo)
     p.add_argument("--n", type=int, default=64, help="test images per data set")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="torch.compile the attack loss (slow to start on CPU)")
     p.add_argument("--out", default="miga-fast-demo", help="folder for report.md, results.json, grids")
     p = sub.add_parser("attack", help="any attack configuration on shipped or your own models and images")
+    p.set_defaults(func=_attack)
     p.add_argument("--denoiser", required=True, help="a shipped denoiser name or a model file")
     p.add_argument("--denoiser-arch", default=None, help="architecture of a .pt state dict")
     p.add_argument("--classifier", default=None, help="a shipped classifier name or a model file")
@@ -320,7 +325,7 @@ def main(argv=None) -> int:
     p.add_argument("--trust-model-file", action="store_true",
                    help="allow TorchScript and .pt2 model files: loading them can RUN CODE embedded in the file, "
                         "so use this only for files you trust (without it, only state dicts with --*-arch load)")
-    p.add_argument("--data", required=True, help="natural, digits, faces, or an image folder")
+    p.add_argument("--data", required=True, help=f"{', '.join(SETUPS)} (a shipped test split) or an image folder")
     p.add_argument("--class-map", default=None,
                    help="folders: a JSON file, a list of the classifier's class names or {folder: index}; "
                         "without it, class folders must be named by class index (0, 1, ...)")
@@ -344,19 +349,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--out", default="miga-fast-attack")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return _demo(args)
-    if args.command == "attack":
-        return _attack(args)
-    if args.command == "ssim-attack":
-        return _ssim_attack(args)
-    if args.command == "backends":
-        return _print_backends(args.json)
-    if args.command == "models":
-        return _print_models(args.json, args.evaluate)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
-    return 2
-
+    return args.func(args)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,29 +16,27 @@ from pathlib import Path
 
 import torch
 
-from . import data, metrics
-from .attacks import MIGA, DenoiserDegradation, EndToEndPGD
-from .defenses import DiffusionPurifier, FeatureSqueeze, NonLocalMeans
-from .mine import estimate_mi
-from .models import registry
-from .progress import progress_bar
+from .. import data, metrics
+from ..attacks import MIGA, DenoiserDegradation, EndToEndPGD
+from ..defenses import DiffusionPurifier, FeatureSqueeze, NonLocalMeans
+from ..mine import estimate_mi
+from ..models import registry
+from ..progress import progress_bar
+from .setups import Setup, with_models
+from .setups import setup as get_setup
+from .viz import save_labelled_grid
 
-SETUPS = {
-    "natural": {"loader": lambda: data.load_natural_patches("test", 32), "denoiser": "dncnn_natural",
-                "classifier": "resnet_natural", "eps": 8 / 255, "diffusion": None},
-    "digits": {"loader": lambda: data.load_digits("test"), "denoiser": "dncnn_digits", "classifier": "cnn_digits",
-               "eps": 16 / 255, "diffusion": "ddpm_digits"},
-}
+SETUPS = with_models("classifier")  # the data sets with a shipped denoiser and classifier
 
 
 ATTACKS = ("MIGA (known task)", "MIGA (unknown task, MINE)", "MIGA (unknown task, reference)",
            "denoiser degradation", "end-to-end PGD on F(D(.))")
 
 
-def _defenses(setup: dict) -> dict:
+def _defenses(setup: Setup) -> dict:
     out = {"none": None, "squeeze": FeatureSqueeze(bits=5, median=2), "nlm": NonLocalMeans(sigma=0.04)}
-    if setup["diffusion"]:
-        out["diffusion"] = DiffusionPurifier(registry.load(setup["diffusion"]), t_star=100, steps=10)
+    if setup.diffusion:
+        out["diffusion"] = DiffusionPurifier(registry.load(setup.diffusion), t_star=100, steps=10)
     return out
 
 
@@ -49,14 +47,14 @@ def _labels(classifier, images, defense):
 
 def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: bool, log=print,
               progress=None) -> dict:
-    setup = SETUPS[name]
-    x, y = setup["loader"]()
+    setup = get_setup(name)
+    x, y = setup.load("test")
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(x.shape[0], generator=g)[:n]
     x, y = x[idx], y[idx]
     x_noisy = data.add_gaussian_noise(x, sigma, generator=0)
-    denoiser, classifier = registry.load(setup["denoiser"]), registry.load(setup["classifier"])
-    eps = setup["eps"]
+    denoiser, classifier = registry.load(setup.denoiser), registry.load(setup.classifier)
+    eps = setup.eps
     defenses = _defenses(setup)
     with torch.no_grad():
         denoised = denoiser(x_noisy)
@@ -94,48 +92,31 @@ def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: b
         for d_name, defense in defenses.items():
             before = _labels(classifier, denoised.clamp(0, 1), defense)
             after = _labels(classifier, adv_out, defense)
-            right = before == y
-            asr = float(((after != y) & right).sum()) / max(int(right.sum()), 1)
+            asr = metrics.attack_success_rate(after != y, before == y)  # NaN when none was right before
             rows.append({"data": name, "attack": attack_name, "defense": d_name, "eps": eps, "asr": asr,
                          "accuracy_after": float((after == y).float().mean()),
                          "psnr": float(res.psnr.mean()), "ssim": float(res.ssim.mean()),
                          "linf": float(res.linf.max()), "l2": float(res.l2.mean()),
                          "images_per_s": n / res.seconds, **extra})
         grids[attack_name] = res
-    grid_path = _grid(name, x, x_noisy, grids["MIGA (known task)"], classifier, out)
-    return {"data": name, "n": n, "sigma": sigma, "eps": eps, "steps": steps, "denoiser": setup["denoiser"],
-            "classifier": setup["classifier"], "clean_psnr": clean_psnr, "clean_ssim": clean_ssim,
+    grid_path = _grid(setup, x, x_noisy, grids["MIGA (known task)"], classifier, out)
+    return {"data": name, "n": n, "sigma": sigma, "eps": eps, "steps": steps, "denoiser": setup.denoiser,
+            "classifier": setup.classifier, "clean_psnr": clean_psnr, "clean_ssim": clean_ssim,
             "noisy_psnr": float(metrics.psnr(x_noisy, x).mean()), "clean_accuracy": clean_acc, "rows": rows,
             "grid": str(grid_path)}
 
 
-def _grid(name, x, x_noisy, res, classifier, out: Path, count: int = 8) -> Path:
-    """Rows: clean, noisy, adversarial, denoised clean, denoised adversarial; the
-    classifier's label under each image."""
-    from PIL import Image, ImageDraw
+ROW_TITLES = ("clean x", "noisy x_n", "adversarial x_n+d", "D(x_n)", "D(x_n+d)")
 
-    from .viz import make_grid
 
+def _grid(setup: Setup, x, x_noisy, res, classifier, out: Path, count: int = 8) -> Path:
+    """Rows (titled): clean, noisy, adversarial input, denoised clean, denoised
+    adversarial; under each image the class the classifier gives it, by name."""
     rows = [x[:count], x_noisy[:count], res.adversarial[:count], res.denoised_clean[:count].clamp(0, 1),
             res.denoised[:count].clamp(0, 1)]
     with torch.no_grad():
-        labels = [classifier(r).argmax(1).tolist() for r in rows]
-    grid = make_grid(torch.cat(rows), nrow=count, pad=12)
-    scale = 4
-    img = (grid.clamp(0, 1) * 255).round().byte()
-    img = img.expand(3, -1, -1) if img.shape[0] == 1 else img
-    pil = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((grid.shape[2] * scale, grid.shape[1] * scale),
-                                                              Image.NEAREST)
-    draw = ImageDraw.Draw(pil)
-    cell_h, cell_w = (x.shape[2] + 12) * scale, (x.shape[3] + 12) * scale
-    for r, row_labels in enumerate(labels):
-        for c, lab in enumerate(row_labels):
-            draw.text((c * cell_w + 14 * scale // 2, (r + 1) * cell_h - 11 * scale // 2 + 8), str(lab),
-                      fill=(200, 0, 0))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"grid_{name}.png"
-    pil.save(path)
-    return path
+        captions = [[setup.class_name(i) for i in classifier(r).argmax(1).tolist()] for r in rows]
+    return save_labelled_grid(rows, ROW_TITLES, out / f"grid_{setup.name}.png", captions=captions, scale=3)
 
 
 def report_markdown(results: list[dict], seconds: float) -> str:
@@ -165,8 +146,8 @@ def report_markdown(results: list[dict], seconds: float) -> str:
             lines += ["", f"Reference variant (maximise I(x_r; D(.)), x_r: another test image): the classifier "
                           f"gives the output the reference's label for {toward[0]['toward_reference_before']:.1%} "
                           f"of the images before and {toward[0]['toward_reference_after']:.1%} after the attack."]
-        lines += ["", f"![grid]({Path(r['grid']).name}) rows: clean, noisy, adversarial, denoised clean, denoised "
-                      "adversarial (MIGA known task); the classifier's label under each image.", ""]
+        lines += ["", f"![grid]({Path(r['grid']).name}) MIGA (known task): rows clean, noisy, adversarial, denoised "
+                      "clean, denoised adversarial; under each image the class the classifier gives it.", ""]
     lines += [f"Total time {seconds:.0f} s on {torch.get_num_threads()} CPU threads."]
     return "\n".join(lines) + "\n"
 

@@ -13,16 +13,14 @@ from pathlib import Path
 
 import torch
 
-from . import data, explain, models, ops
-from .attacks import PGD, SSIMAttack
-from .metrics import predict
-from .viz import save_grid
+from .. import explain, metrics, models, ops
+from ..attacks import PGD, SSIMAttack
+from ..metrics import predict
+from .setups import setup as get_setup
+from .setups import with_models
+from .viz import save_labelled_grid
 
-SETUPS = {
-    "natural": dict(loader=lambda: data.load_natural_patches("test", 32), classifier="resnet_natural",
-                    cam_layer="stages.2"),
-    "digits": dict(loader=lambda: data.load_digits("test", 32), classifier="resnet_digits", cam_layer="stages.2"),
-}
+SETUPS = with_models("cam_classifier")  # the data sets the experiment runs on
 
 
 def _mean_ssim(x, adv) -> float:
@@ -51,8 +49,8 @@ def _tune_pgd(model, x, y, norm, target_ssim, steps, hi, iters=8):
 def _row(name, model, x, y, adv, correct, cam, seconds):
     d = (adv - x).flatten(1)
     agree = explain.ssim_vs_cam(x, adv, cam)
-    fooled = (predict(model, adv) != y)[correct].float().mean()
-    return {"attack": name, "fooling_rate": float(fooled), "mean_ssim": _mean_ssim(x, adv),
+    fooled = metrics.attack_success_rate(predict(model, adv) != y, correct)
+    return {"attack": name, "fooling_rate": fooled, "mean_ssim": _mean_ssim(x, adv),
             "linf": float(d.abs().amax(1).mean()), "l2": float(d.norm(dim=1).mean()),
             "ssim_cam_correlation": float(agree["correlation"].mean()), "ssim_cam_iou": float(agree["iou"].mean()),
             "seconds": round(seconds, 2)}
@@ -61,14 +59,14 @@ def _row(name, model, x, y, adv, correct, cam, seconds):
 def ssim_attack_report(setup: str, n: int = 96, tau: float = 0.95, steps: int = 10, out_dir: Path | None = None,
                        log=print) -> dict:
     if setup not in SETUPS:
-        raise ValueError(f"unknown data set {setup!r}; choose from {list(SETUPS)}")
-    spec = SETUPS[setup]
-    x, y = spec["loader"]()
+        raise ValueError(f"unknown data set {setup!r}; choose from {SETUPS}")
+    spec = get_setup(setup)
+    x, y = spec.load("test")
     pick = torch.linspace(0, len(x) - 1, min(n, len(x))).long()  # spread over every class
     x, y = x[pick], y[pick]
-    model = models.load(spec["classifier"])
+    model = models.load(spec.cam_classifier)
     correct = predict(model, x) == y
-    cam = explain.grad_cam(model, x, spec["cam_layer"])
+    cam = explain.grad_cam(model, x, spec.cam_layer)
     rows, advs = [], {}
     for solver in ("pgd", "convex"):
         t = time.time()
@@ -84,7 +82,7 @@ def ssim_attack_report(setup: str, n: int = 96, tau: float = 0.95, steps: int = 
         advs[f"PGD {norm}"] = adv
         rows.append(_row(label + " (SSIM-matched)", model, x, y, adv, correct, cam, time.time() - t))
         log(f"  {rows[-1]['attack']}: fooled {rows[-1]['fooling_rate']:.0%}")
-    result = {"data": setup, "classifier": spec["classifier"], "images": len(x),
+    result = {"data": setup, "classifier": spec.cam_classifier, "images": len(x),
               "clean_accuracy": float(correct.float().mean()), "tau": tau, "steps": steps, "rows": rows}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -96,5 +94,10 @@ def ssim_attack_report(setup: str, n: int = 96, tau: float = 0.95, steps: int = 
         dis = dis / dis.flatten(1).amax(1).clamp_min(1e-12).reshape(-1, 1, 1)
         c = x.shape[1]
         tiles = [x[:k], adv, amp, dis[:, None].expand(-1, c, -1, -1), cam[:k, None].expand(-1, c, -1, -1)]
-        result["grid"] = str(save_grid(torch.cat(tiles), out_dir / f"ssim_attack_{setup}.png", nrow=k, scale=3))
+        titles = ["clean", "SSIMAttack (pgd)", "perturbation (amplified)", "1 - SSIM map", "Grad-CAM"]
+        with torch.no_grad():
+            names = [[spec.class_name(int(i)) for i in predict(model, t)] for t in tiles[:2]]
+        captions = names + [[""] * k] * 3
+        path = save_labelled_grid(tiles, titles, out_dir / f"ssim_attack_{setup}.png", captions=captions)
+        result["grid"] = str(path)
     return result

@@ -1,8 +1,8 @@
 """Training scripts of the model zoo: every shipped checkpoint is reproduced from a seed
 on a 2-core CPU machine, each in minutes.
 
-    python -m miga_fast.train                 # the whole zoo, in dependency order
-    python -m miga_fast.train dncnn_digits    # one model (and nothing it depends on)
+    python -m miga_fast.app.train                 # the whole zoo, in dependency order
+    python -m miga_fast.app.train dncnn_digits    # one model (and nothing it depends on)
 
 Run from the repository root, the checkpoints and manifest.json land in
 miga_fast/models/checkpoints/ (`--out` for elsewhere). Each model is evaluated on its
@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data
-from .metrics import accuracy, psnr
-from .models import registry
-from .progress import progress_bar
-from .purify.schedules import LinearSchedule
+from .. import data
+from ..metrics import accuracy, psnr
+from ..models import registry
+from ..progress import progress_bar
+from ..purify.schedules import LinearSchedule
+from .setups import setup
 
 EVAL_SIGMAS = (15, 25, 50)
 ZOO = {
@@ -58,12 +59,8 @@ ZOO = {
 
 
 def load_split(name: str, split: str):
-    """The zoo's data sets by name: 'digits' (32x32) and 'natural32' (RGB patches)."""
-    if name == "digits":
-        return data.load_digits(split, 32)
-    if name == "natural32":
-        return data.load_natural_patches(split, 32)
-    raise ValueError(f"unknown data set {name!r}: 'digits' or 'natural32'")
+    """The zoo's data sets by the names the manifest records ('digits', 'natural32')."""
+    return setup(name).load(split)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, flips: bool) -> torch.Tensor:
@@ -226,7 +223,7 @@ def train_one(name: str, out_dir: Path, seed: int = 0, log=print) -> registry.Mo
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m miga_fast.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m miga_fast.app.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", help=f"models to train (default: all of {list(ZOO)})")
     p.add_argument("--out", type=Path, default=registry.CHECKPOINT_DIR)
