@@ -1,7 +1,12 @@
-"""Builds and loads the emulated-CUDA library (csrc/emulation/): the CUDA kernels and
-their torch glue compiled as C++ against a fiber emulator, registered as CPU kernels of
+"""Loads the emulated-CUDA library (csrc/emulation/): the CUDA kernels and their torch
+glue compiled as C++ against a fiber emulator, registered as CPU kernels of
 torch.ops.miga_fast_emu. It lets CI run every CUDA kernel without a GPU. Needs only the
-CUDA headers (no GPU, no nvcc); the build is cached under build/cuda_emulation."""
+CUDA headers (no GPU, no nvcc).
+
+The library is CMake's target miga_fast_cuda_emulation (built by `make test-cpp`) when
+MIGA_FAST_EMULATION_LIB names it, or when build/cmake holds one newer than every source it
+is built from; otherwise it is built here with torch.utils.cpp_extension (cached under
+build/cuda_emulation)."""
 from __future__ import annotations
 
 import os
@@ -24,9 +29,36 @@ def cuda_include() -> Path | None:
     return None
 
 
+CMAKE_LIBRARY = ROOT / "build" / "cmake" / "libmiga_fast_cuda_emulation.so"
+
+
+def _sources() -> list[Path]:
+    return [*(CSRC / "emulation").rglob("*"), *(CSRC / "cuda").glob("*"), *(CSRC / "common").glob("*"),
+            CSRC / "schemas.h"]
+
+
+def prebuilt() -> Path | None:
+    """The CMake-built library to load, if there is one that is up to date."""
+    named = os.environ.get("MIGA_FAST_EMULATION_LIB")
+    if named:
+        if not Path(named).exists():
+            raise FileNotFoundError(f"MIGA_FAST_EMULATION_LIB={named} does not exist")
+        return Path(named)
+    if CMAKE_LIBRARY.exists():
+        built = CMAKE_LIBRARY.stat().st_mtime
+        if all(p.stat().st_mtime <= built for p in _sources() if p.is_file()):
+            return CMAKE_LIBRARY
+    return None
+
+
 def load() -> None:
-    """Compiles (first call; ~2 min on 2 cores) and loads the library into torch.ops.miga_fast_emu."""
+    """Loads the library into torch.ops.miga_fast_emu (building it first, ~2 min on 2 cores,
+    when CMake has not)."""
     if hasattr(torch.ops, "miga_fast_emu") and hasattr(torch.ops.miga_fast_emu, "ssim"):
+        return
+    library = prebuilt()
+    if library is not None:
+        torch.ops.load_library(str(library))
         return
     from torch.utils.cpp_extension import load as load_extension
 
@@ -41,8 +73,9 @@ def load() -> None:
     load_extension(
         name="miga_fast_cuda_emulation",
         sources=[str(s) for s in sources],
-        extra_cflags=["-O2", "-std=c++20", "-DMIGA_FAST_CUDA_EMULATION"],
-        extra_include_paths=[str(CSRC), str(include)],
+        extra_cflags=["-O2", "-std=c++20"],
+        # the shim first: its cuda_runtime.h and c10/cuda headers stand in for the real ones
+        extra_include_paths=[str(CSRC / "emulation" / "shim"), str(CSRC), str(include)],
         build_directory=str(build),
         is_python_module=False,
         verbose=False,

@@ -1,19 +1,19 @@
-// What the .cu files include instead of <cuda_runtime.h>: the CUDA runtime, or, in the
-// emulated build that tests the kernels on a CPU (MIGA_FAST_CUDA_EMULATION, see
-// csrc/emulation/), the emulator. Kernels use two macros so both builds read the same:
+// What the .cu files include instead of <cuda_runtime.h> directly: the CUDA runtime, two
+// macros so that a kernel launch and the dynamic shared memory read the same in every
+// build, and cached device attributes (sm_count(), device_attribute<...>()).
 //   MIGA_FAST_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...)
 //   MIGA_FAST_DYNAMIC_SHARED(name);   // unsigned char* name: the dynamic shared memory
-// and cached device attributes (sm_count(), device_attribute<...>()).
+// The macros are defined here unless the <cuda_runtime.h> found first on the include path
+// defines them (the test build's emulator does: csrc/emulation/shim/). This header knows
+// nothing of that build.
 #pragma once
 
-#if defined(MIGA_FAST_CUDA_EMULATION)
-#include "../emulation/cuda_emulator.h"
-#define MIGA_FAST_LAUNCH(grid, block, shared_bytes, stream, ...) \
-  ::miga_fast::emu::launcher(grid, block, shared_bytes, __VA_ARGS__)
-#define MIGA_FAST_DYNAMIC_SHARED(name) unsigned char* name = ::miga_fast::emu::dynamic_shared()
-#else
 #include <cuda_runtime.h>
+
+#ifndef MIGA_FAST_LAUNCH
 #define MIGA_FAST_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#endif
+#ifndef MIGA_FAST_DYNAMIC_SHARED
 #define MIGA_FAST_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 

@@ -1,37 +1,28 @@
 // What the torch glue of the CUDA kernels (csrc/cuda/<family>.cpp) needs from c10's CUDA
-// layer, or, in the emulated build (MIGA_FAST_CUDA_EMULATION, csrc/emulation/), CPU
-// stand-ins: the same glue then runs the same kernels on CPU tensors, registered as
-// torch.ops.miga_fast_emu.* (tests only).
+// layer: the device type its checks expect, a device guard, the current stream, and the
+// registration macro. MIGA_FAST_CUDA_IMPL and MIGA_FAST_GLUE_DEVICE are defined here unless
+// the <c10/cuda/CUDAGuard.h> found first on the include path defines them (the test
+// build's emulator registers the same glue as CPU kernels of torch.ops.miga_fast_emu:
+// csrc/emulation/shim/). This header knows nothing of that build.
 #pragma once
 
 #include <c10/core/Device.h>
-#include <torch/library.h>
-
-#if defined(MIGA_FAST_CUDA_EMULATION)
-#include "device.h"
-
-namespace miga_fast {
-namespace glue {
-constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
-struct DeviceGuard {
-  explicit DeviceGuard(c10::Device) {}
-};
-inline cudaStream_t current_stream() { return nullptr; }
-}  // namespace glue
-}  // namespace miga_fast
-#define MIGA_FAST_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(miga_fast_emu, CPU, m)
-
-#else
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#ifndef MIGA_FAST_CUDA_IMPL
+#define MIGA_FAST_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(miga_fast, CUDA, m)
+#endif
+#ifndef MIGA_FAST_GLUE_DEVICE
+#define MIGA_FAST_GLUE_DEVICE c10::DeviceType::CUDA
+#endif
 
 namespace miga_fast {
 namespace glue {
-constexpr c10::DeviceType kDevice = c10::DeviceType::CUDA;
+constexpr c10::DeviceType kDevice = MIGA_FAST_GLUE_DEVICE;
 using DeviceGuard = c10::cuda::CUDAGuard;
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 }  // namespace glue
 }  // namespace miga_fast
-#define MIGA_FAST_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(miga_fast, CUDA, m)
-#endif

@@ -1,7 +1,7 @@
 // A CUDA emulator for testing the kernels in csrc/cuda/ on a machine without a GPU.
 //
-// The .cu files are compiled as plain C++ with MIGA_FAST_CUDA_EMULATION defined (see
-// csrc/cuda/device.h and csrc/emulation/README.md). Every CUDA thread of a block becomes
+// The .cu files are compiled as plain C++ with csrc/emulation/shim/ first on the include
+// path: its <cuda_runtime.h> includes this header (see csrc/emulation/README.md). Every CUDA thread of a block becomes
 // a fiber (ucontext) on one OS thread; fibers switch only at __syncthreads and warp
 // shuffles, so a run is deterministic and a missing barrier shows: a thread that reads
 // shared memory before the threads meant to write it have run sees the poison (0xFF
@@ -20,7 +20,7 @@
 #pragma once
 
 #ifndef MIGA_FAST_CUDA_EMULATION
-#error "cuda_emulator.h is for the emulated build only (MIGA_FAST_CUDA_EMULATION)"
+#error "cuda_emulator.h is included through the emulated build's shim (csrc/emulation/shim/cuda_runtime.h)"
 #endif
 
 #include <cuda_runtime_api.h>
@@ -68,7 +68,7 @@ enum class State { kRunnable, kAtSyncthreads, kAtShuffle, kDone };
 
 struct Fiber {
   ucontext_t context{};
-  std::unique_ptr<char[]> stack;
+  char* stack = nullptr;  // from Runtime::stacks
   uint3 index{};
   int lane = 0;
   State state = State::kRunnable;
@@ -88,6 +88,9 @@ struct Runtime {
   cudaError_t last_error = cudaSuccess;
   std::string message;
   std::map<const void*, int> shared_opt_in;  // cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+  // Fiber stacks, one per thread of the largest block launched so far, reused by every
+  // launch after (address space only until touched: a fiber uses a few KiB of its stack).
+  std::vector<std::unique_ptr<char[]>> stacks;
 };
 
 // The bounds of the section holding every static __shared__ variable (GNU ld defines them).
@@ -177,7 +180,7 @@ inline void run_block() {
   const int n = static_cast<int>(r.fibers.size());
   for (Fiber& f : r.fibers) {
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = &r.scheduler;
     makecontext(&f.context, trampoline, 0);
@@ -280,9 +283,10 @@ class Launcher {
     r.fibers.resize(threads);
     r.slots.assign(threads, 0);
     r.dynamic_shared.assign(shared_ > 0 ? shared_ : 16, 0xFF);
+    while (r.stacks.size() < threads) r.stacks.emplace_back(new char[kStackBytes]);
     for (uint64_t t = 0; t < threads; ++t) {
       Fiber& f = r.fibers[t];
-      f.stack.reset(new char[kStackBytes]);
+      f.stack = r.stacks[t].get();
       f.index = index3(static_cast<unsigned>(t % block_.x), static_cast<unsigned>((t / block_.x) % block_.y),
                            static_cast<unsigned>(t / (uint64_t(block_.x) * block_.y)));
       f.lane = static_cast<int>(t % 32);

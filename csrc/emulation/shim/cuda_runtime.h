@@ -1,0 +1,10 @@
+// The emulated build's <cuda_runtime.h> (this folder comes first on its include path):
+// the emulator, and the launch macros csrc/cuda/device.h would otherwise define.
+#pragma once
+
+#define MIGA_FAST_CUDA_EMULATION 1
+#include "../cuda_emulator.h"
+
+#define MIGA_FAST_LAUNCH(grid, block, shared_bytes, stream, ...) \
+  ::miga_fast::emu::launcher(grid, block, shared_bytes, __VA_ARGS__)
+#define MIGA_FAST_DYNAMIC_SHARED(name) unsigned char* name = ::miga_fast::emu::dynamic_shared()
