@@ -15,7 +15,7 @@ NVCC ?= /usr/local/cuda/bin/nvcc
 # The CMake build adds the CUDA kernels whenever the toolkit is there, as setup.py does.
 CMAKE_CUDA := $(shell test -x $(NVCC) && echo -DMIGA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC))
 
-.PHONY: install dev demo test test-python test-cpp package-check lint bench gpu-check clean
+.PHONY: install dev demo test test-python test-cpp package-check lint format bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,20 @@ test-cpp: install
 test-python: install
 	$(BIN)/pytest -q tests
 
-# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear, pyupgrade.
+# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear, pyupgrade,
+# and the formatting of Python (ruff format) and C++/CUDA (clang-format, .clang-format);
+# both formatters are pinned in the test extra. `make format` applies them.
+PY_SOURCES := miga_fast tests benchmarks triton_kernels setup.py
+CXX_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu')
 lint: install
-	$(BIN)/ruff check miga_fast tests benchmarks triton_kernels setup.py
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/clang-format --dry-run -Werror $(CXX_SOURCES)
+
+format: install
+	$(BIN)/ruff check --fix -q $(PY_SOURCES)
+	$(BIN)/ruff format -q $(PY_SOURCES)
+	$(BIN)/clang-format -i $(CXX_SOURCES)
 
 package-check: install
 	VENV=$(VENV) bash .ci/package-check

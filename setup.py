@@ -11,6 +11,7 @@ Environment:
 Torch extensions build against the installed torch: install with
 `pip install --no-build-isolation .` (the Makefile does).
 """
+
 import os
 import sys
 from pathlib import Path
@@ -106,8 +107,9 @@ def _extension():
 # is a namespace package holding data only), plus the Triton kernels, which live in the
 # top-level triton_kernels/ folder and install inside the package (a bare `triton_kernels`
 # would clash with another published package).
-PACKAGES = find_namespace_packages(include=["miga_fast", "miga_fast.*"],
-                                   exclude=["*.__pycache__", "miga_fast.triton_kernels"]) + ["miga_fast.triton_kernels"]
+PACKAGES = find_namespace_packages(
+    include=["miga_fast", "miga_fast.*"], exclude=["*.__pycache__", "miga_fast.triton_kernels"]
+) + ["miga_fast.triton_kernels"]
 
 setup(
     packages=PACKAGES,

@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: the command line, timing, device names, the result
 record and its JSON output."""
+
 from __future__ import annotations
 
 import argparse
@@ -104,16 +105,28 @@ def bench_parser(doc: str, quick_help: str = "a short run: fewer sizes and sampl
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help=quick_help)
-    p.add_argument("--out", default=None,
-                   help="JSON path (default: benchmarks/results/<family>_<device>.json; bench-out/ with --quick)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default: benchmarks/results/<family>_<device>.json; bench-out/ with --quick)",
+    )
     return p
 
 
 def result_record(family: str, device: torch.device, args, rows: list, **extra) -> dict:
     """A benchmark's JSON record: the machine and versions, its settings, the rows."""
-    return {"benchmark": family, "device": device_name(device), "device_type": device.type, **extra,
-            "torch": torch.__version__, "miga_fast": miga_fast.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "quick": args.quick, "rows": rows}
+    return {
+        "benchmark": family,
+        "device": device_name(device),
+        "device_type": device.type,
+        **extra,
+        "torch": torch.__version__,
+        "miga_fast": miga_fast.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "rows": rows,
+    }
 
 
 def finish(result: dict, family: str, args, print_table) -> int:

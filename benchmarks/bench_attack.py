@@ -14,6 +14,7 @@ and `miga.update` (the projected step) for Nsight Systems.
     python benchmarks/bench_attack.py            # full run, JSON in benchmarks/results/
     python benchmarks/bench_attack.py --quick    # one configuration, fewer steps
 """
+
 from __future__ import annotations
 
 import statistics
@@ -30,16 +31,20 @@ from miga_fast.nvtx import nvtx_range
 from _common import bench_parser, finish, result_record, sync
 
 PATHS = {"eager": (False, "reference"), "compiled": (True, "reference"), "compiled+fused": (True, "auto")}
-CPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 64),
-               ("digits", "dncnn_digits", "cnn_digits", 1, 32, 64)]
-GPU_CONFIGS = [("natural", "dncnn_natural", "resnet_natural", 3, 32, 256),
-               ("natural", "dncnn_natural", "resnet_natural", 3, 64, 256),
-               ("digits", "dncnn_digits", "cnn_digits", 1, 32, 256)]
+CPU_CONFIGS = [
+    ("natural", "dncnn_natural", "resnet_natural", 3, 32, 64),
+    ("digits", "dncnn_digits", "cnn_digits", 1, 32, 64),
+]
+GPU_CONFIGS = [
+    ("natural", "dncnn_natural", "resnet_natural", 3, 32, 256),
+    ("natural", "dncnn_natural", "resnet_natural", 3, 64, 256),
+    ("digits", "dncnn_digits", "cnn_digits", 1, 32, 256),
+]
 
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    configs = (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS)[:1 if args.quick else None]
+    configs = (GPU_CONFIGS if device.type == "cuda" else CPU_CONFIGS)[: 1 if args.quick else None]
     rows = []
     for name, den, cls, channels, size, batch in configs:
         D, F = registry.load(den, device=device), registry.load(cls, device=device)
@@ -57,8 +62,11 @@ def run(args) -> dict:
         times = {p: [] for p in PATHS}
         for _ in range(args.rounds):
             for path, attack in attacks.items():
-                with miga_fast.set_backend(PATHS[path][1]), miga_fast.value_checks(False), \
-                        nvtx_range(f"{path}/{name}/{batch}x{channels}x{size}x{size}"):
+                with (
+                    miga_fast.set_backend(PATHS[path][1]),
+                    miga_fast.value_checks(False),
+                    nvtx_range(f"{path}/{name}/{batch}x{channels}x{size}x{size}"),
+                ):
                     sync(device)
                     start = time.perf_counter()
                     attack(x, y)
@@ -67,21 +75,34 @@ def run(args) -> dict:
         eager = statistics.median(times["eager"])
         for path in PATHS:
             t = statistics.median(times[path])
-            rows.append({"data": name, "shape": [batch, channels, size, size], "steps": args.steps, "path": path,
-                         "seconds": t, "images_per_s": batch / t, "speedup_vs_eager": eager / t,
-                         "first_call_s": compile_s[path],
-                         "compiled": bool(attacks[path].compile)})
+            rows.append(
+                {
+                    "data": name,
+                    "shape": [batch, channels, size, size],
+                    "steps": args.steps,
+                    "path": path,
+                    "seconds": t,
+                    "images_per_s": batch / t,
+                    "speedup_vs_eager": eager / t,
+                    "first_call_s": compile_s[path],
+                    "compiled": bool(attacks[path].compile),
+                }
+            )
     return result_record("attack", device, args, rows, rounds=args.rounds)
 
 
 def print_table(result: dict) -> None:
-    print(f"MIGA known task ({result['rows'][0]['steps']} steps) on {result['device']}; torch {result['torch']}; "
-          f"median of {result['rounds']} interleaved rounds")
+    print(
+        f"MIGA known task ({result['rows'][0]['steps']} steps) on {result['device']}; torch {result['torch']}; "
+        f"median of {result['rounds']} interleaved rounds"
+    )
     print(f"{'data':<8} {'shape':<14} {'path':<15} {'s/batch':>8} {'img/s':>8} {'vs eager':>9} {'first call s':>13}")
     for r in result["rows"]:
-        print(f"{r['data']:<8} {'x'.join(map(str, r['shape'])):<14} {r['path']:<15} {r['seconds']:8.3f} "
-              f"{r['images_per_s']:8.1f} {r['speedup_vs_eager']:8.2f}x {r['first_call_s']:13.1f}"
-              + ("" if r["compiled"] or r["path"] == "eager" else "  (fell back to eager)"))
+        print(
+            f"{r['data']:<8} {'x'.join(map(str, r['shape'])):<14} {r['path']:<15} {r['seconds']:8.3f} "
+            f"{r['images_per_s']:8.1f} {r['speedup_vs_eager']:8.2f}x {r['first_call_s']:13.1f}"
+            + ("" if r["compiled"] or r["path"] == "eager" else "  (fell back to eager)")
+        )
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ peak; CPU: the process's peak RSS, reset before each measurement).
     python benchmarks/bench_mine.py            # full run, JSON in benchmarks/results/
     python benchmarks/bench_mine.py --quick    # B = 1024, H = 128 only
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,7 @@ def reference_fits(b, h, device) -> bool:
     need = 3 * b * b * h * 4
     if device.type == "cuda":
         return need < 0.8 * torch.cuda.mem_get_info(device)[0]
-    return need < 6 * 2 ** 30
+    return need < 6 * 2**30
 
 
 def _cpu_peak_reset() -> bool:
@@ -84,11 +85,15 @@ def run(args) -> dict:
     rows = []
     for b, h in sizes:
         gen = torch.Generator().manual_seed(0)
-        params = [torch.randn(b, h, generator=gen), torch.randn(b, h, generator=gen),
-                  0.1 * torch.randn(h, generator=gen), torch.randn(h, generator=gen) / math.sqrt(h), torch.zeros(())]
+        params = [
+            torch.randn(b, h, generator=gen),
+            torch.randn(b, h, generator=gen),
+            0.1 * torch.randn(h, generator=gen),
+            torch.randn(h, generator=gen) / math.sqrt(h),
+            torch.zeros(()),
+        ]
         params = [p.to(device).requires_grad_() for p in params]
-        impls = {k: v for k, v in implementations(device).items()
-                 if v != "reference" or reference_fits(b, h, device)}
+        impls = {k: v for k, v in implementations(device).items() if v != "reference" or reference_fits(b, h, device)}
         skipped = [k for k in implementations(device) if k not in impls]
         times = {(name, p): [] for name in impls for p in ("forward", "forward+backward")}
         memory = {}
@@ -115,24 +120,46 @@ def run(args) -> dict:
                 with miga_fast.value_checks(False):
                     memory[(name, pass_name)] = peak_extra_bytes(f, device)
         for pass_name in ("forward", "forward+backward"):
-            eager = (statistics.median(times[("reference (eager)", pass_name)])
-                     if ("reference (eager)", pass_name) in times else None)
+            eager = (
+                statistics.median(times[("reference (eager)", pass_name)])
+                if ("reference (eager)", pass_name) in times
+                else None
+            )
             for name in impls:
                 t = statistics.median(times[(name, pass_name)])
                 mem = memory[(name, pass_name)]
-                rows.append({"B": b, "H": h, "pass": pass_name, "impl": name, "ms": t * 1e3,
-                             "peak_extra_mib": None if mem is None else mem / 2 ** 20,
-                             "speedup_vs_eager": (eager / t) if eager else None})
+                rows.append(
+                    {
+                        "B": b,
+                        "H": h,
+                        "pass": pass_name,
+                        "impl": name,
+                        "ms": t * 1e3,
+                        "peak_extra_mib": None if mem is None else mem / 2**20,
+                        "speedup_vs_eager": (eager / t) if eager else None,
+                    }
+                )
             for name in skipped:
-                rows.append({"B": b, "H": h, "pass": pass_name, "impl": name, "ms": None,
-                             "peak_extra_mib": 3 * b * b * h * 4 / 2 ** 20, "speedup_vs_eager": None,
-                             "note": "does not fit (estimated memory shown)"})
+                rows.append(
+                    {
+                        "B": b,
+                        "H": h,
+                        "pass": pass_name,
+                        "impl": name,
+                        "ms": None,
+                        "peak_extra_mib": 3 * b * b * h * 4 / 2**20,
+                        "speedup_vs_eager": None,
+                        "note": "does not fit (estimated memory shown)",
+                    }
+                )
     return result_record("mine", device, args, rows, rounds=args.rounds)
 
 
 def print_table(result: dict) -> None:
-    print(f"MINE DV bound, all pairs, ReLU head, on {result['device']}; torch {result['torch']}; "
-          f"median of {result['rounds']} interleaved rounds")
+    print(
+        f"MINE DV bound, all pairs, ReLU head, on {result['device']}; torch {result['torch']}; "
+        f"median of {result['rounds']} interleaved rounds"
+    )
     print(f"{'B':>6} {'H':>4} {'pass':<17} {'implementation':<20} {'ms':>10} {'peak MiB':>10} {'vs eager':>9}")
     for r in result["rows"]:
         ms = f"{r['ms']:10.2f}" if r["ms"] is not None else f"{'-':>10}"

@@ -10,6 +10,7 @@ an NVTX range named impl/norm/shape, for Nsight (see benchmarks/README.md).
     python benchmarks/bench_projection.py            # full run, JSON in benchmarks/results/
     python benchmarks/bench_projection.py --quick    # a short run (the README's main job)
 """
+
 from __future__ import annotations
 
 import sys
@@ -67,7 +68,9 @@ def implementations(norm: str, device, quick: bool):
     if not quick:
         compiled = torch.compile(ref.pgd_step_, fullgraph=True, dynamic=False)
         impls["reference (torch.compile)"] = (
-            None, lambda s: compiled(s["delta"], s["grad"], s["x"], eps, alpha, norm, 1.0))
+            None,
+            lambda s: compiled(s["delta"], s["grad"], s["x"], eps, alpha, norm, 1.0),
+        )
 
     def ta_step(s):
         s["adv"] = ta(s["adv"], s["grad"], s["x"], eps, alpha)
@@ -102,26 +105,39 @@ def run(args) -> dict:
             for name, (backend, step) in impls.items():
                 state = {"x": x, "grad": grad, "delta": delta.clone(), "adv": (x + delta).clamp(0, 1)}
                 # As the attacks run it: the backend chosen and the inputs checked once, outside the loop.
-                with miga_fast.set_backend(backend or "auto"), miga_fast.value_checks(False), \
-                        nvtx_range(f"{name}/{norm}/{'x'.join(map(str, shape))}"):
+                with (
+                    miga_fast.set_backend(backend or "auto"),
+                    miga_fast.value_checks(False),
+                    nvtx_range(f"{name}/{norm}/{'x'.join(map(str, shape))}"),
+                ):
                     t = time_call(lambda: step(state), device, args.warmup, args.reps, args.min_time)
                 base = t if base is None else base
-                rows.append({
-                    "norm": norm, "shape": list(shape), "impl": name, "ms": t * 1e3,
-                    "GB/s": nbytes / t / 1e9, "fraction_of_copy_bw": nbytes / t / bw,
-                    "speedup_vs_reference_eager": base / t,
-                })
+                rows.append(
+                    {
+                        "norm": norm,
+                        "shape": list(shape),
+                        "impl": name,
+                        "ms": t * 1e3,
+                        "GB/s": nbytes / t / 1e9,
+                        "fraction_of_copy_bw": nbytes / t / bw,
+                        "speedup_vs_reference_eager": base / t,
+                    }
+                )
     return result_record("projection", device, args, rows, copy_bandwidth_GBps=bw / 1e9)
 
 
 def print_table(result: dict) -> None:
-    print(f"projection step on {result['device']}; torch {result['torch']}; "
-          f"device copy bandwidth {result['copy_bandwidth_GBps']:.1f} GB/s")
+    print(
+        f"projection step on {result['device']}; torch {result['torch']}; "
+        f"device copy bandwidth {result['copy_bandwidth_GBps']:.1f} GB/s"
+    )
     print(f"{'norm':<5} {'shape':<16} {'implementation':<27} {'ms':>9} {'GB/s':>8} {'% copy bw':>9} {'vs ref':>7}")
     for r in result["rows"]:
         shape = "x".join(map(str, r["shape"]))
-        print(f"{r['norm']:<5} {shape:<16} {r['impl']:<27} {r['ms']:9.3f} {r['GB/s']:8.1f} "
-              f"{100 * r['fraction_of_copy_bw']:8.0f}% {r['speedup_vs_reference_eager']:6.2f}x")
+        print(
+            f"{r['norm']:<5} {shape:<16} {r['impl']:<27} {r['ms']:9.3f} {r['GB/s']:8.1f} "
+            f"{100 * r['fraction_of_copy_bw']:8.0f}% {r['speedup_vs_reference_eager']:6.2f}x"
+        )
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,7 @@ impl/pass/shape.
     python benchmarks/bench_ssim.py            # full run, JSON in benchmarks/results/
     python benchmarks/bench_ssim.py --quick    # one size
 """
+
 from __future__ import annotations
 
 import statistics
@@ -84,6 +85,7 @@ def run(args) -> dict:
         times = {(name, p): [] for name in impls for p in ("forward", "forward+backward")}
         for _ in range(args.rounds):
             for name, (backend, fn) in impls.items():
+
                 def forward():
                     with torch.no_grad():
                         fn(x, y)
@@ -93,8 +95,11 @@ def run(args) -> dict:
                     fn(xx, y).sum().backward()
 
                 for pass_name, f in (("forward", forward), ("forward+backward", forward_backward)):
-                    with miga_fast.set_backend(backend or "auto"), miga_fast.value_checks(False), \
-                            nvtx_range(f"{name}/{pass_name}/{'x'.join(map(str, shape))}"):
+                    with (
+                        miga_fast.set_backend(backend or "auto"),
+                        miga_fast.value_checks(False),
+                        nvtx_range(f"{name}/{pass_name}/{'x'.join(map(str, shape))}"),
+                    ):
                         times[(name, pass_name)].append(time_call(f, device, 1, 1, args.min_time))
         # The SSIM ball: the largest step t back into SSIM(x, x + t delta) >= 0.95 (16 candidates, 5 rounds).
         # Up to 256 x 256: beyond, the reference's [B, 16, C, H, W] float64 maps take gigabytes.
@@ -106,35 +111,59 @@ def run(args) -> dict:
             times[(name, "ball_scale")] = []
         for _ in range(args.rounds):
             for name, backend in ball_impls.items():
-                with miga_fast.set_backend(backend), miga_fast.value_checks(False), \
-                        nvtx_range(f"{name}/ball_scale/{'x'.join(map(str, shape))}"):
+                with (
+                    miga_fast.set_backend(backend),
+                    miga_fast.value_checks(False),
+                    nvtx_range(f"{name}/ball_scale/{'x'.join(map(str, shape))}"),
+                ):
                     times[(name, "ball_scale")].append(
-                        time_call(lambda: ops.ssim_ball_scale(delta, x, 0.95), device, 1, 1, args.min_time))
+                        time_call(lambda: ops.ssim_ball_scale(delta, x, 0.95), device, 1, 1, args.min_time)
+                    )
         ref_ball = statistics.median(times[("reference (eager)", "ball_scale")]) if ball_impls else None
         for name in ball_impls:
             t = statistics.median(times[(name, "ball_scale")])
-            rows.append({"shape": list(shape), "pass": "ball_scale", "impl": name, "ms": t * 1e3,
-                         "images_per_s": shape[0] / t, "speedup_vs_pytorch_msssim": None,
-                         "speedup_vs_reference": ref_ball / t})
+            rows.append(
+                {
+                    "shape": list(shape),
+                    "pass": "ball_scale",
+                    "impl": name,
+                    "ms": t * 1e3,
+                    "images_per_s": shape[0] / t,
+                    "speedup_vs_pytorch_msssim": None,
+                    "speedup_vs_reference": ref_ball / t,
+                }
+            )
         for pass_name in ("forward", "forward+backward"):
             key = ("pytorch-msssim", pass_name)
             peer = statistics.median(times[key]) if key in times else None
-            fused = (statistics.median(times[("fused-ssim (same)", pass_name)])
-                     if ("fused-ssim (same)", pass_name) in times else None)
+            fused = (
+                statistics.median(times[("fused-ssim (same)", pass_name)])
+                if ("fused-ssim (same)", pass_name) in times
+                else None
+            )
             for name in impls:
                 t = statistics.median(times[(name, pass_name)])
                 same = name.endswith("(same)")
-                rows.append({"shape": list(shape), "pass": pass_name, "impl": name, "ms": t * 1e3,
-                             "images_per_s": shape[0] / t,
-                             "speedup_vs_pytorch_msssim": (peer / t) if peer and not same else None,
-                             "speedup_vs_fused_ssim": (fused / t) if fused and same else None,
-                             "max_abs_diff_vs_fused_ssim": gap if same else None})
+                rows.append(
+                    {
+                        "shape": list(shape),
+                        "pass": pass_name,
+                        "impl": name,
+                        "ms": t * 1e3,
+                        "images_per_s": shape[0] / t,
+                        "speedup_vs_pytorch_msssim": (peer / t) if peer and not same else None,
+                        "speedup_vs_fused_ssim": (fused / t) if fused and same else None,
+                        "max_abs_diff_vs_fused_ssim": gap if same else None,
+                    }
+                )
     return result_record("ssim", device, args, rows, rounds=args.rounds)
 
 
 def print_table(result: dict) -> None:
-    print(f"SSIM (11x11 Gaussian; valid, or same where marked) on {result['device']}; torch {result['torch']}; "
-          f"median of {result['rounds']} interleaved rounds")
+    print(
+        f"SSIM (11x11 Gaussian; valid, or same where marked) on {result['device']}; torch {result['torch']}; "
+        f"median of {result['rounds']} interleaved rounds"
+    )
     print(f"{'shape':<16} {'pass':<17} {'implementation':<26} {'ms':>9} {'img/s':>9} {'speed-up':>12}")
     for r in result["rows"]:
         sp = f"{r['speedup_vs_pytorch_msssim']:.2f}x" if r["speedup_vs_pytorch_msssim"] else "-"
@@ -142,8 +171,10 @@ def print_table(result: dict) -> None:
             sp = f"{r['speedup_vs_fused_ssim']:.2f}x fused"
         if r["pass"] == "ball_scale":
             sp = f"{r['speedup_vs_reference']:.1f}x ref"
-        print(f"{'x'.join(map(str, r['shape'])):<16} {r['pass']:<17} {r['impl']:<26} {r['ms']:9.2f} "
-              f"{r['images_per_s']:9.0f} {sp:>12}")
+        print(
+            f"{'x'.join(map(str, r['shape'])):<16} {r['pass']:<17} {r['impl']:<26} {r['ms']:9.2f} "
+            f"{r['images_per_s']:9.0f} {sp:>12}"
+        )
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,7 @@ Without a GPU it says so, does what can run (the build, the emulated CUDA tests,
 sanitizer cases on the C++ kernels, the benchmarks' CPU short mode) and exits 0 when
 those pass; CI runs this dry path. Exit status: 0 when every part that ran passed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ def sh(cmd, timeout, env=None, log=None) -> tuple[int, float, str]:
         rc, out = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc = 124
-        out = ((exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or ""))
+        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         out += f"\n[timed out after {timeout} s]"
     seconds = time.perf_counter() - start
     if log is not None:
@@ -65,8 +66,16 @@ def sh(cmd, timeout, env=None, log=None) -> tuple[int, float, str]:
 def environment(gpu: bool) -> dict:
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-           "gpu": None, "capability": None, "driver": None, "nvcc": None, "triton": None}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "gpu": None,
+        "capability": None,
+        "driver": None,
+        "nvcc": None,
+        "triton": None,
+    }
     try:
         import triton
 
@@ -79,8 +88,9 @@ def environment(gpu: bool) -> dict:
         env["capability"] = f"{major}.{minor}"
         env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
     if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+        )
         env["driver"] = out.stdout.strip() or None
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
     if nvcc:
@@ -90,6 +100,7 @@ def environment(gpu: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------- parts
+
 
 def part_build(gpu: bool, env: dict) -> dict:
     wheels = sorted((ROOT / ".whl").glob("*.whl"))
@@ -101,8 +112,13 @@ def part_build(gpu: bool, env: dict) -> dict:
     cmd = [python(), "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "."]
     rc, s, tail = sh(cmd, BUDGET["build"] * (1 if gpu else 3), build_env, WORK / "build.log")
     if rc == 0:  # the build must load and say what it holds (run outside the source tree)
-        probe = subprocess.run([python(), "-c", "import miga_fast, json; print(json.dumps(miga_fast.backends()))"],
-                               cwd=WORK, capture_output=True, text=True, timeout=120)
+        probe = subprocess.run(
+            [python(), "-c", "import miga_fast, json; print(json.dumps(miga_fast.backends()))"],
+            cwd=WORK,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if probe.returncode != 0:
             rc, tail = probe.returncode, probe.stderr.strip()[-2000:]
         else:
@@ -144,16 +160,28 @@ def part_sanitize(gpu: bool) -> dict:
         results[tool] = {"rc": rc, "seconds": s, "tail": tail}
         total += s
         worst = worst or rc
-    return {"rc": worst, "seconds": total, "tail": "\n".join(f"{k}: rc {v['rc']}" for k, v in results.items()),
-            "tools": results}
+    return {
+        "rc": worst,
+        "seconds": total,
+        "tail": "\n".join(f"{k}: rc {v['rc']}" for k, v in results.items()),
+        "tools": results,
+    }
 
 
 def bench_commands(gpu: bool) -> dict:
     b = [python()]
     if gpu:
         return {
-            "projection": b + ["benchmarks/bench_projection.py", "--sizes", "64x3x224x224,64x3x64x64", "--reps", "3",
-                               "--min-time", "0.02"],
+            "projection": b
+            + [
+                "benchmarks/bench_projection.py",
+                "--sizes",
+                "64x3x224x224,64x3x64x64",
+                "--reps",
+                "3",
+                "--min-time",
+                "0.02",
+            ],
             "ssim": b + ["benchmarks/bench_ssim.py", "--quick"],
             "mine": b + ["benchmarks/bench_mine.py", "--sizes", "4096x256", "--rounds", "2", "--min-time", "0.05"],
             "attack": b + ["benchmarks/bench_attack.py", "--quick", "--steps", "5", "--rounds", "2"],
@@ -170,8 +198,9 @@ def part_bench(gpu: bool) -> dict:
     commands = bench_commands(gpu)
     for name, cmd in commands.items():
         out = WORK / f"{name}.json"
-        rc, s, tail = sh(cmd + ["--out", str(out)], BENCH_TIMEOUT[name] * (1 if gpu else 4), None,
-                         WORK / f"bench_{name}.log")
+        rc, s, tail = sh(
+            cmd + ["--out", str(out)], BENCH_TIMEOUT[name] * (1 if gpu else 4), None, WORK / f"bench_{name}.log"
+        )
         total += s
         worst = worst or rc
         tails.append(f"{name}: rc {rc}, {s:.0f} s")
@@ -180,6 +209,7 @@ def part_bench(gpu: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------- goals
+
 
 def _rows(result, **match):
     return [r for r in (result or {}).get("rows", []) if all(r.get(k) == v for k, v in match.items())]
@@ -193,37 +223,70 @@ def goals(bench: dict) -> list[dict]:
         comp = _rows(proj, impl="reference (torch.compile)", norm=row["norm"], shape=row["shape"])
         shape = "x".join(map(str, row["shape"]))
         if comp:
-            out.append({"goal": f"projection {row['norm']} {shape}: CUDA step no slower than the torch.compile'd "
-                                "reference", "value": f"{row['ms']:.4f} vs {comp[0]['ms']:.4f} ms",
-                        "met": row["ms"] <= comp[0]["ms"]})
-        out.append({"goal": f"projection {row['norm']} {shape}: fraction of the copy bandwidth",
-                    "value": f"{row['fraction_of_copy_bw']:.0%}", "met": None})
+            out.append(
+                {
+                    "goal": f"projection {row['norm']} {shape}: CUDA step no slower than the torch.compile'd reference",
+                    "value": f"{row['ms']:.4f} vs {comp[0]['ms']:.4f} ms",
+                    "met": row["ms"] <= comp[0]["ms"],
+                }
+            )
+        out.append(
+            {
+                "goal": f"projection {row['norm']} {shape}: fraction of the copy bandwidth",
+                "value": f"{row['fraction_of_copy_bw']:.0%}",
+                "met": None,
+            }
+        )
     ssim = bench.get("ssim")
     for row in _rows(ssim, impl="miga_fast cuda", **{"pass": "forward+backward"}):
         if row.get("speedup_vs_pytorch_msssim"):
-            out.append({"goal": "SSIM value+gradient: CUDA vs pytorch-msssim (>= 3x)",
-                        "value": f"{row['speedup_vs_pytorch_msssim']:.2f}x",
-                        "met": row["speedup_vs_pytorch_msssim"] >= 3})
+            out.append(
+                {
+                    "goal": "SSIM value+gradient: CUDA vs pytorch-msssim (>= 3x)",
+                    "value": f"{row['speedup_vs_pytorch_msssim']:.2f}x",
+                    "met": row["speedup_vs_pytorch_msssim"] >= 3,
+                }
+            )
     fused = _rows(ssim, impl="fused-ssim (same)", **{"pass": "forward+backward"})
     ours = _rows(ssim, impl="miga_fast cuda (same)", **{"pass": "forward+backward"})
     if fused and ours:
         ratio = fused[0]["ms"] / ours[0]["ms"]
-        out.append({"goal": "SSIM value+gradient: CUDA vs fused-ssim, same padding (>= 2x)",
-                    "value": f"{ratio:.2f}x", "met": ratio >= 2})
+        out.append(
+            {
+                "goal": "SSIM value+gradient: CUDA vs fused-ssim, same padding (>= 2x)",
+                "value": f"{ratio:.2f}x",
+                "met": ratio >= 2,
+            }
+        )
     elif ssim is not None and ssim.get("device_type") == "cuda":
-        out.append({"goal": "SSIM value+gradient: CUDA vs fused-ssim (>= 2x)",
-                    "value": "fused-ssim not installed (carry its wheel in .whl/)", "met": None})
+        out.append(
+            {
+                "goal": "SSIM value+gradient: CUDA vs fused-ssim (>= 2x)",
+                "value": "fused-ssim not installed (carry its wheel in .whl/)",
+                "met": None,
+            }
+        )
     for row in _rows(bench.get("mine"), impl="miga_fast cuda", B=4096, H=256, **{"pass": "forward+backward"}):
-        out.append({"goal": "MINE all-pairs bound B=4096 H=256 forward+backward: >= 10x eager",
-                    "value": f"{row['speedup_vs_eager']:.1f}x" if row.get("speedup_vs_eager") else "eager did not run",
-                    "met": (row.get("speedup_vs_eager") or 0) >= 10})
+        out.append(
+            {
+                "goal": "MINE all-pairs bound B=4096 H=256 forward+backward: >= 10x eager",
+                "value": f"{row['speedup_vs_eager']:.1f}x" if row.get("speedup_vs_eager") else "eager did not run",
+                "met": (row.get("speedup_vs_eager") or 0) >= 10,
+            }
+        )
     for row in _rows(bench.get("attack"), path="compiled+fused"):
-        out.append({"goal": f"MIGA step, batch {row['shape'][0]}: compiled+fused >= 3x eager",
-                    "value": f"{row['speedup_vs_eager']:.2f}x", "met": row["speedup_vs_eager"] >= 3})
+        out.append(
+            {
+                "goal": f"MIGA step, batch {row['shape'][0]}: compiled+fused >= 3x eager",
+                "value": f"{row['speedup_vs_eager']:.2f}x",
+                "met": row["speedup_vs_eager"] >= 3,
+            }
+        )
     return out
 
 
 # ------------------------------------------------------------------------------- report
+
 
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()
@@ -235,19 +298,26 @@ def write_report(report: dict) -> tuple[Path, Path]:
     jpath, mpath = RESULTS / f"gpu_check_{name}.json", RESULTS / f"gpu_check_{name}.md"
     jpath.write_text(json.dumps(report, indent=2) + "\n")
     env = report["environment"]
-    lines = [f"# make gpu-check: {env['gpu'] or 'no GPU (dry run)'}", "",
-             f"{report['date']}; driver {env['driver']}, CUDA {env['torch_cuda']} (nvcc: {env['nvcc']}), "
-             f"torch {env['torch']}, Triton {env['triton']}, Python {env['python']}; "
-             f"compute capability {env['capability']}.", "",
-             "| part | seconds | budget | outcome |", "|---|---:|---:|---|"]
+    lines = [
+        f"# make gpu-check: {env['gpu'] or 'no GPU (dry run)'}",
+        "",
+        f"{report['date']}; driver {env['driver']}, CUDA {env['torch_cuda']} (nvcc: {env['nvcc']}), "
+        f"torch {env['torch']}, Triton {env['triton']}, Python {env['python']}; "
+        f"compute capability {env['capability']}.",
+        "",
+        "| part | seconds | budget | outcome |",
+        "|---|---:|---:|---|",
+    ]
     for name, part in report["parts"].items():
         outcome = "passed" if part["rc"] == 0 else ("skipped" if part["rc"] is None else f"FAILED (rc {part['rc']})")
         lines.append(f"| {name} | {part['seconds']:.0f} | {BUDGET[name]} | {outcome} |")
     lines += ["", f"Total {report['seconds']:.0f} s.", "", "## Goals", ""]
     if report["goals"]:
         lines += ["| goal | measured | met |", "|---|---|---|"]
-        lines += [f"| {g['goal']} | {g['value']} | {'—' if g['met'] is None else ('yes' if g['met'] else 'no')} |"
-                  for g in report["goals"]]
+        lines += [
+            f"| {g['goal']} | {g['value']} | {'—' if g['met'] is None else ('yes' if g['met'] else 'no')} |"
+            for g in report["goals"]
+        ]
     else:
         lines.append("No GPU: no goal was measured.")
     tests = report["parts"].get("tests", {})
@@ -266,13 +336,19 @@ def main(argv=None) -> int:
 
     gpu = torch.cuda.is_available()
     env = environment(gpu)
-    print(f"gpu-check: {env['gpu'] or 'no GPU visible: the dry path (build, emulated CUDA tests, CPU benchmarks)'}"
-          f"; torch {env['torch']} (CUDA {env['torch_cuda']}), Triton {env['triton']}, driver {env['driver']}",
-          flush=True)
+    print(
+        f"gpu-check: {env['gpu'] or 'no GPU visible: the dry path (build, emulated CUDA tests, CPU benchmarks)'}"
+        f"; torch {env['torch']} (CUDA {env['torch_cuda']}), Triton {env['triton']}, driver {env['driver']}",
+        flush=True,
+    )
     WORK.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runners = {"build": lambda: part_build(gpu, env), "tests": lambda: part_tests(gpu),
-               "sanitize": lambda: part_sanitize(gpu), "bench": lambda: part_bench(gpu)}
+    runners = {
+        "build": lambda: part_build(gpu, env),
+        "tests": lambda: part_tests(gpu),
+        "sanitize": lambda: part_sanitize(gpu),
+        "bench": lambda: part_bench(gpu),
+    }
     parts = {}
     for name in args.parts.split(","):
         if name not in runners:
@@ -280,15 +356,22 @@ def main(argv=None) -> int:
         print(f"gpu-check: {name} ...", flush=True)
         parts[name] = runners[name]()
         status = "ok" if parts[name]["rc"] == 0 else f"FAILED (rc {parts[name]['rc']}); log in {WORK}"
-        print(f"gpu-check: {name}: {status}, {parts[name]['seconds']:.0f} s (budget {BUDGET[name]} s on an H200)",
-              flush=True)
+        print(
+            f"gpu-check: {name}: {status}, {parts[name]['seconds']:.0f} s (budget {BUDGET[name]} s on an H200)",
+            flush=True,
+        )
         if parts[name]["rc"] != 0:
             print(parts[name]["tail"], flush=True)
     bench = parts.get("bench", {}).get("results", {}) or {}
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "environment": env, "gpu": gpu,
-              "seconds": time.perf_counter() - start,
-              "parts": {k: {kk: vv for kk, vv in v.items() if kk != "results"} for k, v in parts.items()},
-              "goals": goals(bench) if gpu else [], "benchmarks": bench}
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "environment": env,
+        "gpu": gpu,
+        "seconds": time.perf_counter() - start,
+        "parts": {k: {kk: vv for kk, vv in v.items() if kk != "results"} for k, v in parts.items()},
+        "goals": goals(bench) if gpu else [],
+        "benchmarks": bench,
+    }
     for g in report["goals"]:
         mark = "—" if g["met"] is None else ("met" if g["met"] else "NOT met")
         print(f"  goal: {g['goal']}: {g['value']} ({mark})")
@@ -297,8 +380,10 @@ def main(argv=None) -> int:
         print(f"gpu-check: wrote {jpath.relative_to(ROOT)} and {mpath.relative_to(ROOT)}")
     elif not args.no_report:
         (WORK / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(f"gpu-check: no GPU: the dry run's report is {(WORK / 'report.json').relative_to(ROOT)} "
-              "(benchmarks/results/ keeps GPU reports only)")
+        print(
+            f"gpu-check: no GPU: the dry run's report is {(WORK / 'report.json').relative_to(ROOT)} "
+            "(benchmarks/results/ keeps GPU reports only)"
+        )
     print(f"gpu-check: {time.perf_counter() - start:.0f} s in all", flush=True)
     failed = [k for k, v in parts.items() if v["rc"] != 0]
     if failed:

@@ -6,11 +6,7 @@
 extern "C" {
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT,
-      "_C",
-      "miga_fast's compiled kernels, registered as torch.ops.miga_fast.*",
-      -1,
-      nullptr,
+      PyModuleDef_HEAD_INIT, "_C", "miga_fast's compiled kernels, registered as torch.ops.miga_fast.*", -1, nullptr,
   };
   return PyModule_Create(&module_def);
 }

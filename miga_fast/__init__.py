@@ -7,6 +7,7 @@ image denoisers and diffusion-based adversarial purification, under a thin PyTor
     miga_fast.ops.pgd_step_(delta, grad, x, eps=8/255, alpha=2/255)
     adv = miga_fast.attacks.PGD(model, eps=8/255)(images, labels)
 """
+
 from ._backend import BackendUnavailableError, backends, get_backend, set_backend
 from ._validation import value_checks
 

@@ -10,6 +10,7 @@ which runs everything. A backend asked for by name that cannot run raises
 `BackendUnavailableError`, listing every backend and why each was passed over: never a
 silent fallback. `backends()["ops"]` and `miga-fast backends` print the tables.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -97,8 +98,11 @@ def backends() -> dict:
             "built": triton_err is None,
             "runs_here": triton_err is None and (cuda_visible or triton_interpret()),
             "note": triton_err
-            or ("interpreter on CPU tensors (TRITON_INTERPRET=1)" if triton_interpret() else
-                ("CUDA tensors" if cuda_visible else "needs a GPU or TRITON_INTERPRET=1")),
+            or (
+                "interpreter on CPU tensors (TRITON_INTERPRET=1)"
+                if triton_interpret()
+                else ("CUDA tensors" if cuda_visible else "needs a GPU or TRITON_INTERPRET=1")
+            ),
         },
         "cpu": {
             "built": cpu,
@@ -123,7 +127,8 @@ def _check_name(name: str) -> None:
         raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
     if name == "cpu" and not _cpu_built():
         raise BackendUnavailableError(
-            f"backend 'cpu' is not available: miga_fast._C did not load ({_extension.load_error()})")
+            f"backend 'cpu' is not available: miga_fast._C did not load ({_extension.load_error()})"
+        )
     if name == "cuda" and not _cuda_built():
         raise BackendUnavailableError("backend 'cuda' is not available: " + backends_note("cuda"))
     if name == "triton" and not _triton_built():
@@ -180,8 +185,15 @@ class Op:
     kernels are probed in the built extension as torch.ops.miga_fast.<kernel>), the dtypes
     each takes, and the limits on its arguments."""
 
-    def __init__(self, name: str, public: str, kernel: str | None = None, dtypes=None, limits=(),
-                 kernels=("cuda", "triton", "cpu")):
+    def __init__(
+        self,
+        name: str,
+        public: str,
+        kernel: str | None = None,
+        dtypes=None,
+        limits=(),
+        kernels=("cuda", "triton", "cpu"),
+    ):
         self.name, self.public, self.kernel = name, public, kernel or name
         self.kernels = tuple(kernels)
         self.dtypes = {"cuda": FLOAT, "triton": ANY_FLOAT, "cpu": FLOAT, **(dtypes or {})}
@@ -214,8 +226,9 @@ class Op:
                 return [err]
         return []
 
-    def not_supported_reasons(self, backend: str, device: torch.device, dtype: torch.dtype, auto: bool = False,
-                              **facts) -> list[str]:
+    def not_supported_reasons(
+        self, backend: str, device: torch.device, dtype: torch.dtype, auto: bool = False, **facts
+    ) -> list[str]:
         """Why `backend` cannot run this op on tensors of `device` and `dtype` with the
         arguments `facts` (those the op's limits read); [] when it can. auto=True: whether
         "auto" may take it (the Triton interpreter on CPU tensors is a debugging aid that
@@ -262,8 +275,10 @@ class Op:
             lines.append(f"  {backend}: " + ("can run" if not why else "; ".join(why)))
         raise BackendUnavailableError(
             f"backend {name!r} cannot run {self.name} ({self.public}) on {str(dtype).replace('torch.', '')} "
-            f"tensors on {device}:\n" + "\n".join(lines)
-            + "\nuse set_backend('auto') to take the first backend that can, or name one that can run")
+            f"tensors on {device}:\n"
+            + "\n".join(lines)
+            + "\nuse set_backend('auto') to take the first backend that can, or name one that can run"
+        )
 
     def table(self) -> dict:
         """Per backend: built (the build reasons, empty when built) and the conditions its
@@ -273,8 +288,11 @@ class Op:
             if backend == "reference":
                 out[backend] = {"built": True, "reasons": [], "needs": ["any float dtype, any device"]}
                 continue
-            dev = "CUDA tensors" if backend == "cuda" else (
-                "CPU tensors" if backend == "cpu" else "CUDA tensors (CPU tensors with TRITON_INTERPRET=1)")
+            dev = (
+                "CUDA tensors"
+                if backend == "cuda"
+                else ("CPU tensors" if backend == "cpu" else "CUDA tensors (CPU tensors with TRITON_INTERPRET=1)")
+            )
             needs = [dev, _dtype_names(self.dtypes[backend])]
             needs += [lim.text for lim in self.limits if backend in lim.backends]
             why = list(self.build_reasons(backend))

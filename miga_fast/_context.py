@@ -1,4 +1,5 @@
 """Settings that belong to the calling thread (or asyncio task), not to the process."""
+
 from __future__ import annotations
 
 import contextvars

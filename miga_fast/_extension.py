@@ -1,6 +1,7 @@
 """Loads the compiled kernels (miga_fast._C) lazily, so a missing or broken build never
 breaks `import miga_fast`: the reference backend still runs, and `backends()` says why
 the compiled ones do not."""
+
 from __future__ import annotations
 
 import importlib
@@ -30,8 +31,10 @@ def version_note() -> str | None:
     if info is None:
         return None
     if _short(info["TORCH_VERSION"]) != _short(torch.__version__):
-        return (f"miga_fast._C was built for torch {info['TORCH_VERSION']} and is running on "
-                f"torch {torch.__version__}: rebuild with `pip install --no-build-isolation .`")
+        return (
+            f"miga_fast._C was built for torch {info['TORCH_VERSION']} and is running on "
+            f"torch {torch.__version__}: rebuild with `pip install --no-build-isolation .`"
+        )
     return None
 
 

@@ -9,6 +9,7 @@ checked its inputs once (the attacks do, before their loops):
         ...
 They are skipped while torch.compile traces (they would break the graph).
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -47,8 +48,10 @@ def check_tensor(t, name: str, *, dtypes=FLOAT_DTYPES) -> None:
     if t.dtype not in dtypes:
         raise TypeError(f"`{name}` must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
     if t.device.type == "meta" and not torch.compiler.is_compiling():
-        raise ValueError(f"`{name}` is a meta tensor (no data): the ops need real CPU or CUDA tensors; "
-                         "for shapes only, trace them with torch.compile or FakeTensorMode")
+        raise ValueError(
+            f"`{name}` is a meta tensor (no data): the ops need real CPU or CUDA tensors; "
+            "for shapes only, trace them with torch.compile or FakeTensorMode"
+        )
 
 
 def check_no_overlap(outputs: dict, inputs: dict) -> None:
@@ -61,14 +64,18 @@ def check_no_overlap(outputs: dict, inputs: dict) -> None:
         return
     for name, t in outputs.items():
         if torch._debug_has_internal_overlap(t) == 1:
-            raise ValueError(f"`{name}` overlaps itself (an expanded or stride-0 tensor): it is written in place; "
-                             f"pass `{name}.clone()` or a tensor of its own")
+            raise ValueError(
+                f"`{name}` overlaps itself (an expanded or stride-0 tensor): it is written in place; "
+                f"pass `{name}.clone()` or a tensor of its own"
+            )
     items = list(outputs.items()) + list(inputs.items())
     for i, (name, t) in enumerate(outputs.items()):
-        for other, u in items[i + 1:]:
+        for other, u in items[i + 1 :]:
             if u is not None and _shares_memory(t, u):
-                raise ValueError(f"`{name}` and `{other}` share memory: `{name}` is written in place, so "
-                                 f"`{other}` would change under the op; pass separate tensors")
+                raise ValueError(
+                    f"`{name}` and `{other}` share memory: `{name}` is written in place, so "
+                    f"`{other}` would change under the op; pass separate tensors"
+                )
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
@@ -104,8 +111,9 @@ def check_like(ref, ref_name: str, t, name: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if t.shape != ref.shape:
-        raise ValueError(f"`{name}` has shape {tuple(t.shape)}, expected {tuple(ref.shape)} "
-                         f"(the shape of `{ref_name}`)")
+        raise ValueError(
+            f"`{name}` has shape {tuple(t.shape)}, expected {tuple(ref.shape)} (the shape of `{ref_name}`)"
+        )
     if t.device != ref.device:
         raise ValueError(f"`{name}` is on {t.device}, expected {ref.device} (the device of `{ref_name}`)")
     if t.dtype != ref.dtype:
@@ -160,8 +168,10 @@ def per_sample(value, name: str, like: torch.Tensor, *, minimum: float = 0.0) ->
     dtype = compute_dtype(like.dtype)
     if isinstance(value, torch.Tensor):
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] not in (1, batch)):
-            raise ValueError(f"`{name}` must be a float or a tensor of shape [{batch}] (one value "
-                             f"per sample), got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"`{name}` must be a float or a tensor of shape [{batch}] (one value "
+                f"per sample), got shape {tuple(value.shape)}"
+            )
         if not (value.dtype.is_floating_point or value.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"`{name}` must be a real tensor, got dtype {value.dtype}")
         if value.device != like.device:
@@ -171,15 +181,19 @@ def per_sample(value, name: str, like: torch.Tensor, *, minimum: float = 0.0) ->
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"`{name}` contains NaN or Inf")
             if not bool(torch.isfinite(converted).all()):
-                raise ValueError(f"`{name}` holds values beyond {dtype}'s range (max "
-                                 f"{torch.finfo(dtype).max:.4g}), the dtype the kernels compute in")
+                raise ValueError(
+                    f"`{name}` holds values beyond {dtype}'s range (max "
+                    f"{torch.finfo(dtype).max:.4g}), the dtype the kernels compute in"
+                )
             if bool((value < minimum).any()):
                 raise ValueError(f"`{name}` must be >= {minimum}, got min {float(value.min()):.4g}")
         return converted
     v = check_scalar(value, name, minimum=minimum)
     if abs(v) > torch.finfo(dtype).max:
-        raise ValueError(f"`{name}` = {v:.4g} is beyond {dtype}'s range (max {torch.finfo(dtype).max:.4g}), "
-                         "the dtype the kernels compute in")
+        raise ValueError(
+            f"`{name}` = {v:.4g} is beyond {dtype}'s range (max {torch.finfo(dtype).max:.4g}), "
+            "the dtype the kernels compute in"
+        )
     return torch.full((1,), v, dtype=dtype, device=like.device)
 
 
@@ -195,9 +209,13 @@ def check_int(value, name: str, minimum: int | None = None, maximum: int | None 
         want = "an int"
     if odd:
         want = want.replace("an int", "an odd int")
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or (minimum is not None and value < minimum) or (maximum is not None and value > maximum)
-            or (odd and value % 2 == 0)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+        or (odd and value % 2 == 0)
+    ):
         raise ValueError(f"`{name}` must be {want}, got {value!r}")
     return int(value)
 
@@ -212,8 +230,10 @@ def check_labels(labels, like: torch.Tensor, name: str = "labels", *, unlabelled
         raise ValueError(f"`{name}` must have shape [{like.shape[0]}], got {tuple(labels.shape)}")
     lowest = -1 if unlabelled_ok else 0
     if values_checked() and labels.numel() and int(labels.min()) < lowest:
-        raise ValueError(f"`{name}` must hold class indices >= 0{' (or -1 for none)' if unlabelled_ok else ''}, "
-                         f"got {int(labels.min())}")
+        raise ValueError(
+            f"`{name}` must hold class indices >= 0{' (or -1 for none)' if unlabelled_ok else ''}, "
+            f"got {int(labels.min())}"
+        )
     return labels.to(like.device).long()
 
 

@@ -5,6 +5,7 @@ AOTAutograd, the compiled backward). Where compilation is unavailable or fails (
 compiler, an unsupported Python or platform, an op the compiler cannot handle), it warns
 once and runs the eager model: an attack never dies because of the compiler.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -32,8 +33,12 @@ class CompiledModel(nn.Module):
     def _fallback(self, exc: Exception) -> None:
         self._compiled = None
         self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        warnings.warn(f"miga_fast: torch.compile is unavailable for {type(self.eager).__name__} "
-                      f"({self.fallback_reason}); running it eagerly", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"miga_fast: torch.compile is unavailable for {type(self.eager).__name__} "
+            f"({self.fallback_reason}); running it eagerly",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     @property
     def compiled(self) -> bool:
@@ -50,8 +55,13 @@ class CompiledModel(nn.Module):
             return out
 
 
-def compile_denoiser(model: nn.Module, mode: str = "default", dynamic: bool | None = False,
-                     fullgraph: bool = False, backend: str = "inductor") -> CompiledModel:
+def compile_denoiser(
+    model: nn.Module,
+    mode: str = "default",
+    dynamic: bool | None = False,
+    fullgraph: bool = False,
+    backend: str = "inductor",
+) -> CompiledModel:
     """Compile a denoiser (or any image-to-image module) for throughput-oriented attack
     loops: forward and backward. mode="reduce-overhead" adds CUDA graphs on a GPU (fixed
     shapes: keep the batch size constant). dynamic=False specialises on the input shape."""

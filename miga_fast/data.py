@@ -5,6 +5,7 @@ bundled photographs and its `lfw_subset.npy` are files inside those packages. Ev
 loader returns `(x, y)`: `x` float32 `[N, C, H, W]` in `[0, 1]`, `y` int64 labels, with a
 fixed train/test split.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,16 @@ from ._validation import check_int
 SPLITS = ("train", "test")
 FACE_CLASSES = ("non-face", "face")
 # scikit-image's colour photographs; a natural patch's label is the photo it was cut from.
-NATURAL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "retina.jpg",
-                  "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png")
+NATURAL_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+)
 NATURAL_CLASSES = tuple(p.split(".")[0] for p in NATURAL_PHOTOS)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -53,8 +62,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     antialias = size < x.shape[-1]
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=antialias).clamp_(0, 1)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias).clamp_(0, 1)
 
 
 def load_digits(split: str, size: int = 32, seed: int = 0):
@@ -115,7 +123,7 @@ def load_natural_patches(split: str, size: int = 32, channels: int = 3):
     for label, name in enumerate(NATURAL_PHOTOS):
         photo = _read_photo(name)
         boxes = natural_patch_boxes(photo.shape[1], photo.shape[2], split, size)
-        xs.append(torch.stack([photo[:, top:top + size, left:left + size] for top, left in boxes]))
+        xs.append(torch.stack([photo[:, top : top + size, left : left + size] for top, left in boxes]))
         ys.append(torch.full((len(boxes),), label, dtype=torch.int64))
     x = torch.cat(xs)
     if channels == 1:
@@ -174,8 +182,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     bombs). `tensors()` stacks the whole folder.
     """
 
-    def __init__(self, root, size: int | None = None, channels: int = 3, class_map=None,
-                 limit: int | None = None, follow_symlinks: bool = False, max_pixels: int = MAX_IMAGE_PIXELS):
+    def __init__(
+        self,
+        root,
+        size: int | None = None,
+        channels: int = 3,
+        class_map=None,
+        limit: int | None = None,
+        follow_symlinks: bool = False,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+    ):
         import warnings
 
         root = Path(root)
@@ -199,8 +215,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             return False
 
         def images(folder: Path):
-            return sorted(p for p in folder.iterdir()
-                          if p.suffix.lower() in IMAGE_EXTENSIONS and inside(p) and p.is_file())
+            return sorted(
+                p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and inside(p) and p.is_file()
+            )
 
         groups = [(p.name, images(p)) for p in sorted(root.iterdir()) if p.is_dir() and inside(p)]
         groups = [(name, files) for name, files in groups if files]
@@ -211,8 +228,11 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.classes = [name for name, _ in groups]
         self.samples = [(f, label) for (_, files), label in zip(groups, labels) for f in files]
         if skipped:
-            warnings.warn(f"skipped {len(skipped)} symbolic link(s) leading out of {root} (e.g. {skipped[0]}); "
-                          "pass follow_symlinks=True to read them", stacklevel=2)
+            warnings.warn(
+                f"skipped {len(skipped)} symbolic link(s) leading out of {root} (e.g. {skipped[0]}); "
+                "pass follow_symlinks=True to read them",
+                stacklevel=2,
+            )
         if not self.samples:
             raise ValueError(f"no PNG/JPEG images in {root} or its sub-folders")
         if limit is not None:
@@ -225,8 +245,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if class_map == "index":
             bad = [n for n in names if not (n.isdigit() and n.isascii())]
             if bad:
-                raise ValueError(f"folder names must be class indices (0, 1, ...) with class_map='index'; "
-                                 f"these are not: {bad[:5]}")
+                raise ValueError(
+                    f"folder names must be class indices (0, 1, ...) with class_map='index'; these are not: {bad[:5]}"
+                )
             return [int(n) for n in names]
         if isinstance(class_map, (list, tuple)):
             class_map = {str(name): i for i, name in enumerate(class_map)}
@@ -255,8 +276,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 with Image.open(path) as im:
                     w, h = im.size
                     if w * h > self.max_pixels:
-                        raise ValueError(f"image {path} has {w} x {h} pixels, more than max_pixels = "
-                                         f"{self.max_pixels}: refused before decoding")
+                        raise ValueError(
+                            f"image {path} has {w} x {h} pixels, more than max_pixels = "
+                            f"{self.max_pixels}: refused before decoding"
+                        )
                     im = im.convert("RGB" if self.channels == 3 else "L")
                     if self.size is not None:
                         im = im.resize((self.size, self.size), Image.BICUBIC)
@@ -276,8 +299,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return torch.stack([t for t, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
 
 
-def add_gaussian_noise(x: torch.Tensor, sigma, generator: torch.Generator | int | None = None,
-                       clip: bool = True) -> torch.Tensor:
+def add_gaussian_noise(
+    x: torch.Tensor, sigma, generator: torch.Generator | int | None = None, clip: bool = True
+) -> torch.Tensor:
     """x + N(0, (sigma/255)^2): sigma on the 0-255 scale, as in the denoising literature
     (a float, or a [B] tensor of per-sample levels). clip=True keeps the noisy image in
     [0, 1] (an image as stored); clip=False returns the raw sum."""

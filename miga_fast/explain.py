@@ -1,6 +1,7 @@
 """Explanation maps (docs/algorithms.md §2): where does a perceptual perturbation sit, and is that
 where the classifier looks? Grad-CAM of the classifier against the SSIM map of
 (x, x_adv)."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def _resolve_layer(model: nn.Module, layer) -> nn.Module:
     if isinstance(layer, str):
         modules = dict(model.named_modules())
         if layer not in modules:
-            raise ValueError(f"`layer` {layer!r} is not a sub-module of the model; some are: "
-                             f"{[n for n in modules if n][:8]}")
+            raise ValueError(
+                f"`layer` {layer!r} is not a sub-module of the model; some are: {[n for n in modules if n][:8]}"
+            )
         return modules[layer]
     raise TypeError(f"`layer` must be a module or its name, got {type(layer).__name__}")
 

@@ -14,6 +14,7 @@ first layer splits, so every score over all B x B pairs comes from u = W_x f(x) 
 v = W_y g(y) through `miga_fast.ops.mine_bound`: the critic runs once per batch (not once
 for joint and once for shuffled pairs) and the pair matrix is never stored.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,9 +37,13 @@ class ImageEncoder(nn.Module):
     def __init__(self, channels: int, width: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width // 2, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten())
+            nn.Conv2d(channels, width // 2, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+        )
         self.out_features = 4 * width
 
     def forward(self, x):
@@ -134,8 +139,9 @@ class MINECritic(nn.Module):
     def bound(self, x, y, bound: str = "dv", pairs: str = "all", perm=None):
         """The lower bound on I(X; Y) from the batch (x, y) (miga_fast.ops.mine_bound)."""
         u, v = self.features(x, y)
-        return ops.mine_bound(u, v, self.b1, self.w2, self.b2, bound=bound, pairs=pairs, perm=perm,
-                              activation=self.activation)
+        return ops.mine_bound(
+            u, v, self.b1, self.w2, self.b2, bound=bound, pairs=pairs, perm=perm, activation=self.activation
+        )
 
     def terms(self, x, y, pairs: str = "all", perm=None):
         """(E_P[T], log E_Q[e^T]) on the batch (miga_fast.ops.mine_terms)."""
@@ -153,8 +159,15 @@ class MINE:
     the correction off. pairs: "all" (every i != j is a marginal pair, fused) or
     "shuffle". lr: Adam's step size."""
 
-    def __init__(self, critic: MINECritic, bound: str = "dv", ema: float = 0.01, lr: float = 1e-3,
-                 pairs: str = "all", optimizer: torch.optim.Optimizer | None = None):
+    def __init__(
+        self,
+        critic: MINECritic,
+        bound: str = "dv",
+        ema: float = 0.01,
+        lr: float = 1e-3,
+        pairs: str = "all",
+        optimizer: torch.optim.Optimizer | None = None,
+    ):
         if not isinstance(critic, MINECritic):
             raise TypeError(f"`critic` must be a MINECritic, got {type(critic).__name__}")
         self.critic = critic
@@ -214,7 +227,7 @@ class MINE:
             raise ValueError(f"`x` must hold at least 2 samples, got {n}")
         values, weights = [], []
         for i in range(0, n, batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             if xb.shape[0] < 2:
                 continue
             values.append(self.critic.bound(xb, yb, bound=self.bound))
@@ -223,9 +236,21 @@ class MINE:
         return float((torch.stack(values) * w).sum() / w.sum())
 
 
-def estimate_mi(x, y, steps: int = 1500, batch_size: int = 256, seed: int = 0, hidden: int = 128, depth: int = 1,
-                lr: float = 1e-3, bound: str = "dv", ema: float = 0.01, held_out: float = 0.2,
-                encoder=None, activation: str = "relu") -> float:
+def estimate_mi(
+    x,
+    y,
+    steps: int = 1500,
+    batch_size: int = 256,
+    seed: int = 0,
+    hidden: int = 128,
+    depth: int = 1,
+    lr: float = 1e-3,
+    bound: str = "dv",
+    ema: float = 0.01,
+    held_out: float = 0.2,
+    encoder=None,
+    activation: str = "relu",
+) -> float:
     """I(X; Y) in nats from paired samples x [N, dx] (or [N, C, H, W]) and y [N, dy] (or
     images): trains a fresh MINECritic for `steps` Adam steps on random batches of the
     training part and returns the bound on the held-out part (`held_out` of the samples;
@@ -252,8 +277,9 @@ def estimate_mi(x, y, steps: int = 1500, batch_size: int = 256, seed: int = 0, h
     dim = lambda t: t.shape[1] if t.dim() == 2 else tuple(t.shape[1:])  # noqa: E731
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        critic = MINECritic(dim(x), dim(y), hidden=hidden, depth=depth, encoder=encoder,
-                            activation=activation).to(device=x.device, dtype=x.dtype)
+        critic = MINECritic(dim(x), dim(y), hidden=hidden, depth=depth, encoder=encoder, activation=activation).to(
+            device=x.device, dtype=x.dtype
+        )
         mine = MINE(critic, bound=bound, ema=ema, lr=lr)
         batch = min(batch_size, train.numel())
         for _ in range(steps):

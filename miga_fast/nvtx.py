@@ -1,5 +1,6 @@
 """NVTX ranges for Nsight: the `nvtx` package where installed, else torch.cuda.nvtx on a
 CUDA build with a GPU, else a no-op (torch.cuda.nvtx raises on a CPU-only setup)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@ The library is CMake's target miga_fast_cuda_emulation (built by `make test-cpp`
 MIGA_FAST_EMULATION_LIB names it, or when build/cmake holds one newer than every source it
 is built from; otherwise it is built here with torch.utils.cpp_extension (cached under
 build/cuda_emulation)."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,12 @@ CMAKE_LIBRARY = ROOT / "build" / "cmake" / "libmiga_fast_cuda_emulation.so"
 
 
 def _sources() -> list[Path]:
-    return [*(CSRC / "emulation").rglob("*"), *(CSRC / "cuda").glob("*"), *(CSRC / "common").glob("*"),
-            CSRC / "schemas.h"]
+    return [
+        *(CSRC / "emulation").rglob("*"),
+        *(CSRC / "cuda").glob("*"),
+        *(CSRC / "common").glob("*"),
+        CSRC / "schemas.h",
+    ]
 
 
 def prebuilt() -> Path | None:

@@ -1,6 +1,7 @@
 """Test setup: scratch buffers poisoned with NaN; Triton kernels run through the interpreter
 on CPU tensors when no GPU is visible (TRITON_INTERPRET must be set before triton is imported); CUDA tests skip
 without a GPU and run whenever one is visible."""
+
 import os
 import sys
 
@@ -23,15 +24,28 @@ def backend_params():
     """(backend, device) pairs for every compiled backend: those that cannot run here
     are listed and skipped, so a run shows what it did not cover."""
     info = miga_fast.backends()
-    params = [pytest.param("cpu", "cpu", id="cpu",
-                           marks=pytest.mark.skipif(not info["cpu"]["built"], reason="C++ kernels not built"))]
+    params = [
+        pytest.param(
+            "cpu", "cpu", id="cpu", marks=pytest.mark.skipif(not info["cpu"]["built"], reason="C++ kernels not built")
+        )
+    ]
     triton_dev = "cuda" if GPU else "cpu"
-    params.append(pytest.param("triton", triton_dev, id="triton",
-                               marks=pytest.mark.skipif(not info["triton"]["runs_here"],
-                                                        reason="Triton cannot run here")))
-    params.append(pytest.param("cuda", "cuda", id="cuda",
-                               marks=pytest.mark.skipif(not info["cuda"]["runs_here"],
-                                                        reason="needs a GPU and the CUDA build")))
+    params.append(
+        pytest.param(
+            "triton",
+            triton_dev,
+            id="triton",
+            marks=pytest.mark.skipif(not info["triton"]["runs_here"], reason="Triton cannot run here"),
+        )
+    )
+    params.append(
+        pytest.param(
+            "cuda",
+            "cuda",
+            id="cuda",
+            marks=pytest.mark.skipif(not info["cuda"]["runs_here"], reason="needs a GPU and the CUDA build"),
+        )
+    )
     return params
 
 

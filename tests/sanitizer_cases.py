@@ -4,6 +4,7 @@ compute-sanitizer (memcheck, racecheck) in `make gpu-check`. A script, not a tes
 (`cpu` runs the same cases through the C++ kernels: how the script itself is checked on a
 machine without a GPU.) Small shapes keep it within seconds under the sanitizer; they still cover partial tiles,
 several blocks per sample and misaligned (odd-sized) samples. Exits 1 on a wrong result."""
+
 import sys
 
 import torch
@@ -44,8 +45,12 @@ def main(backend: str = "cuda") -> int:
                 ok &= close(f"project_ {norm} {shape}", out, ref_proj.project_(d.clone(), x, 0.05, norm), 1e-5)
             m = torch.zeros_like(d)
             out = ops.mi_fgsm_step_(d.clone(), m, gr, x, 8 / 255, 2 / 255)
-            ok &= close(f"mi_fgsm_step_ {shape}", out,
-                        ref_proj.mi_fgsm_step_(d.clone(), torch.zeros_like(d), gr, x, 8 / 255, 2 / 255), 1e-5)
+            ok &= close(
+                f"mi_fgsm_step_ {shape}",
+                out,
+                ref_proj.mi_fgsm_step_(d.clone(), torch.zeros_like(d), gr, x, 8 / 255, 2 / 255),
+                1e-5,
+            )
         # SSIM: value and fused value+gradient, both paddings; the ball and the window ball
         x = torch.rand(2, 3, 37, 41, generator=g).to(dev)
         y = (x + 0.05 * torch.randn(x.shape, generator=g).to(dev)).clamp(0, 1)

@@ -1,5 +1,6 @@
 """miga_fast.attacks.PGD: equal to torchattacks with the same settings, fused and
 reference paths agree, works under torch.compile, rejects bad input."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -15,9 +16,14 @@ torchattacks = pytest.importorskip("torchattacks")
 def _model(dtype=torch.float32, seed=0):
     torch.manual_seed(seed)
     m = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(64, 10),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     )
     return m.to(dtype).eval()
 

@@ -1,4 +1,5 @@
 """Backend selection, build reporting and the `miga-fast backends` command."""
+
 import json
 import subprocess
 import sys
@@ -115,15 +116,25 @@ def test_cpu_kernels_carry_an_avx2_build():
 
     if platform.machine() != "x86_64" or shutil.which("objdump") is None:
         pytest.skip("needs x86-64 and objdump")
-    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", ext.__file__], capture_output=True, text=True,
-                         timeout=120).stdout
+    dis = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", ext.__file__], capture_output=True, text=True, timeout=120
+    ).stdout
     assert dis.count("ymm") > 200, "no AVX2 code in miga_fast._C: the target pragma did not take effect"
 
 
 # --- the per-op dispatch tables (backends that say why) ---------------------------------
 
-OP_NAMES = {"pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_", "ssim",
-            "ssim_ball_scale", "ssim_window_ball_project_", "mine_row_lse"}
+OP_NAMES = {
+    "pgd_step_linf_",
+    "pgd_step_l2_",
+    "mi_fgsm_step_",
+    "project_linf_",
+    "project_l2_",
+    "ssim",
+    "ssim_ball_scale",
+    "ssim_window_ball_project_",
+    "mine_row_lse",
+}
 
 
 def test_every_op_has_a_dispatch_table():

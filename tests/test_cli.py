@@ -1,4 +1,5 @@
 """The `miga-fast` commands end to end: output, files, and clear errors for bad input."""
+
 import json
 import subprocess
 import sys
@@ -30,8 +31,13 @@ def test_demo_command(tmp_path):
     """The main job, small: both data sets, every attack and defense, the report files."""
     out = _cli("demo", "--n", "8", "--steps", "2", "--out", str(tmp_path), timeout=600)
     assert out.returncode == 0, out.stderr
-    for name in ("MIGA (known task)", "MIGA (unknown task, MINE)", "MIGA (unknown task, reference)",
-                 "denoiser degradation", "end-to-end PGD"):
+    for name in (
+        "MIGA (known task)",
+        "MIGA (unknown task, MINE)",
+        "MIGA (unknown task, reference)",
+        "denoiser degradation",
+        "end-to-end PGD",
+    ):
         assert name in out.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["data"] for r in results] == ["natural", "digits"]
@@ -44,8 +50,25 @@ def test_demo_command(tmp_path):
 
 
 def test_attack_command_runs_and_resumes(tmp_path):
-    args = ("attack", "--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--data", "digits", "--n", "24",
-            "--batch-size", "8", "--steps", "2", "--eps", "16/255", "--out", str(tmp_path))
+    args = (
+        "attack",
+        "--denoiser",
+        "dncnn_digits",
+        "--classifier",
+        "cnn_digits",
+        "--data",
+        "digits",
+        "--n",
+        "24",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--eps",
+        "16/255",
+        "--out",
+        str(tmp_path),
+    )
     out = _cli(*args)
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -71,11 +94,28 @@ def test_attack_command_users_own_models_and_folders(tmp_path):
         folder = tmp_path / "imgs" / str(int(labels[i]))
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((digits[i, 0] * 255).round().byte().numpy(), mode="L").save(folder / f"{i}.png")
-    out = _cli("attack", "--denoiser", str(tmp_path / "denoiser.ts"), "--trust-model-file",
-               "--classifier", str(tmp_path / "classifier.pt"),
-               "--classifier-arch", "small_cnn", "--classifier-kwargs", '{"channels": 1, "classes": 10, "width": 16}',
-               "--data", str(tmp_path / "imgs"), "--channels", "1", "--steps", "2", "--eps", "16/255",
-               "--out", str(tmp_path / "out"))
+    out = _cli(
+        "attack",
+        "--denoiser",
+        str(tmp_path / "denoiser.ts"),
+        "--trust-model-file",
+        "--classifier",
+        str(tmp_path / "classifier.pt"),
+        "--classifier-arch",
+        "small_cnn",
+        "--classifier-kwargs",
+        '{"channels": 1, "classes": 10, "width": 16}',
+        "--data",
+        str(tmp_path / "imgs"),
+        "--channels",
+        "1",
+        "--steps",
+        "2",
+        "--eps",
+        "16/255",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["n"] == 6 and summary["psnr"] > 15
@@ -98,16 +138,18 @@ def test_attack_command_bad_input(tmp_path):
 
 
 def test_the_library_never_imports_the_application():
-    code = ("import sys, pkgutil, importlib, miga_fast\n"
-            "def walk(pkg):\n"
-            "    for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + '.'):\n"
-            "        if m.name.startswith(('miga_fast.app', 'miga_fast.triton_kernels', 'miga_fast._C')):\n"
-            "            continue\n"
-            "        mod = importlib.import_module(m.name)\n"
-            "        if m.ispkg:\n"
-            "            walk(mod)\n"
-            "walk(miga_fast)\n"
-            "print(sorted(n for n in sys.modules if n.startswith('miga_fast.app')))\n")
+    code = (
+        "import sys, pkgutil, importlib, miga_fast\n"
+        "def walk(pkg):\n"
+        "    for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        if m.name.startswith(('miga_fast.app', 'miga_fast.triton_kernels', 'miga_fast._C')):\n"
+        "            continue\n"
+        "        mod = importlib.import_module(m.name)\n"
+        "        if m.ispkg:\n"
+        "            walk(mod)\n"
+        "walk(miga_fast)\n"
+        "print(sorted(n for n in sys.modules if n.startswith('miga_fast.app')))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

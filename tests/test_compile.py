@@ -1,5 +1,6 @@
 """compile_denoiser: the compiled forward and backward match eager; a failing compiler
 falls back to eager with a warning instead of killing the attack."""
+
 import pytest
 import torch
 

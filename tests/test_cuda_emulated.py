@@ -5,6 +5,7 @@ projections), on shapes that span several tiles, partial tiles, grid-stride loop
 misaligned pointers; plus the emulator's own checks on kernels with deliberate bugs.
 It needs the CUDA headers only (no GPU); on a GPU the same kernels are tested for real by
 the 'cuda' backend of the other test files."""
+
 import math
 
 import pytest
@@ -28,6 +29,7 @@ def emu():
 
 # ----------------------------------------------------------------- the emulator itself
 
+
 def test_emulator_runs_a_correct_kernel(emu):
     out = torch.ops.miga_fast_emu_selftest.run(0)
     assert torch.equal(out, (torch.arange(64) + 1).remainder(64).float())
@@ -40,21 +42,27 @@ def test_emulator_exposes_a_missing_barrier(emu):
     assert torch.isnan(out[:-1]).all()
 
 
-@pytest.mark.parametrize("kind,match", [
-    (2, "__syncthreads .* reached by 32 threads while 32 had returned"),
-    (3, "__syncthreads .* reached by 48 threads while 16 had returned"),
-    (4, "warp shuffle reads lane 31, which has exited"),
-])
+@pytest.mark.parametrize(
+    "kind,match",
+    [
+        (2, "__syncthreads .* reached by 32 threads while 32 had returned"),
+        (3, "__syncthreads .* reached by 48 threads while 16 had returned"),
+        (4, "warp shuffle reads lane 31, which has exited"),
+    ],
+)
 def test_emulator_reports_divergent_barriers(emu, kind, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.miga_fast_emu_selftest.run(kind)
 
 
-@pytest.mark.parametrize("kind,match", [
-    (5, "invalid block size 2048"),
-    (6, "65536 bytes exceeds the kernel's limit of 49152"),
-    (8, "cudaFuncSetAttribute refused 307200 bytes"),
-])
+@pytest.mark.parametrize(
+    "kind,match",
+    [
+        (5, "invalid block size 2048"),
+        (6, "65536 bytes exceeds the kernel's limit of 49152"),
+        (8, "cudaFuncSetAttribute refused 307200 bytes"),
+    ],
+)
 def test_emulator_reports_bad_launches(emu, kind, match):
     with pytest.raises(RuntimeError, match=match):
         torch.ops.miga_fast_emu_selftest.run(kind)
@@ -67,8 +75,12 @@ def test_emulator_honours_the_shared_memory_opt_in(emu):
 
 # ------------------------------------------------------------------------ projection
 
-ACC = {torch.float32: torch.float32, torch.float64: torch.float64,
-       torch.float16: torch.float32, torch.bfloat16: torch.float32}
+ACC = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+}
 # B, n: a grid-stride loop (the emulated GPU has 2 SMs: 32 blocks of 256 threads), a
 # sample length that is no multiple of the 16-byte pack, many small samples.
 SIZES = [(3, 9001), (2, 64), (70, 301), (1, 1)]
@@ -145,8 +157,9 @@ def test_l2_step_overflows_never(emu, rng, dtype):
         emu.mi_fgsm_step_(d, m, gg, x, torch.tensor([e], dtype=acc), torch.tensor([a], dtype=acc), 1.0, 1.0)
 
     for step, check, reference in (
-            (l2, check_extreme_l2, lambda d, gg, x, e, a: ref_proj.pgd_step_(d, gg, x, e, a, "l2")),
-            (mi, check_extreme_mi_fgsm, ref_proj.mi_fgsm_step_)):
+        (l2, check_extreme_l2, lambda d, gg, x, e, a: ref_proj.pgd_step_(d, gg, x, e, a, "l2")),
+        (mi, check_extreme_mi_fgsm, ref_proj.mi_fgsm_step_),
+    ):
         rng.manual_seed(3)
         expected = check(reference, g, rng)
         rng.manual_seed(3)
@@ -241,7 +254,8 @@ def test_ssim_opcheck_and_gradcheck(emu, rng):
     for same in (False, True):
         assert torch.autograd.gradcheck(
             lambda p, q: emu.ssim_value_and_grad(p, q, win, 1.0, 0.01, 0.03, same)[0],
-            (a.clone().requires_grad_(), b.clone().requires_grad_()))
+            (a.clone().requires_grad_(), b.clone().requires_grad_()),
+        )
 
 
 def test_ssim_second_derivative_is_never_silently_zero(emu, rng):
@@ -250,7 +264,8 @@ def test_ssim_second_derivative_is_never_silently_zero(emu, rng):
     win = ref_ssim.gaussian_window(7, 1.5, torch.float64)
     for same in (False, True):
         assert torch.autograd.gradgradcheck(
-            lambda p: emu.ssim_value_and_grad(p, b, win, 1.0, 0.01, 0.03, same)[0], (a.clone().requires_grad_(),))
+            lambda p: emu.ssim_value_and_grad(p, b, win, 1.0, 0.01, 0.03, same)[0], (a.clone().requires_grad_(),)
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -270,7 +285,7 @@ def test_ssim_ball_scale_matches_cpu_kernel_and_holds(emu, rng, dtype, padding):
         got = emu.ssim_ball_scale(delta, x, *args)
         want = torch.ops.miga_fast.ssim_ball_scale(delta, x, *args)
         assert got.dtype == dtype
-        assert (got.double() - want.double()).abs().max() <= 15.0 ** -3 + 1e-12
+        assert (got.double() - want.double()).abs().max() <= 15.0**-3 + 1e-12
         x64, d64 = x.double(), delta.double()
         reached = ref_ssim.ssim(x64, x64 + got.double().view(-1, 1, 1, 1) * d64, padding=padding)
         assert (reached >= tau - 1e-6).all()
@@ -300,8 +315,18 @@ def test_ssim_cpu_and_cuda_kernels_share_the_element_math(emu, rng):
 def test_ssim_ball_scale_many_candidates_rejected(emu, rng):
     x = torch.rand(1, 1, 16, 16, generator=rng, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="candidates <= 32"):
-        emu.ssim_ball_scale(x * 0.1, x, ref_ssim.gaussian_window(11, 1.5, torch.float64),
-                            torch.full((1,), 0.9, dtype=torch.float64), 1.0, 0.01, 0.03, False, 33, 2)
+        emu.ssim_ball_scale(
+            x * 0.1,
+            x,
+            ref_ssim.gaussian_window(11, 1.5, torch.float64),
+            torch.full((1,), 0.9, dtype=torch.float64),
+            1.0,
+            0.01,
+            0.03,
+            False,
+            33,
+            2,
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -314,8 +339,8 @@ def test_ssim_window_ball_matches_cpu_kernel(emu, rng, dtype, window):
         delta = ((torch.rand(shape, generator=rng, dtype=torch.float64) - 0.5) * 0.4).to(dtype)
         gamma = (torch.rand(shape[0] if per_sample else 1, generator=rng, dtype=torch.float64) * 0.2 + 0.75).to(dtype)
         got, want = delta.clone(), delta.clone()
-        emu.ssim_window_ball_project_(got, x, gamma, window, 0.03 ** 2)
-        torch.ops.miga_fast.ssim_window_ball_project_(want, x, gamma, window, 0.03 ** 2)
+        emu.ssim_window_ball_project_(got, x, gamma, window, 0.03**2)
+        torch.ops.miga_fast.ssim_window_ball_project_(want, x, gamma, window, 0.03**2)
         tol = 1e-12 if dtype == torch.float64 else 2e-6
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
@@ -323,13 +348,26 @@ def test_ssim_window_ball_matches_cpu_kernel(emu, rng, dtype, window):
 def test_ssim_ball_opcheck(emu, rng):
     x = torch.rand(2, 3, 17, 19, generator=rng)
     d = (torch.rand(2, 3, 17, 19, generator=rng) - 0.5) * 0.2
-    torch.library.opcheck(emu.ssim_window_ball_project_, (d, x, torch.tensor([0.9]), 8, 0.03 ** 2))
-    torch.library.opcheck(emu.ssim_ball_scale, (d, x, ref_ssim.gaussian_window(11, 1.5, torch.float64),
-                                                torch.full((2,), 0.9, dtype=torch.float64), 1.0, 0.01, 0.03,
-                                                False, 8, 3))
+    torch.library.opcheck(emu.ssim_window_ball_project_, (d, x, torch.tensor([0.9]), 8, 0.03**2))
+    torch.library.opcheck(
+        emu.ssim_ball_scale,
+        (
+            d,
+            x,
+            ref_ssim.gaussian_window(11, 1.5, torch.float64),
+            torch.full((2,), 0.9, dtype=torch.float64),
+            1.0,
+            0.01,
+            0.03,
+            False,
+            8,
+            3,
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------ MINE
+
 
 def _row_lse_reference(u, v, w, act, exclude_diag):
     f = {0: torch.relu, 1: torch.nn.functional.elu, 2: torch.nn.functional.softplus}[act]

@@ -1,4 +1,5 @@
 """The real data shipped inside packages, users' image folders, and the noise model."""
+
 import numpy as np
 import pytest
 import torch
@@ -48,10 +49,10 @@ def test_natural_train_and_test_regions_never_overlap(size):
     assert train and test
     mask = np.zeros((h, w), dtype=np.int8)
     for top, left in train:
-        mask[top:top + size, left:left + size] |= 1
+        mask[top : top + size, left : left + size] |= 1
     for top, left in test:
         assert top + size <= h and left + size <= w
-        assert not (mask[top:top + size, left:left + size] & 1).any()
+        assert not (mask[top : top + size, left : left + size] & 1).any()
 
 
 def test_faces():

@@ -1,5 +1,6 @@
 """Defenses: exact feature squeezing, non-local means that really denoises, DDPM
 purification that keeps digits classifiable; bad input."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Grad-CAM and the agreement between SSIM dissimilarity maps and CAMs."""
+
 import pytest
 import torch
 import torch.nn as nn

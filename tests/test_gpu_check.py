@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py's GPU-only logic, run here on made-up benchmark results: the
 goals it derives and the summary it writes (the GPU path itself runs only on a GPU)."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -20,17 +21,50 @@ def gpu_check():
 def _bench():
     shape = [64, 3, 224, 224]
     return {
-        "projection": {"rows": [
-            {"norm": "linf", "shape": shape, "impl": "reference (torch.compile)", "ms": 0.30,
-             "fraction_of_copy_bw": 0.5},
-            {"norm": "linf", "shape": shape, "impl": "miga_fast cuda", "ms": 0.20, "fraction_of_copy_bw": 0.8},
-            {"norm": "l2", "shape": shape, "impl": "reference (torch.compile)", "ms": 0.30, "fraction_of_copy_bw": 0.5},
-            {"norm": "l2", "shape": shape, "impl": "miga_fast cuda", "ms": 0.40, "fraction_of_copy_bw": 0.6}]},
-        "ssim": {"device_type": "cuda", "rows": [
-            {"shape": [16, 3, 128, 128], "pass": "forward+backward", "impl": "miga_fast cuda", "ms": 1.0,
-             "speedup_vs_pytorch_msssim": 4.0}]},
-        "mine": {"rows": [{"B": 4096, "H": 256, "pass": "forward+backward", "impl": "miga_fast cuda", "ms": 2.0,
-                           "speedup_vs_eager": 12.5}]},
+        "projection": {
+            "rows": [
+                {
+                    "norm": "linf",
+                    "shape": shape,
+                    "impl": "reference (torch.compile)",
+                    "ms": 0.30,
+                    "fraction_of_copy_bw": 0.5,
+                },
+                {"norm": "linf", "shape": shape, "impl": "miga_fast cuda", "ms": 0.20, "fraction_of_copy_bw": 0.8},
+                {
+                    "norm": "l2",
+                    "shape": shape,
+                    "impl": "reference (torch.compile)",
+                    "ms": 0.30,
+                    "fraction_of_copy_bw": 0.5,
+                },
+                {"norm": "l2", "shape": shape, "impl": "miga_fast cuda", "ms": 0.40, "fraction_of_copy_bw": 0.6},
+            ]
+        },
+        "ssim": {
+            "device_type": "cuda",
+            "rows": [
+                {
+                    "shape": [16, 3, 128, 128],
+                    "pass": "forward+backward",
+                    "impl": "miga_fast cuda",
+                    "ms": 1.0,
+                    "speedup_vs_pytorch_msssim": 4.0,
+                }
+            ],
+        },
+        "mine": {
+            "rows": [
+                {
+                    "B": 4096,
+                    "H": 256,
+                    "pass": "forward+backward",
+                    "impl": "miga_fast cuda",
+                    "ms": 2.0,
+                    "speedup_vs_eager": 12.5,
+                }
+            ]
+        },
         "attack": {"rows": [{"shape": [256, 3, 32, 32], "path": "compiled+fused", "speedup_vs_eager": 2.0}]},
     }
 
@@ -48,11 +82,18 @@ def test_goals_are_derived_from_the_benchmark_rows(gpu_check):
 
 def test_report_names_the_device_and_every_part(gpu_check, tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "RESULTS", tmp_path)
-    env = {"gpu": "NVIDIA H200", "driver": "580", "torch_cuda": "13.0", "nvcc": "13.0", "torch": "2.11",
-           "triton": "3.6", "python": "3.12", "capability": "9.0"}
+    env = {
+        "gpu": "NVIDIA H200",
+        "driver": "580",
+        "torch_cuda": "13.0",
+        "nvcc": "13.0",
+        "torch": "2.11",
+        "triton": "3.6",
+        "python": "3.12",
+        "capability": "9.0",
+    }
     parts = {"build": {"rc": 0, "seconds": 95.0}, "tests": {"rc": 1, "seconds": 80.0, "summary": "1 failed"}}
-    report = {"date": "today", "environment": env, "seconds": 175.0, "parts": parts,
-              "goals": gpu_check.goals(_bench())}
+    report = {"date": "today", "environment": env, "seconds": 175.0, "parts": parts, "goals": gpu_check.goals(_bench())}
     jpath, mpath = gpu_check.write_report(report)
     assert jpath.name == "gpu_check_nvidia_h200.json" and json.loads(jpath.read_text())["parts"]["tests"]["rc"] == 1
     text = mpath.read_text()

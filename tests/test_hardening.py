@@ -1,6 +1,7 @@
 """Regression tests of the hardening issue: every defect found when the package was
 probed as a careless or hostile user would, one test (or a few) per item, named after it.
 Each failed before its fix."""
+
 import pytest
 import torch
 
@@ -14,8 +15,10 @@ BACKENDS = backend_params() + [pytest.param("reference", "cpu", id="reference")]
 
 # --------------------------------------------------------------- 1. the l2 step overflows
 
-MAGNITUDES = {torch.float32: [0.0, 1e-44, 1e-30, 1.0, 1e30],
-              torch.float64: [0.0, 1e-310, 1e-44, 1e-30, 1.0, 1e30, 1e300]}
+MAGNITUDES = {
+    torch.float32: [0.0, 1e-44, 1e-30, 1.0, 1e30],
+    torch.float64: [0.0, 1e-310, 1e-44, 1e-30, 1.0, 1e30, 1e300],
+}
 
 
 def extreme_gradients(dtype, rng, n=37):
@@ -154,6 +157,7 @@ def test_l2_step_overflows_never_in_pgd_on_a_confident_model():
 
 # ------------------------------------------------------- 2. untrusted model files run code
 
+
 class _Payload:
     """A pickle whose loading would create a marker file (harmless stand-in for a shell command)."""
 
@@ -205,6 +209,7 @@ def test_untrusted_model_files_run_no_code_from_the_cli(tmp_path):
 
 # ------------------------------------------------------- 3. resume ignores the configuration
 
+
 @pytest.fixture(scope="module")
 def digits():
     from miga_fast import data
@@ -231,8 +236,10 @@ def test_resume_ignores_the_configuration_never(digits, tmp_path):
     assert config["models"]["denoiser"]["sha256"] and config["data"] and config["miga_fast"]
     cases = [
         (lambda: _miga(D, F, eps=8 / 255).run((x[:8], y[:8]), out, batch_size=4, progress=False), "parameters.eps"),
-        (lambda: _miga(D, F, norm="l2", eps=1.0).run((x[:8], y[:8]), out, batch_size=4, progress=False),
-         "parameters.norm"),
+        (
+            lambda: _miga(D, F, norm="l2", eps=1.0).run((x[:8], y[:8]), out, batch_size=4, progress=False),
+            "parameters.norm",
+        ),
         (lambda: _miga(D, F).run((x[8:16], y[8:16]), out, batch_size=4, progress=False), "data"),
         (lambda: _miga(D, F).run((x[:8], y[:8]), out, batch_size=4, seed=1, progress=False), "seed"),
         (lambda: _miga(D, F).run((x[:8], y[:8]), out, batch_size=4, sigma=15, progress=False), "sigma"),
@@ -277,6 +284,7 @@ def test_resume_ignores_the_configuration_never_and_locks_the_folder(digits, tmp
 
 # ------------------------------------------------------------------ 4. CLI eps is ambiguous
 
+
 def test_cli_eps_is_ambiguous_never():
     from miga_fast.app.cli import parse_radius
 
@@ -287,9 +295,15 @@ def test_cli_eps_is_ambiguous_never():
     assert parse_radius("1.5", "l2") == 1.5 and parse_radius("3/2", "l2") == 1.5  # l2 radii are never rescaled
     assert parse_radius(None, "linf") == pytest.approx(8 / 255) and parse_radius(None, "l2") == 1.0
     assert parse_radius(None, "ssim") is None
-    for text, norm, match in (("1.5", "linf", "ambiguous.*1.5/255"), ("8", "linf", "ambiguous"),
-                              ("8/0", "linf", "fraction"), ("-1", "l2", ">= 0"), ("nan", "l2", "finite"),
-                              ("abc", "linf", "fraction"), ("8/255", "ssim", "--tau")):
+    for text, norm, match in (
+        ("1.5", "linf", "ambiguous.*1.5/255"),
+        ("8", "linf", "ambiguous"),
+        ("8/0", "linf", "fraction"),
+        ("-1", "l2", ">= 0"),
+        ("nan", "l2", "finite"),
+        ("abc", "linf", "fraction"),
+        ("8/255", "ssim", "--tau"),
+    ):
         with pytest.raises(ValueError, match=match):
             parse_radius(text, norm)
     out = _cli("attack", "--denoiser", "dncnn_digits", "--data", "digits", "--norm", "ssim", "--eps", "0.1")
@@ -299,6 +313,7 @@ def test_cli_eps_is_ambiguous_never():
 
 
 # ---------------------------------------------- 6. tracebacks where the CLI promises one line
+
 
 def _digit_folder(root, names, n=2):
     from PIL import Image
@@ -329,17 +344,35 @@ def test_cli_tracebacks_never(tmp_path):
         (("--data", str(tmp_path / "twelve"), "--out", str(tmp_path / "o")), "classifier has 10 classes"),
         (("--data", str(tmp_path / "named"), "--out", str(tmp_path / "o")), "class indices"),
         (("--data", str(tmp_path / "bomb"), "--out", str(tmp_path / "o")), "refused before decoding"),
-        (("--data", str(tmp_path / "named"), "--class-map", str(tmp_path / "missing.json"), "--out",
-          str(tmp_path / "o")), "--class-map"),
+        (
+            (
+                "--data",
+                str(tmp_path / "named"),
+                "--class-map",
+                str(tmp_path / "missing.json"),
+                "--out",
+                str(tmp_path / "o"),
+            ),
+            "--class-map",
+        ),
     ]
     for args, message in cases:
         out = _cli(*base, *args)
         assert out.returncode == 2, (args, out.stderr)
-        assert message in out.stderr and "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, \
-            (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, (
+            args,
+            out.stderr,
+        )
     (tmp_path / "map.json").write_text('{"cat": 3, "dog": 5}')
-    out = _cli(*base, "--data", str(tmp_path / "named"), "--class-map", str(tmp_path / "map.json"),
-               "--out", str(tmp_path / "mapped"))
+    out = _cli(
+        *base,
+        "--data",
+        str(tmp_path / "named"),
+        "--class-map",
+        str(tmp_path / "map.json"),
+        "--out",
+        str(tmp_path / "mapped"),
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -372,6 +405,7 @@ def test_cli_tracebacks_never_image_folders(tmp_path):
 
 # ------------------------------------------------------------- 7. runs that cannot finish
 
+
 def test_runs_that_cannot_finish_unknown_task_single_image_tail(digits, tmp_path):
     import json
 
@@ -403,11 +437,13 @@ def test_runs_that_cannot_finish_unlabelled_samples_keep_the_batch_labels(digits
 
 # ------------------------------------------------------------- 10. attacks train the model
 
+
 class _BNNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
-                                        torch.nn.ReLU(), torch.nn.Dropout(0.5))
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Dropout(0.5)
+        )
         self.head = torch.nn.Linear(8, 4)
 
     def forward(self, x):
@@ -450,6 +486,7 @@ def test_attacks_train_the_model_never_denoiser_attacks(digits):
 
 # ------------------------------------------------------- 12. PGD(norm="l2") keeps l-inf defaults
 
+
 def test_pgd_l2_defaults_are_l2():
     from miga_fast.attacks import PGD
 
@@ -463,6 +500,7 @@ def test_pgd_l2_defaults_are_l2():
 
 
 # ------------------------------------------------- 5. inputs modified although the call raises
+
 
 def _step_inputs(shape=(3, 2, 4, 4), dtype=torch.float32):
     g = torch.Generator().manual_seed(5)
@@ -485,9 +523,10 @@ def test_inputs_modified_although_the_call_raises_never(backend, device):
         with pytest.raises(ValueError, match="`delta` overlaps itself"):
             ops.pgd_step_(wide[:1].expand_as(x), grad, x, 8 / 255, 2 / 255)
         for call, match in (
-                (lambda: ops.mi_fgsm_step_(d, d, grad, x, 8 / 255, 2 / 255), "`delta` and `momentum` share memory"),
-                (lambda: ops.pgd_step_(d, d, x, 8 / 255, 2 / 255), "`delta` and `grad` share memory"),
-                (lambda: ops.project_(d, d, 8 / 255), "`delta` and `x` share memory")):
+            (lambda: ops.mi_fgsm_step_(d, d, grad, x, 8 / 255, 2 / 255), "`delta` and `momentum` share memory"),
+            (lambda: ops.pgd_step_(d, d, x, 8 / 255, 2 / 255), "`delta` and `grad` share memory"),
+            (lambda: ops.project_(d, d, 8 / 255), "`delta` and `x` share memory"),
+        ):
             with pytest.raises(ValueError, match=match):
                 call()
             assert torch.equal(d, d0)
@@ -505,6 +544,7 @@ def test_inputs_modified_although_the_call_raises_never(backend, device):
 
 
 # ------------------------------------------------------------ 8. value_checks is process-wide
+
 
 def test_value_checks_are_process_wide_never():
     import threading
@@ -533,6 +573,7 @@ def test_value_checks_are_process_wide_never():
 
 
 # ------------------------------------------------------------------------------ 9. smaller
+
 
 def test_smaller_one_dimensional_delta_on_every_backend():
     x, d, grad = (t.reshape(-1) for t in _step_inputs((6, 1, 1, 1)))
@@ -623,6 +664,7 @@ def test_smaller_unknown_task_leaves_the_global_generators_alone(digits):
 
 
 # ------------------------------------------------------- 11. SSIM's second derivative is zero
+
 
 def _hvp(fn, x, v):
     x = x.clone().requires_grad_(True)

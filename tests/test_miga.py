@@ -2,6 +2,7 @@
 cost where the degradation baseline costs PSNR and flips few; fused and reference paths
 agree; the unknown task lowers the MI estimate; run() resumes without losing or
 repeating batches; bad input gets clear errors."""
+
 import json
 
 import pytest
@@ -19,8 +20,13 @@ def natural():
     x, y = data.load_natural_patches("test", 32)
     idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:32]
     x, y = x[idx], y[idx]
-    return x, y, data.add_gaussian_noise(x, 25, generator=0), registry.load("dncnn_natural"), \
-        registry.load("resnet_natural")
+    return (
+        x,
+        y,
+        data.add_gaussian_noise(x, 25, generator=0),
+        registry.load("dncnn_natural"),
+        registry.load("resnet_natural"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +99,7 @@ def test_unknown_task_lowers_the_mi_estimate(digits):
 def test_run_resumes_without_losing_or_repeating_batches(digits, tmp_path, monkeypatch, capsys):
     x, y, _, D, F = digits
     x, y = x[:40], y[:40]
-    full = MIGA(D, F, eps=16 / 255, steps=3, compile=False).run((x, y), tmp_path / "full", batch_size=8,
-                                                                 progress=False)
+    full = MIGA(D, F, eps=16 / 255, steps=3, compile=False).run((x, y), tmp_path / "full", batch_size=8, progress=False)
     attack = MIGA(D, F, eps=16 / 255, steps=3, compile=False)
     calls = {"n": 0}
     original = attack.forward

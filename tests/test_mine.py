@@ -1,6 +1,7 @@
 """The MINE estimator (miga_fast.mine) on data with a known answer: correlated Gaussians,
 I = -(d/2) log(1 - rho^2), independent data (I = 0), and digit images; the critic's
 shapes, the bias-corrected step, reproducibility, and bad input."""
+
 import math
 
 import pytest
@@ -13,12 +14,12 @@ from miga_fast.mine import MINE, MINECritic, estimate_mi
 def _gaussians(n, d, rho, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
-    return x, rho * x + math.sqrt(1 - rho ** 2) * torch.randn(n, d, generator=g)
+    return x, rho * x + math.sqrt(1 - rho**2) * torch.randn(n, d, generator=g)
 
 
 @pytest.mark.parametrize("d,rho", [(1, 0.9), (5, 0.5)])
 def test_estimate_mi_approaches_the_gaussian_truth(d, rho):
-    truth = -(d / 2) * math.log(1 - rho ** 2)
+    truth = -(d / 2) * math.log(1 - rho**2)
     x, y = _gaussians(3000, d, rho, seed=d)
     est = estimate_mi(x, y, steps=600, hidden=64)
     # A lower bound from a finite critic: below the truth, within 20% of it.
@@ -35,7 +36,7 @@ def test_estimate_mi_is_near_zero_for_independent_data():
 @pytest.mark.parametrize("bound", ["nwj", "infonce"])
 def test_other_bounds_estimate_too(bound):
     d, rho = 2, 0.8
-    truth = -(d / 2) * math.log(1 - rho ** 2)
+    truth = -(d / 2) * math.log(1 - rho**2)
     x, y = _gaussians(3000, d, rho, seed=3)
     est = estimate_mi(x, y, steps=500, hidden=64, bound=bound)
     assert 0.7 * truth < est < truth + 0.05, (bound, est, truth)
@@ -48,8 +49,13 @@ def test_images_through_the_cnn_encoder():
     x = x[:1200]
     y = data.add_gaussian_noise(x, 50, generator=0)
     paired = estimate_mi(x, y, steps=300, batch_size=128, hidden=64)
-    shuffled = estimate_mi(x, y[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))], steps=300,
-                           batch_size=128, hidden=64)
+    shuffled = estimate_mi(
+        x,
+        y[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))],
+        steps=300,
+        batch_size=128,
+        hidden=64,
+    )
     assert paired > 1.0, paired
     assert shuffled < 0.2, shuffled
 
@@ -67,7 +73,7 @@ def test_step_keeps_the_moving_average_on_the_device_and_improves_the_bound():
     mine = MINE(MINECritic(2, 2, hidden=32), ema=0.01, lr=3e-3)
     before = mine.estimate(x, y)
     for i in range(150):
-        value = mine.step(x[(i * 128) % 1872:][:128], y[(i * 128) % 1872:][:128])
+        value = mine.step(x[(i * 128) % 1872 :][:128], y[(i * 128) % 1872 :][:128])
         assert isinstance(value, torch.Tensor) and value.dim() == 0
     assert isinstance(mine.log_ma, torch.Tensor) and torch.isfinite(mine.log_ma)
     assert mine.estimate(x, y) > before + 0.3
@@ -96,6 +102,7 @@ def test_critic_shapes_and_joint_scores():
     u, v = critic.features(x, y)
     assert u.shape == v.shape == (7, 16)
     from miga_fast import ops
+
     scores = ops.mine_pair_scores(u, v, critic.b1, critic.w2, critic.b2)
     torch.testing.assert_close(critic(x, y), scores.diagonal())
     deep = MINECritic(4, 4, hidden=8, depth=3)

@@ -2,6 +2,7 @@
 reference (which materialises the B x B x H hidden tensor), forward and backward, float64
 gradcheck, opcheck of the raw kernels, a batch too large for the reference with its peak
 memory measured, and bad input."""
+
 import math
 import os
 
@@ -63,8 +64,7 @@ def test_float32_matches_reference(backend, device, activation, rng):
 def test_gradcheck(backend, device, bound, rng):
     args = _critic(rng, 6, 5, device=device)
     with miga_fast.set_backend(backend):
-        assert torch.autograd.gradcheck(
-            lambda *a: ops.mine_bound(*a, bound=bound, activation="softplus"), args)
+        assert torch.autograd.gradcheck(lambda *a: ops.mine_bound(*a, bound=bound, activation="softplus"), args)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -93,15 +93,18 @@ def test_opcheck_raw_kernels(backend, device, exclude_diag, rng):
     torch.library.opcheck(op, (u, v, w2, 0, exclude_diag))
     g = torch.rand(9, generator=rng, dtype=torch.float64).to(device)
     lse = op(u.detach(), v.detach(), w2.detach(), 1, exclude_diag)
-    torch.library.opcheck(getattr(torch.ops, namespace).mine_row_lse_backward,
-                          (g, u.detach(), v.detach(), w2.detach(), lse, 1, exclude_diag))
+    torch.library.opcheck(
+        getattr(torch.ops, namespace).mine_row_lse_backward,
+        (g, u.detach(), v.detach(), w2.detach(), lse, 1, exclude_diag),
+    )
 
 
 def test_pair_scores_match_reference(rng):
     args = _critic(rng, 13, 10)
     for activation in ("relu", "elu", "softplus"):
-        torch.testing.assert_close(ops.mine_pair_scores(*args, activation=activation),
-                                   ref.pair_scores(*args, activation))
+        torch.testing.assert_close(
+            ops.mine_pair_scores(*args, activation=activation), ref.pair_scores(*args, activation)
+        )
     t = ops.mine_pair_scores(*args)
     torch.testing.assert_close(t.diagonal(), ref.joint_scores(*args))
 
@@ -145,7 +148,7 @@ def test_large_batch_runs_in_o_bh_memory(rng):
         out.backward()
     extra = _peak_rss_bytes() - base
     reference_bytes = b * b * h * 4
-    assert extra < 64 * 2 ** 20, f"peak RSS grew by {extra / 2 ** 20:.1f} MiB"
+    assert extra < 64 * 2**20, f"peak RSS grew by {extra / 2**20:.1f} MiB"
     assert extra < reference_bytes / 50
     with torch.no_grad():
         t = ops.mine_pair_scores(u.double(), v.double(), b1.double(), w2.double(), b2.double())
@@ -154,16 +157,19 @@ def test_large_batch_runs_in_o_bh_memory(rng):
     assert torch.isfinite(u.grad).all() and torch.isfinite(v.grad).all() and torch.isfinite(w2.grad).all()
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda a: a.__setitem__(1, a[1][:, :3]), "`v` has shape"),
-    (lambda a: a.__setitem__(0, a[0][:1]), "B >= 2"),
-    (lambda a: a.__setitem__(2, a[2][:2]), "`b1` must be"),
-    (lambda a: a.__setitem__(3, a[3].float()), "`w2` has dtype"),
-    (lambda a: a.__setitem__(4, torch.zeros(2, dtype=torch.float64)), "`b2` must hold one number"),
-    (lambda a: a[0].data.__setitem__((0, 0), float("nan")), "`u` contains NaN"),
-    (lambda a: a[3].data.__setitem__(0, float("inf")), "`w2` contains NaN or Inf"),
-    (lambda a: a.__setitem__(0, a[0][:, :, None]), r"`u` must be \[B, H\]"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda a: a.__setitem__(1, a[1][:, :3]), "`v` has shape"),
+        (lambda a: a.__setitem__(0, a[0][:1]), "B >= 2"),
+        (lambda a: a.__setitem__(2, a[2][:2]), "`b1` must be"),
+        (lambda a: a.__setitem__(3, a[3].float()), "`w2` has dtype"),
+        (lambda a: a.__setitem__(4, torch.zeros(2, dtype=torch.float64)), "`b2` must hold one number"),
+        (lambda a: a[0].data.__setitem__((0, 0), float("nan")), "`u` contains NaN"),
+        (lambda a: a[3].data.__setitem__(0, float("inf")), "`w2` contains NaN or Inf"),
+        (lambda a: a.__setitem__(0, a[0][:, :, None]), r"`u` must be \[B, H\]"),
+    ],
+)
 def test_bad_input_names_the_argument(change, match, rng):
     args = _critic(rng, 6, 4)
     change(args)
@@ -198,8 +204,9 @@ def test_shuffle_without_perm_draws_one(rng):
     torch.testing.assert_close(a, ref.bound(*args, "dv", "shuffle", perm))
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
-                    reason="needs Triton to run")
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(), reason="needs Triton to run"
+)
 def test_compiled_bound_matches_eager(rng):
     args = _critic(rng, 24, 8, dtype=torch.float32)
     fn = torch.compile(lambda *a: ops.mine_bound(*a), backend="aot_eager", fullgraph=True)

@@ -1,5 +1,6 @@
 """The shipped checkpoints: they load, beat stated floors on held-out data, and bad
 checkpoints or names give clear errors; users' own files load through the same API."""
+
 import shutil
 import warnings
 
@@ -18,7 +19,7 @@ def test_every_zoo_model_is_shipped_with_its_quality():
     assert set(SHIPPED) == set(train.ZOO)
     for info in SHIPPED.values():
         assert info.description and info.quality and info.sha256 and info.bytes > 0
-    assert sum(i.bytes for i in SHIPPED.values()) < 20 * 2 ** 20
+    assert sum(i.bytes for i in SHIPPED.values()) < 20 * 2**20
 
 
 def _held_out(name, n=128):

@@ -1,5 +1,6 @@
 """The projection family: every backend against the plain-PyTorch reference on fresh
 random inputs, opcheck, torch.compile, and every bad input."""
+
 import pytest
 import torch
 
@@ -158,8 +159,11 @@ def test_l2_is_deterministic(backend, device, rng):
     assert torch.equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[1] == "cuda"] or
-                         [pytest.param("cuda", "cuda", marks=pytest.mark.skip(reason="needs a GPU"))])
+@pytest.mark.parametrize(
+    "backend,device",
+    [p for p in BACKENDS if p.values[1] == "cuda"]
+    or [pytest.param("cuda", "cuda", marks=pytest.mark.skip(reason="needs a GPU"))],
+)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_half_precision_on_cuda(backend, device, dtype, norm, rng):
@@ -172,6 +176,7 @@ def test_half_precision_on_cuda(backend, device, dtype, norm, rng):
 
 
 # ----------------------------------------------------------------------------- random start
+
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -203,6 +208,7 @@ def test_random_init_fills_the_ball(rng):
 
 
 # ----------------------------------------------------------------------------- opcheck, compile
+
 
 def _opcheck_cases(namespace, device, rng):
     x, d, g = _inputs(rng, (3, 2, 5, 7), torch.float32, device)
@@ -246,6 +252,7 @@ def test_step_under_torch_compile(backend, device, norm, rng):
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def _good(rng):
     x, d, g = _inputs(rng, (3, 2, 4, 4), torch.float32, "cpu")
     return d, g, x
@@ -263,10 +270,12 @@ BAD_CASES = {
     "eps wrong length": (lambda d, g, x: (d, g, x, torch.tensor([0.1, 0.1]), 0.01), ValueError, "eps"),
     "alpha 2-D": (lambda d, g, x: (d, g, x, 0.1, torch.ones(3, 1)), ValueError, "alpha"),
     "eps string": (lambda d, g, x: (d, g, x, "0.1", 0.01), TypeError, "eps"),
-    "NaN in x": (lambda d, g, x: (d, g, x.index_fill(0, torch.tensor([1]), float("nan")), 0.1, 0.01),
-                 ValueError, "x"),
-    "Inf in grad": (lambda d, g, x: (d, g.index_fill(0, torch.tensor([0]), float("inf")), x, 0.1, 0.01),
-                    ValueError, "grad"),
+    "NaN in x": (lambda d, g, x: (d, g, x.index_fill(0, torch.tensor([1]), float("nan")), 0.1, 0.01), ValueError, "x"),
+    "Inf in grad": (
+        lambda d, g, x: (d, g.index_fill(0, torch.tensor([0]), float("inf")), x, 0.1, 0.01),
+        ValueError,
+        "grad",
+    ),
     "x above 1": (lambda d, g, x: (d, g, x + 1.0, 0.1, 0.01), ValueError, "x"),
     "x below 0": (lambda d, g, x: (d, g, x - 1.0, 0.1, 0.01), ValueError, "x"),
     "grad not a tensor": (lambda d, g, x: (d, g.tolist(), x, 0.1, 0.01), TypeError, "grad"),

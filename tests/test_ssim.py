@@ -1,6 +1,7 @@
 """SSIM: the public op and every kernel against the reference and pytorch-msssim on
 random and real images, gradients (float64 gradcheck), opcheck, the "same" padding, the
 SSIM ball and the window ball, and bad input."""
+
 import importlib
 
 import pytest
@@ -34,14 +35,18 @@ def test_equals_pytorch_msssim_on_real_images():
     x, _ = data.load_natural_patches("test", 64)
     x = x[:16]
     y = data.add_gaussian_noise(x, 25, generator=0)
-    torch.testing.assert_close(ops.ssim(x, y), pytorch_msssim.ssim(x, y, data_range=1, size_average=False),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        ops.ssim(x, y), pytorch_msssim.ssim(x, y, data_range=1, size_average=False), rtol=0, atol=1e-5
+    )
     d, _ = data.load_digits("test")
     d = d[:16]
     dn = data.add_gaussian_noise(d, 15, generator=1)
-    torch.testing.assert_close(ops.ssim(d, dn, win_size=7, win_sigma=1.0),
-                               pytorch_msssim.ssim(d, dn, data_range=1, size_average=False, win_size=7,
-                                                   win_sigma=1.0), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        ops.ssim(d, dn, win_size=7, win_sigma=1.0),
+        pytorch_msssim.ssim(d, dn, data_range=1, size_average=False, win_size=7, win_sigma=1.0),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_identity_symmetry_and_the_map(rng):
@@ -224,6 +229,7 @@ def test_bad_input(rng):
 
 # ----------------------------------------------------------------------------- the SSIM ball
 
+
 def _ball_inputs(rng, shape=(4, 3, 24, 24), dtype=torch.float64, scale=0.3):
     x = torch.rand(shape, generator=rng, dtype=torch.float64) * 0.8 + 0.1
     delta = (torch.rand(shape, generator=rng, dtype=torch.float64) - 0.5) * scale
@@ -236,15 +242,20 @@ def _brute_force_scale(x, delta, tau, n=4001):
     ts = torch.linspace(0, 1, n, dtype=torch.float64)
     out = []
     for i in range(x.shape[0]):
-        xs = x[i:i + 1].expand(n, *x.shape[1:])
-        vals = ops.ssim(xs, xs + ts.reshape(-1, 1, 1, 1) * delta[i:i + 1])
+        xs = x[i : i + 1].expand(n, *x.shape[1:])
+        vals = ops.ssim(xs, xs + ts.reshape(-1, 1, 1, 1) * delta[i : i + 1])
         out.append(ts[(vals >= tau).nonzero().max()])
     return torch.stack(out)
 
 
-BALL_BACKENDS = ["reference", pytest.param("cpu", marks=CPU),
-                 pytest.param("triton", marks=pytest.mark.skipif(not miga_fast.backends()["triton"]["runs_here"],
-                                                                 reason="Triton cannot run here"))]
+BALL_BACKENDS = [
+    "reference",
+    pytest.param("cpu", marks=CPU),
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(not miga_fast.backends()["triton"]["runs_here"], reason="Triton cannot run here"),
+    ),
+]
 
 
 @pytest.mark.parametrize("backend", BALL_BACKENDS)
@@ -267,8 +278,12 @@ def test_ball_scale_matches_a_brute_force_search_per_sample_tau(rng):
     x, delta = _ball_inputs(rng, (3, 1, 20, 20))
     tau = torch.tensor([0.8, 0.9, 0.97], dtype=torch.float64)
     t = ops.ssim_ball_scale(delta, x, tau)
-    torch.testing.assert_close(t, torch.stack([_brute_force_scale(x[i:i + 1], delta[i:i + 1], float(tau[i]))[0]
-                                               for i in range(3)]), rtol=0, atol=3e-4)
+    torch.testing.assert_close(
+        t,
+        torch.stack([_brute_force_scale(x[i : i + 1], delta[i : i + 1], float(tau[i]))[0] for i in range(3)]),
+        rtol=0,
+        atol=3e-4,
+    )
 
 
 @pytest.mark.parametrize("backend", BALL_BACKENDS[1:])
@@ -293,9 +308,21 @@ def test_ball_scale_kernels_match_the_reference(backend, dtype, rng):
     if backend == "triton":
         importlib.import_module("miga_fast.triton_kernels")
     namespace = torch.ops.miga_fast_triton if backend == "triton" else torch.ops.miga_fast
-    torch.library.opcheck(namespace.ssim_ball_scale.default,
-                          (delta, x, gaussian_window(11, 1.5, torch.float64),
-                           torch.full((2,), 0.9, dtype=torch.float64), 1.0, 0.01, 0.03, False, 8, 3))
+    torch.library.opcheck(
+        namespace.ssim_ball_scale.default,
+        (
+            delta,
+            x,
+            gaussian_window(11, 1.5, torch.float64),
+            torch.full((2,), 0.9, dtype=torch.float64),
+            1.0,
+            0.01,
+            0.03,
+            False,
+            8,
+            3,
+        ),
+    )
 
 
 def test_ball_project_in_place_and_small_deltas_untouched(rng):
@@ -335,6 +362,7 @@ def test_ball_bad_input(rng):
 
 
 # ----------------------------------------------------------------------------- the window ball
+
 
 def _window_inputs(rng, shape=(2, 3, 20, 13), scale=0.08):
     x = torch.rand(shape, generator=rng, dtype=torch.float64) * 0.4 + 0.3  # the box stays inactive
@@ -407,8 +435,10 @@ def test_window_ball_kernels_match_the_reference(backend, dtype, rng):
         importlib.import_module("miga_fast.triton_kernels")
     namespace = torch.ops.miga_fast_triton if backend == "triton" else torch.ops.miga_fast
     x, d0 = _window_inputs(rng, (2, 1, 9, 9))
-    torch.library.opcheck(namespace.ssim_window_ball_project_.default,
-                          (d0.clone(), x, torch.tensor([0.9, 0.8], dtype=torch.float64), 4, 0.03 ** 2))
+    torch.library.opcheck(
+        namespace.ssim_window_ball_project_.default,
+        (d0.clone(), x, torch.tensor([0.9, 0.8], dtype=torch.float64), 4, 0.03**2),
+    )
 
 
 def test_window_ball_then_box(rng):

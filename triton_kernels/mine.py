@@ -14,6 +14,7 @@ Exposed as the opaque custom ops miga_fast_triton::mine_row_lse and
 ::mine_row_lse_backward (the schemas of the C++ ops) with fake kernels; autograd is
 registered by miga_fast.ops.mine.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,20 @@ def _dact(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _scores(u_ptr, v_ptr, w_ptr, rows, cols, rmask, cmask, H, ACT: tl.constexpr, BI: tl.constexpr,
-            BJ: tl.constexpr, BH: tl.constexpr):
+def _scores(
+    u_ptr,
+    v_ptr,
+    w_ptr,
+    rows,
+    cols,
+    rmask,
+    cmask,
+    H,
+    ACT: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+    BH: tl.constexpr,
+):
     """The BI x BJ tile T[rows, cols] (zero where masked)."""
     t = tl.zeros((BI, BJ), dtype=u_ptr.dtype.element_ty)
     for h0 in range(0, H, BH):
@@ -70,8 +83,19 @@ def _pair_mask(rows, cols, rmask, cmask, EXCL: tl.constexpr):
 
 
 @triton.jit
-def _lse_kernel(u_ptr, v_ptr, w_ptr, lse_ptr, B, H, ACT: tl.constexpr, EXCL: tl.constexpr, BI: tl.constexpr,
-                BJ: tl.constexpr, BH: tl.constexpr):
+def _lse_kernel(
+    u_ptr,
+    v_ptr,
+    w_ptr,
+    lse_ptr,
+    B,
+    H,
+    ACT: tl.constexpr,
+    EXCL: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+    BH: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) * BI + tl.arange(0, BI)
     rmask = rows < B
     m = tl.full((BI,), float("-inf"), dtype=u_ptr.dtype.element_ty)
@@ -89,8 +113,22 @@ def _lse_kernel(u_ptr, v_ptr, w_ptr, lse_ptr, B, H, ACT: tl.constexpr, EXCL: tl.
 
 
 @triton.jit
-def _grad_rows_kernel(u_ptr, v_ptr, w_ptr, g_ptr, lse_ptr, gu_ptr, gwr_ptr, B, H, ACT: tl.constexpr,
-                      EXCL: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BH: tl.constexpr):
+def _grad_rows_kernel(
+    u_ptr,
+    v_ptr,
+    w_ptr,
+    g_ptr,
+    lse_ptr,
+    gu_ptr,
+    gwr_ptr,
+    B,
+    H,
+    ACT: tl.constexpr,
+    EXCL: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+    BH: tl.constexpr,
+):
     """gu[i, h] += sum_j p_ij act'(z_ijh), gwr[i, h] += sum_j p_ij act(z_ijh) for this row
     block, p_ij = g_i exp(T_ij - lse_i) (w_h is applied to gu by the caller)."""
     rows = tl.program_id(0).to(tl.int64) * BI + tl.arange(0, BI)
@@ -117,8 +155,21 @@ def _grad_rows_kernel(u_ptr, v_ptr, w_ptr, g_ptr, lse_ptr, gu_ptr, gwr_ptr, B, H
 
 
 @triton.jit
-def _grad_cols_kernel(u_ptr, v_ptr, w_ptr, g_ptr, lse_ptr, gv_ptr, B, H, ACT: tl.constexpr, EXCL: tl.constexpr,
-                      BI: tl.constexpr, BJ: tl.constexpr, BH: tl.constexpr):
+def _grad_cols_kernel(
+    u_ptr,
+    v_ptr,
+    w_ptr,
+    g_ptr,
+    lse_ptr,
+    gv_ptr,
+    B,
+    H,
+    ACT: tl.constexpr,
+    EXCL: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+    BH: tl.constexpr,
+):
     """gv[j, h] += sum_i p_ij act'(z_ijh) for this column block."""
     cols = tl.program_id(0).to(tl.int64) * BJ + tl.arange(0, BJ)
     cmask = cols < B
@@ -143,8 +194,10 @@ def _grad_cols_kernel(u_ptr, v_ptr, w_ptr, g_ptr, lse_ptr, gv_ptr, B, H, ACT: tl
 
 def _check(u, v, w2):
     if u.dim() != 2 or u.shape[0] < 2 or v.shape != u.shape or w2.shape != u.shape[1:]:
-        raise ValueError(f"miga_fast_triton.mine_row_lse: u, v must be [B, H] with B >= 2 and w2 [H], got "
-                         f"{tuple(u.shape)}, {tuple(v.shape)}, {tuple(w2.shape)}")
+        raise ValueError(
+            f"miga_fast_triton.mine_row_lse: u, v must be [B, H] with B >= 2 and w2 [H], got "
+            f"{tuple(u.shape)}, {tuple(v.shape)}, {tuple(w2.shape)}"
+        )
     if not (u.dtype == v.dtype == w2.dtype) or u.dtype not in (torch.float32, torch.float64):
         raise TypeError("miga_fast_triton.mine_row_lse: u, v, w2 must share a dtype, float32 or float64")
 
@@ -163,16 +216,19 @@ def mine_row_lse(u: Tensor, v: Tensor, w2: Tensor, activation: int, exclude_diag
 
 
 @torch.library.custom_op("miga_fast_triton::mine_row_lse_backward", mutates_args=(), device_types=DEVICE_TYPES)
-def mine_row_lse_backward(grad: Tensor, u: Tensor, v: Tensor, w2: Tensor, lse: Tensor, activation: int,
-                          exclude_diag: bool) -> tuple[Tensor, Tensor, Tensor]:
+def mine_row_lse_backward(
+    grad: Tensor, u: Tensor, v: Tensor, w2: Tensor, lse: Tensor, activation: int, exclude_diag: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     _check(u, v, w2)
     u, v, w2, grad, lse = (t.contiguous() for t in (u, v, w2, grad, lse))
     b, h = u.shape
     gu, gv, gw_rows = torch.zeros_like(u), torch.zeros_like(v), torch.zeros_like(u)
-    _grad_rows_kernel[(triton.cdiv(b, BI),)](u, v, w2, grad, lse, gu, gw_rows, b, h, ACT=activation,
-                                             EXCL=exclude_diag, BI=BI, BJ=BJ, BH=BH)
-    _grad_cols_kernel[(triton.cdiv(b, BJ),)](u, v, w2, grad, lse, gv, b, h, ACT=activation, EXCL=exclude_diag,
-                                             BI=BI, BJ=BJ, BH=BH)
+    _grad_rows_kernel[(triton.cdiv(b, BI),)](
+        u, v, w2, grad, lse, gu, gw_rows, b, h, ACT=activation, EXCL=exclude_diag, BI=BI, BJ=BJ, BH=BH
+    )
+    _grad_cols_kernel[(triton.cdiv(b, BJ),)](
+        u, v, w2, grad, lse, gv, b, h, ACT=activation, EXCL=exclude_diag, BI=BI, BJ=BJ, BH=BH
+    )
     return gu * w2, gv * w2, gw_rows.sum(0)
 
 

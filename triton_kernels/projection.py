@@ -13,6 +13,7 @@ trace under torch.compile. They are registered for CUDA tensors, and also for CP
 tensors when TRITON_INTERPRET=1 (the Triton interpreter; how the tests run them
 without a GPU).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,19 @@ def _sign(g):
 
 
 @triton.jit
-def _linf_kernel(d_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, eps_stride, alpha_stride, direction, n,
-                 HAS_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _linf_kernel(
+    d_ptr,
+    g_ptr,
+    x_ptr,
+    eps_ptr,
+    alpha_ptr,
+    eps_stride,
+    alpha_stride,
+    direction,
+    n,
+    HAS_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -85,8 +97,9 @@ def _sample_maxima(part_ptr, b, nprog, NPART: tl.constexpr):
 
 
 @triton.jit
-def _reduce_kernel(d_ptr, g_ptr, part_ptr, n, MODE: tl.constexpr, PASS: tl.constexpr, NPART: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _reduce_kernel(
+    d_ptr, g_ptr, part_ptr, n, MODE: tl.constexpr, PASS: tl.constexpr, NPART: tl.constexpr, BLOCK: tl.constexpr
+):
     """Partial sums over s = g / max|g| and u = d / dscale (see csrc/common/projection_math.h,
     l2_factors): PASS_FUSED sums the unscaled values in float64 (the update rescales),
     PASS_MAX / PASS_SCALED take the maxima first (float64 data)."""
@@ -134,9 +147,24 @@ def _reduce_kernel(d_ptr, g_ptr, part_ptr, n, MODE: tl.constexpr, PASS: tl.const
 
 
 @triton.jit
-def _update_kernel(d_ptr, m_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, part_ptr, eps_stride, alpha_stride,
-                   mu, direction, n, MODE: tl.constexpr, SCALED: tl.constexpr, NPART: tl.constexpr,
-                   BLOCK: tl.constexpr):
+def _update_kernel(
+    d_ptr,
+    m_ptr,
+    g_ptr,
+    x_ptr,
+    eps_ptr,
+    alpha_ptr,
+    part_ptr,
+    eps_stride,
+    alpha_stride,
+    mu,
+    direction,
+    n,
+    MODE: tl.constexpr,
+    SCALED: tl.constexpr,
+    NPART: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     b = tl.program_id(1).to(tl.int64)
@@ -201,6 +229,7 @@ def _update_kernel(d_ptr, m_ptr, g_ptr, x_ptr, eps_ptr, alpha_ptr, part_ptr, eps
 
 # ----------------------------------------------------------------------------- launchers
 
+
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -246,8 +275,9 @@ def _launch_linf(d, _m, x, eps, g=None, alpha=None, direction=1.0):
         e, es = _param(eps, lo, hi)
         a, as_ = _param(alpha if alpha is not None else eps, lo, hi)
         grid = (triton.cdiv(n, BLOCK), hi - lo)
-        _linf_kernel[grid](d2[lo:hi], g2[lo:hi], x2[lo:hi], e, a, es, as_, float(direction), n,
-                           HAS_GRAD=g is not None, BLOCK=BLOCK)
+        _linf_kernel[grid](
+            d2[lo:hi], g2[lo:hi], x2[lo:hi], e, a, es, as_, float(direction), n, HAS_GRAD=g is not None, BLOCK=BLOCK
+        )
 
 
 def _launch_two_pass(mode, d, m, x, eps, g=None, alpha=None, mu=0.0, direction=1.0):
@@ -271,9 +301,24 @@ def _launch_two_pass(mode, d, m, x, eps, g=None, alpha=None, mu=0.0, direction=1
         passes = (PASS_MAX, PASS_SCALED) if scaled else (PASS_FUSED,)
         for p in passes:
             _reduce_kernel[grid](d2[lo:hi], g2[lo:hi], part, n, MODE=mode, PASS=p, NPART=npart, BLOCK=BLOCK)
-        _update_kernel[grid](d2[lo:hi], m2[lo:hi], g2[lo:hi], x2[lo:hi], e, a, part, es, as_,
-                             float(mu), float(direction), n, MODE=mode, SCALED=scaled,
-                             NPART=npart, BLOCK=BLOCK)
+        _update_kernel[grid](
+            d2[lo:hi],
+            m2[lo:hi],
+            g2[lo:hi],
+            x2[lo:hi],
+            e,
+            a,
+            part,
+            es,
+            as_,
+            float(mu),
+            float(direction),
+            n,
+            MODE=mode,
+            SCALED=scaled,
+            NPART=npart,
+            BLOCK=BLOCK,
+        )
 
 
 # ------------------------------------------------------------------- the custom ops
@@ -288,16 +333,24 @@ def pgd_step_linf_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: T
 
 @torch.library.custom_op("miga_fast_triton::pgd_step_l2_", mutates_args=("delta",), device_types=DEVICE_TYPES)
 def pgd_step_l2_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, direction: float) -> None:
-    _run_in_place(lambda d, _m, g, xx: _launch_two_pass(MODE_L2_STEP, d, None, xx, eps, g, alpha, 0.0, direction),
-                  delta, grad, x)
+    _run_in_place(
+        lambda d, _m, g, xx: _launch_two_pass(MODE_L2_STEP, d, None, xx, eps, g, alpha, 0.0, direction), delta, grad, x
+    )
 
 
-@torch.library.custom_op("miga_fast_triton::mi_fgsm_step_", mutates_args=("delta", "momentum"),
-                         device_types=DEVICE_TYPES)
-def mi_fgsm_step_(delta: Tensor, momentum: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor,
-                  mu: float, direction: float) -> None:
-    _run_in_place(lambda d, m, g, xx: _launch_two_pass(MODE_L1_GRAD, d, m, xx, eps, g, alpha, mu, direction),
-                  delta, grad, x, momentum=momentum)
+@torch.library.custom_op(
+    "miga_fast_triton::mi_fgsm_step_", mutates_args=("delta", "momentum"), device_types=DEVICE_TYPES
+)
+def mi_fgsm_step_(
+    delta: Tensor, momentum: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, mu: float, direction: float
+) -> None:
+    _run_in_place(
+        lambda d, m, g, xx: _launch_two_pass(MODE_L1_GRAD, d, m, xx, eps, g, alpha, mu, direction),
+        delta,
+        grad,
+        x,
+        momentum=momentum,
+    )
 
 
 @torch.library.custom_op("miga_fast_triton::project_linf_", mutates_args=("delta",), device_types=DEVICE_TYPES)

@@ -16,6 +16,7 @@ Exposed as the opaque custom ops miga_fast_triton::ssim, ::ssim_value_and_grad a
 ::ssim_ball_scale (the schemas of the C++ ops) with fake kernels; autograd is registered
 by miga_fast.ops.ssim.
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,8 +56,24 @@ def _window_moments(x_ptr, y_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K: tl.
 
 
 @triton.jit
-def _ssim_kernel(x_ptr, y_ptr, win_ptr, part_ptr, pm_ptr, H, W, HO, WO, PAD, c1, c2, gs,
-                 K: tl.constexpr, WITH_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _ssim_kernel(
+    x_ptr,
+    y_ptr,
+    win_ptr,
+    part_ptr,
+    pm_ptr,
+    H,
+    W,
+    HO,
+    WO,
+    PAD,
+    c1,
+    c2,
+    gs,
+    K: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     plane = tl.program_id(1).to(tl.int64)
     nprog = tl.num_programs(0)
@@ -86,8 +103,9 @@ def _ssim_kernel(x_ptr, y_ptr, win_ptr, part_ptr, pm_ptr, H, W, HO, WO, PAD, c1,
 
 
 @triton.jit
-def _ssim_grad_kernel(x_ptr, y_ptr, win_ptr, pm_ptr, gx_ptr, gy_ptr, H, W, HO, WO, PAD,
-                      K: tl.constexpr, BLOCK: tl.constexpr):
+def _ssim_grad_kernel(
+    x_ptr, y_ptr, win_ptr, pm_ptr, gx_ptr, gy_ptr, H, W, HO, WO, PAD, K: tl.constexpr, BLOCK: tl.constexpr
+):
     pid = tl.program_id(0)
     plane = tl.program_id(1).to(tl.int64)
     nplanes = tl.num_programs(1)
@@ -139,14 +157,16 @@ def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
     pm = torch.empty((4, planes, ho * wo) if with_grad else (1,), dtype=window.dtype, device=x.device)
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     n = c * ho * wo
-    _ssim_kernel[(nprog, planes)](x, y, window, part, pm, h, w, ho, wo, pad, c1, c2, 1.0 / n,
-                                  K=k, WITH_GRAD=with_grad, BLOCK=BLOCK)
+    _ssim_kernel[(nprog, planes)](
+        x, y, window, part, pm, h, w, ho, wo, pad, c1, c2, 1.0 / n, K=k, WITH_GRAD=with_grad, BLOCK=BLOCK
+    )
     value = (part.sum(1).reshape(b, c).sum(1) / n).to(x.dtype)
     if not with_grad:
         return value, None, None
     gx, gy = torch.empty_like(x), torch.empty_like(y)
-    _ssim_grad_kernel[(triton.cdiv(h * w, BLOCK), planes)](x, y, window, pm, gx, gy, h, w, ho, wo, pad,
-                                                            K=k, BLOCK=BLOCK)
+    _ssim_grad_kernel[(triton.cdiv(h * w, BLOCK), planes)](
+        x, y, window, pm, gx, gy, h, w, ho, wo, pad, K=k, BLOCK=BLOCK
+    )
     return value, gx, gy
 
 
@@ -154,14 +174,14 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op("miga_fast_triton::ssim", mutates_args=(), device_types=DEVICE_TYPES)
-def ssim(x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float,
-         same_padding: bool) -> Tensor:
+def ssim(x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float, same_padding: bool) -> Tensor:
     return _run(x, y, window, data_range, k1, k2, same_padding, False)[0]
 
 
 @torch.library.custom_op("miga_fast_triton::ssim_value_and_grad", mutates_args=(), device_types=DEVICE_TYPES)
-def ssim_value_and_grad(x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float,
-                        same_padding: bool) -> tuple[Tensor, Tensor, Tensor]:
+def ssim_value_and_grad(
+    x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float, same_padding: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     return _run(x, y, window, data_range, k1, k2, same_padding, True)
 
 
@@ -176,6 +196,7 @@ def _(x, y, *args):
 
 
 # ---------------------------------------------------------------- the SSIM ball
+
 
 @triton.jit
 def _ball_moments_kernel(x_ptr, d_ptr, win_ptr, mom_ptr, H, W, HO, WO, PAD, K: tl.constexpr, BLOCK: tl.constexpr):
@@ -230,8 +251,18 @@ def _ball_sums_kernel(mom_ptr, ts_ptr, part_ptr, C, N, c1, c2, NT: tl.constexpr,
 
 
 @torch.library.custom_op("miga_fast_triton::ssim_ball_scale", mutates_args=(), device_types=DEVICE_TYPES)
-def ssim_ball_scale(delta: Tensor, x: Tensor, window: Tensor, tau: Tensor, data_range: float, k1: float,
-                    k2: float, same_padding: bool, candidates: int, rounds: int) -> Tensor:
+def ssim_ball_scale(
+    delta: Tensor,
+    x: Tensor,
+    window: Tensor,
+    tau: Tensor,
+    data_range: float,
+    k1: float,
+    k2: float,
+    same_padding: bool,
+    candidates: int,
+    rounds: int,
+) -> Tensor:
     """Per sample the largest t in [0, 1] with SSIM(x, x + t delta) >= tau (the schema of
     the C++ op): the moments once, then per round one launch that scores every candidate;
     the choice of the next interval stays on the device (no host sync)."""
@@ -270,8 +301,9 @@ def _(delta, x, *args):
 
 
 @triton.jit
-def _window_ball_kernel(d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN: tl.constexpr,
-                        BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+def _window_ball_kernel(
+    d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr
+):
     """A program per (window, plane): the exact projection of delta's zero-mean part onto
     the window's structural-SSIM ball, window mean kept, then the box (reference/ssim.py:
     window_ball_project_). Computes in COMPUTE: float64 for float64 data, float32 otherwise."""
@@ -299,8 +331,9 @@ def _window_ball_kernel(d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN
     tl.store(d_ptr + p, out.to(d_ptr.dtype.element_ty), mask=mask)
 
 
-@torch.library.custom_op("miga_fast_triton::ssim_window_ball_project_", mutates_args=("delta",),
-                         device_types=DEVICE_TYPES)
+@torch.library.custom_op(
+    "miga_fast_triton::ssim_window_ball_project_", mutates_args=("delta",), device_types=DEVICE_TYPES
+)
 def ssim_window_ball_project_(delta: Tensor, x: Tensor, gamma: Tensor, window: int, c_pixel: float) -> None:
     if not delta.is_contiguous():
         raise ValueError("miga_fast_triton.ssim_window_ball_project_: `delta` must be contiguous")
@@ -310,8 +343,9 @@ def ssim_window_ball_project_(delta: Tensor, x: Tensor, gamma: Tensor, window: i
     gamma = gamma.contiguous()
     block = triton.next_power_of_2(window * window)
     compute = tl.float64 if x.dtype == torch.float64 else tl.float32
-    _window_ball_kernel[(nwy * nwx, b * c)](delta, x, gamma, c, h, w, nwx, 0 if gamma.numel() == 1 else 1,
-                                            c_pixel, WIN=window, BLOCK=block, COMPUTE=compute)
+    _window_ball_kernel[(nwy * nwx, b * c)](
+        delta, x, gamma, c, h, w, nwx, 0 if gamma.numel() == 1 else 1, c_pixel, WIN=window, BLOCK=block, COMPUTE=compute
+    )
 
 
 @ssim_window_ball_project_.register_fake

@@ -79,7 +79,7 @@ MIGA_HD L2Factors<A> l2_factors(double s_ss, double s_su, double s_uu, double ds
     const double a = dscale / k, b = c / k;
     double q = a * a * s_uu + 2.0 * a * b * s_su + b * b * s_ss;
     q = q > 0.0 ? q : 0.0;
-    const double nq = sqrt(q);             // |d'| / K
+    const double nq = sqrt(q);                       // |d'| / K
     const double ek = static_cast<double>(eps) / k;  // may be inf: then |d'| <= eps
     if (nq > ek) f = ek / nq;
   }

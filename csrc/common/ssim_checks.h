@@ -42,8 +42,8 @@ inline void check_ball_scale_inputs(const at::Tensor& delta, const at::Tensor& x
               ": `window` must be a 1-D float64 tensor of odd length");
   TORCH_CHECK(tau.dim() == 1 && tau.size(0) == x.size(0) && tau.scalar_type() == at::kDouble, op,
               ": `tau` must be a float64 [B] tensor");
-  TORCH_CHECK(candidates >= 2 && candidates <= max_candidates && rounds >= 1, op, ": need 2 <= candidates <= ",
-              max_candidates, " and rounds >= 1");
+  TORCH_CHECK(candidates >= 2 && candidates <= max_candidates && rounds >= 1, op,
+              ": need 2 <= candidates <= ", max_candidates, " and rounds >= 1");
   const int64_t k = window.size(0);
   TORCH_CHECK(same || (x.size(2) >= k && x.size(3) >= k), op, ": images smaller than the window need padding='same'");
 }
@@ -55,15 +55,15 @@ inline void check_window_ball_inputs(const at::Tensor& delta, const at::Tensor& 
   const char* op = "miga_fast.ssim_window_ball_project_";
   TORCH_CHECK(x.dim() == 4 && delta.sizes() == x.sizes() && delta.scalar_type() == x.scalar_type(), op,
               ": `delta` and `x` must be [B, C, H, W] of one shape and dtype");
-  TORCH_CHECK(x.device().type() == device && delta.device() == x.device() && gamma.device() == x.device(), op,
-              ": ", c10::DeviceTypeName(device), " kernel called with tensors on ", x.device(),
+  TORCH_CHECK(x.device().type() == device && delta.device() == x.device() && gamma.device() == x.device(), op, ": ",
+              c10::DeviceTypeName(device), " kernel called with tensors on ", x.device(),
               " (all must be on one device)");
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": float32 or float64, got ",
               x.scalar_type());
   TORCH_CHECK(window >= 1, op, ": window must be >= 1");
-  TORCH_CHECK(gamma.dim() == 1 && (gamma.size(0) == 1 || gamma.size(0) == x.size(0)) &&
-                  gamma.scalar_type() == x.scalar_type(),
-              op, ": `gamma` must be [1] or [B] in x's dtype");
+  TORCH_CHECK(
+      gamma.dim() == 1 && (gamma.size(0) == 1 || gamma.size(0) == x.size(0)) && gamma.scalar_type() == x.scalar_type(),
+      op, ": `gamma` must be [1] or [B] in x's dtype");
 }
 
 }  // namespace miga_fast

@@ -58,8 +58,7 @@ MIGA_HD SsimPartials<T> ssim_partials(const SsimPixel<T>& q, T mx, T my, T gs) {
 // SSIM(x, x + t delta) at one position from mu_x, mu_d, var_x, var_d, cov(x, delta): with
 // y = x + t delta, mu_y = mu_x + t mu_d, var_y = var_x + 2 t cov + t^2 var_d and
 // cov_xy = var_x + t cov (the moments are polynomials in t), in double.
-MIGA_HD double ssim_at_scale(double mx, double md, double vx, double vd, double cv, double t, double c1,
-                             double c2) {
+MIGA_HD double ssim_at_scale(double mx, double md, double vx, double vd, double cv, double t, double c1, double c2) {
   const double my = mx + t * md;
   const double vy = vx + (2.0 * t) * cv + t * t * vd;
   const double cxy = vx + t * cv;

@@ -23,8 +23,7 @@ inline bool use_avx2() {
 }  // namespace miga_fast
 
 #ifdef MIGA_FAST_HAVE_AVX2_PATH
-#define MIGA_FAST_CPU_CALL(fn, ...) \
-  (::miga_fast::use_avx2() ? avx2::fn(__VA_ARGS__) : generic::fn(__VA_ARGS__))
+#define MIGA_FAST_CPU_CALL(fn, ...) (::miga_fast::use_avx2() ? avx2::fn(__VA_ARGS__) : generic::fn(__VA_ARGS__))
 #else
 #define MIGA_FAST_CPU_CALL(fn, ...) generic::fn(__VA_ARGS__)
 #endif

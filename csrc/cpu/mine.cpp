@@ -44,8 +44,8 @@ void with_activation(int64_t code, F&& fn) {
 // Rows per parallel task: enough work (rows x B x H) to amortise the scheduling.
 int64_t grain(int64_t B, int64_t H) { return std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, B * H)); }
 
-at::Tensor mine_row_lse_cpu(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
-                            int64_t activation, bool exclude_diag) {
+at::Tensor mine_row_lse_cpu(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in, int64_t activation,
+                            bool exclude_diag) {
   const MineCall c("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, c10::DeviceType::CPU);
   const at::Tensor &u = c.u, &v = c.v, &w = c.w;
   const int64_t B = c.batch, H = c.hidden;
@@ -65,13 +65,12 @@ at::Tensor mine_row_lse_cpu(const at::Tensor& u_in, const at::Tensor& v_in, cons
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cpu(const at::Tensor& grad_in,
-                                                                       const at::Tensor& u_in,
-                                                                       const at::Tensor& v_in,
-                                                                       const at::Tensor& w_in,
-                                                                       const at::Tensor& lse_in,
-                                                                       int64_t activation, bool exclude_diag) {
-  const MineCall c("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, c10::DeviceType::CPU,
-                   &grad_in, &lse_in);
+                                                                         const at::Tensor& u_in, const at::Tensor& v_in,
+                                                                         const at::Tensor& w_in,
+                                                                         const at::Tensor& lse_in, int64_t activation,
+                                                                         bool exclude_diag) {
+  const MineCall c("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, c10::DeviceType::CPU, &grad_in,
+                   &lse_in);
   const at::Tensor &u = c.u, &v = c.v, &w = c.w, &g = c.grad, &lse = c.lse;
   const int64_t B = c.batch, H = c.hidden;
   at::Tensor gu = at::empty_like(u), gv = at::empty_like(v), gw_rows = at::empty_like(u);

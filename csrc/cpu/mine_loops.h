@@ -73,8 +73,8 @@ void accumulate(const T* __restrict__ a, const T* __restrict__ b, T p, int64_t H
 //   gu[i, h]  = w_h sum_j p_ij act'(u_ih + v_jh)
 //   gwr[i, h] =     sum_j p_ij act(u_ih + v_jh)      (summed over i afterwards: d/dw)
 template <typename Act, typename T = typename Act::type>
-void row_grads(const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t B, int64_t H,
-               bool exclude_diag, int64_t i0, int64_t i1, T* gu, T* gwr, std::vector<T>& row) {
+void row_grads(const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t B, int64_t H, bool exclude_diag,
+               int64_t i0, int64_t i1, T* gu, T* gwr, std::vector<T>& row) {
   row.resize(B);
   for (int64_t i = i0; i < i1; ++i) {
     const T* ui = u + i * H;
@@ -94,8 +94,8 @@ void row_grads(const T* u, const T* v, const T* w, const T* g, const T* lse, int
 
 // Columns [j0, j1) of the backward: gv[j, h] = w_h sum_i p_ij act'(u_ih + v_jh).
 template <typename Act, typename T = typename Act::type>
-void column_grads(const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t B, int64_t H,
-                  bool exclude_diag, int64_t j0, int64_t j1, T* gv, std::vector<T>& col) {
+void column_grads(const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t B, int64_t H, bool exclude_diag,
+                  int64_t j0, int64_t j1, T* gv, std::vector<T>& col) {
   col.resize(B);
   for (int64_t j = j0; j < j1; ++j) {
     const T* vj = v + j * H;

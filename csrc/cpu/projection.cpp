@@ -31,11 +31,9 @@ constexpr int64_t kGrain = 1 << 15;
 #include "instantiate_loops.h"
 
 // Shared driver: checks, contiguous views, dtype dispatch, write-back of strided outputs.
-void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
-         const at::Tensor& x, const at::Tensor& eps, const at::Tensor* alpha, double mu,
-         double direction) {
-  TORCH_CHECK(delta.device().is_cpu(), "miga_fast: CPU kernel called with `delta` on ",
-              delta.device());
+void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad, const at::Tensor& x,
+         const at::Tensor& eps, const at::Tensor* alpha, double mu, double direction) {
+  TORCH_CHECK(delta.device().is_cpu(), "miga_fast: CPU kernel called with `delta` on ", delta.device());
   TORCH_CHECK(delta.scalar_type() == at::kFloat || delta.scalar_type() == at::kDouble,
               "miga_fast: the CPU kernels take float32 or float64, got ", delta.scalar_type(),
               " (float16/bfloat16 run on CUDA)");
@@ -58,8 +56,8 @@ void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at:
         MIGA_FAST_CPU_CALL(l2_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
         break;
       case ProjectionKind::kMomentum:
-        MIGA_FAST_CPU_CALL(mi_fgsm_kernel<T>, dp, c.momentum.data_ptr<T>(), gp, xp, ep, es, ap, as,
-                          static_cast<T>(mu), dir, c.batch, c.n);
+        MIGA_FAST_CPU_CALL(mi_fgsm_kernel<T>, dp, c.momentum.data_ptr<T>(), gp, xp, ep, es, ap, as, static_cast<T>(mu),
+                           dir, c.batch, c.n);
         break;
     }
   });

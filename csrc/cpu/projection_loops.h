@@ -20,9 +20,8 @@ void for_each_sample_chunk(int64_t batch, int64_t n, const F& f) {
 }
 
 template <typename T>
-void linf_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x,
-                 const T* eps, int64_t eps_stride, const T* alpha, int64_t alpha_stride,
-                 T direction, int64_t batch, int64_t n) {
+void linf_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x, const T* eps, int64_t eps_stride,
+                 const T* alpha, int64_t alpha_stride, T direction, int64_t batch, int64_t n) {
   for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
     const T e = eps[b * eps_stride];
     if (g != nullptr) {
@@ -160,8 +159,10 @@ SampleSums l2_sums_scaled(const T* __restrict__ g, const T* __restrict__ d, int6
 
 template <typename T>
 SampleSums l2_sums(const T* g, const T* d, int64_t n) {
-  if constexpr (sizeof(T) >= sizeof(double)) return l2_sums_scaled(g, d, n);
-  else return l2_sums_one_pass(g, d, n);
+  if constexpr (sizeof(T) >= sizeof(double))
+    return l2_sums_scaled(g, d, n);
+  else
+    return l2_sums_one_pass(g, d, n);
 }
 
 // {sum |g| / gscale, gscale}: float data in one pass over memory (blocked as in
@@ -219,9 +220,8 @@ GradScale<T> grad_scale(double num, double gscale) {
 }
 
 template <typename T>
-void l2_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x, const T* eps,
-               int64_t eps_stride, const T* alpha, int64_t alpha_stride, T direction,
-               int64_t batch, int64_t n) {
+void l2_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x, const T* eps, int64_t eps_stride,
+               const T* alpha, int64_t alpha_stride, T direction, int64_t batch, int64_t n) {
   std::vector<T> f(batch);
   std::vector<GradScale<T>> gsc(batch);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
@@ -250,9 +250,9 @@ void l2_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__
 // momentum <- mu * momentum + s / |s|_1 with s = g / max|g| (0 where g = 0), then the
 // l-inf step on the momentum.
 template <typename T>
-void mi_fgsm_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g,
-                    const T* __restrict__ x, const T* eps, int64_t eps_stride, const T* alpha,
-                    int64_t alpha_stride, T mu, T direction, int64_t batch, int64_t n) {
+void mi_fgsm_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g, const T* __restrict__ x,
+                    const T* eps, int64_t eps_stride, const T* alpha, int64_t alpha_stride, T mu, T direction,
+                    int64_t batch, int64_t n) {
   std::vector<GradScale<T>> gsc(batch);
   at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {

@@ -85,10 +85,9 @@ at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Te
   return per_sample_mean(sums, gm, x.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at::Tensor& x_in,
-                                                                     const at::Tensor& y_in,
-                                                                     const at::Tensor& window, double data_range,
-                                                                     double k1, double k2, bool same_padding) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
+                                                                       const at::Tensor& window, double data_range,
+                                                                       double k1, double k2, bool same_padding) {
   check(x_in, y_in, window, same_padding);
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), win_t = window.contiguous();
   const int64_t win_size = win_t.size(0);
@@ -108,8 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at:
     at::parallel_for(0, gm.b * gm.c, 1, [&](int64_t p0, int64_t p1) {
       std::vector<T> scratch;
       for (int64_t p = p0; p < p1; ++p)
-        sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_value_and_grad<T>, xp + p * plane, yp + p * plane, gm.h, gm.w,
-                                     gm.pad, k.win.data(), static_cast<int>(win_size), k.c1, k.c2, gs, gxp + p * plane,
+        sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_value_and_grad<T>, xp + p * plane, yp + p * plane, gm.h, gm.w, gm.pad,
+                                     k.win.data(), static_cast<int>(win_size), k.c1, k.c2, gs, gxp + p * plane,
                                      gyp + p * plane, scratch);
     });
   });
@@ -172,8 +171,8 @@ at::Tensor ssim_ball_scale_cpu(const at::Tensor& delta_in, const at::Tensor& x_i
 }
 
 // In place: the window ball of every (b, c) plane (planes in parallel), then the box.
-void ssim_window_ball_project_cpu(at::Tensor& delta, const at::Tensor& x_in, const at::Tensor& gamma_in,
-                                  int64_t window, double c_pixel) {
+void ssim_window_ball_project_cpu(at::Tensor& delta, const at::Tensor& x_in, const at::Tensor& gamma_in, int64_t window,
+                                  double c_pixel) {
   check_window_ball_inputs(delta, x_in, gamma_in, window, c10::DeviceType::CPU);
   const at::Tensor x = x_in.contiguous(), gamma = gamma_in.contiguous();
   at::Tensor d = delta.is_contiguous() ? delta : delta.contiguous();

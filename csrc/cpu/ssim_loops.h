@@ -62,8 +62,7 @@ void blur_transpose(const T* p, int64_t ho, int64_t wo, const T* g, int k, T* ou
 // The five blurred moments of padded planes xp, yp: m[0..4] = mu_x, mu_y, E[x^2], E[y^2],
 // E[xy], each ho x wo. `prod` holds 3 * hp * wp values, `tmp` hp * wo.
 template <typename T>
-void blurred_moments(const T* xp, const T* yp, int64_t hp, int64_t wp, const T* g, int k, T* m, T* prod,
-                     T* tmp) {
+void blurred_moments(const T* xp, const T* yp, int64_t hp, int64_t wp, const T* g, int k, T* m, T* prod, T* tmp) {
   const int64_t ps = hp * wp, ms = (hp - k + 1) * (wp - k + 1);
   multiply(xp, xp, ps, prod);
   multiply(yp, yp, ps, prod + ps);
@@ -74,8 +73,8 @@ void blurred_moments(const T* xp, const T* yp, int64_t hp, int64_t wp, const T* 
 
 // The SSIM map from the raw moments m[0..4] (each ms values).
 template <typename T>
-void ssim_map(const T* __restrict__ mx, const T* __restrict__ my, const T* __restrict__ exx,
-              const T* __restrict__ eyy, const T* __restrict__ exy, int64_t ms, T c1, T c2, T* __restrict__ out) {
+void ssim_map(const T* __restrict__ mx, const T* __restrict__ my, const T* __restrict__ exx, const T* __restrict__ eyy,
+              const T* __restrict__ exy, int64_t ms, T c1, T c2, T* __restrict__ out) {
   for (int64_t i = 0; i < ms; ++i) out[i] = ssim_pixel(mx[i], my[i], exx[i], eyy[i], exy[i], c1, c2).s;
 }
 
@@ -83,8 +82,8 @@ void ssim_map(const T* __restrict__ mx, const T* __restrict__ my, const T* __res
 // (common/ssim_math.h: ssim_partials).
 template <typename T>
 void ssim_partial_maps(const T* __restrict__ mxp, const T* __restrict__ myp, const T* __restrict__ exx,
-                   const T* __restrict__ eyy, const T* __restrict__ exy, int64_t ms, T c1, T c2, T gs,
-                   T* __restrict__ pmx, T* __restrict__ pmy, T* __restrict__ psq, T* __restrict__ pxy) {
+                       const T* __restrict__ eyy, const T* __restrict__ exy, int64_t ms, T c1, T c2, T gs,
+                       T* __restrict__ pmx, T* __restrict__ pmy, T* __restrict__ psq, T* __restrict__ pxy) {
   for (int64_t i = 0; i < ms; ++i) {
     const T mx = mxp[i], my = myp[i];
     const SsimPartials<T> p = ssim_partials(ssim_pixel(mx, my, exx[i], eyy[i], exy[i], c1, c2), mx, my, gs);
@@ -97,9 +96,9 @@ void ssim_partial_maps(const T* __restrict__ mxp, const T* __restrict__ myp, con
 
 // gx = B'[dmu_x] + 2 x B'[dE[x^2]] + y B'[dE[xy]] on one row, and symmetrically gy.
 template <typename T>
-void combine_row(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ bmx,
-                 const T* __restrict__ bmy, const T* __restrict__ bsq, const T* __restrict__ bxy, int64_t w,
-                 T* __restrict__ gx, T* __restrict__ gy) {
+void combine_row(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ bmx, const T* __restrict__ bmy,
+                 const T* __restrict__ bsq, const T* __restrict__ bxy, int64_t w, T* __restrict__ gx,
+                 T* __restrict__ gy) {
   for (int64_t j = 0; j < w; ++j) {
     gx[j] = bmx[j] + T(2) * x[j] * bsq[j] + y[j] * bxy[j];
     gy[j] = bmy[j] + T(2) * y[j] * bsq[j] + x[j] * bxy[j];
@@ -135,8 +134,8 @@ struct PlaneBuffers {
 
 // Forward of one plane: the sum of its SSIM map (double).
 template <typename T>
-double ssim_plane_forward(const T* x, const T* y, int64_t h, int64_t w, int64_t pad, const T* g, int k, T c1,
-                          T c2, std::vector<T>& scratch) {
+double ssim_plane_forward(const T* x, const T* y, int64_t h, int64_t w, int64_t pad, const T* g, int k, T c1, T c2,
+                          std::vector<T>& scratch) {
   const int64_t ms_est = (h + 2 * pad - k + 1) * (w + 2 * pad - k + 1);
   PlaneBuffers<T> b(x, y, h, w, pad, k, ms_est, scratch);
   blurred_moments(b.xp, b.yp, b.hp, b.wp, g, k, b.m, b.prod, b.tmp);
@@ -150,8 +149,8 @@ double ssim_plane_forward(const T* x, const T* y, int64_t h, int64_t w, int64_t 
 // Value and gradient of one plane in one pass over its moments: returns the SSIM-map sum
 // (double) and writes gx, gy (h x w), the gradients of `gs` times that sum.
 template <typename T>
-double ssim_plane_value_and_grad(const T* x, const T* y, int64_t h, int64_t w, int64_t pad, const T* g, int k,
-                                 T c1, T c2, T gs, T* gx, T* gy, std::vector<T>& scratch) {
+double ssim_plane_value_and_grad(const T* x, const T* y, int64_t h, int64_t w, int64_t pad, const T* g, int k, T c1,
+                                 T c2, T gs, T* gx, T* gy, std::vector<T>& scratch) {
   const int64_t hp = h + 2 * pad, wp = w + 2 * pad;
   const int64_t ho = hp - k + 1, wo = wp - k + 1, ms_est = ho * wo;
   const int64_t pad_size = (ho + 2 * k - 2) * (wo + 2 * k - 2), tmp_size = (ho + 2 * k - 2) * wp;
@@ -167,7 +166,7 @@ double ssim_plane_value_and_grad(const T* x, const T* y, int64_t h, int64_t w, i
   T* padded = back + 4 * ps;
   T* tmp2 = padded + pad_size;
   ssim_partial_maps(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, gs, part, part + ms,
-                part + 2 * ms, part + 3 * ms);
+                    part + 2 * ms, part + 3 * ms);
   for (int q = 0; q < 4; ++q) blur_transpose(part + q * ms, b.ho, b.wo, g, k, back + q * ps, padded, tmp2);
   for (int64_t i = 0; i < h; ++i) {
     const int64_t r = (i + pad) * wp + pad;

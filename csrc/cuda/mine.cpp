@@ -26,8 +26,8 @@ cuda::MineArgs make_args(const MineCall& c, int64_t activation, bool exclude_dia
   return a;
 }
 
-at::Tensor mine_row_lse_cuda(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
-                             int64_t activation, bool exclude_diag) {
+at::Tensor mine_row_lse_cuda(const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in, int64_t activation,
+                             bool exclude_diag) {
   const MineCall c("miga_fast.mine_row_lse", u_in, v_in, w_in, activation, glue::kDevice);
   const glue::DeviceGuard guard(c.u.device());
   at::Tensor lse = at::empty({c.batch}, c.u.options());
@@ -39,14 +39,10 @@ at::Tensor mine_row_lse_cuda(const at::Tensor& u_in, const at::Tensor& v_in, con
   return lse;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cuda(const at::Tensor& grad_in,
-                                                                        const at::Tensor& u_in,
-                                                                        const at::Tensor& v_in,
-                                                                        const at::Tensor& w_in,
-                                                                        const at::Tensor& lse_in,
-                                                                        int64_t activation, bool exclude_diag) {
-  const MineCall c("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, glue::kDevice, &grad_in,
-                   &lse_in);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& u_in, const at::Tensor& v_in, const at::Tensor& w_in,
+    const at::Tensor& lse_in, int64_t activation, bool exclude_diag) {
+  const MineCall c("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, glue::kDevice, &grad_in, &lse_in);
   const glue::DeviceGuard guard(c.u.device());
   at::Tensor gu = at::zeros_like(c.u), gv = at::zeros_like(c.v), gw_rows = at::zeros_like(c.u);
   cuda::MineArgs a = make_args(c, activation, exclude_diag);

@@ -34,8 +34,8 @@ struct Smem {
 
 // Loads hidden units [h0, h0 + kChunk) of rows r0.. and columns c0.. (zeros past the ends).
 template <typename T>
-__device__ void load_chunk(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B,
-                           int64_t H, int64_t h0) {
+__device__ void load_chunk(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B, int64_t H,
+                           int64_t h0) {
   const int tid = threadIdx.y * kTile + threadIdx.x;
   for (int e = tid; e < kTile * kChunk; e += kTile * kTile) {
     const int r = e / kChunk, k = e % kChunk;
@@ -48,8 +48,7 @@ __device__ void load_chunk(Smem<T>& s, const T* u, const T* v, const T* w, int64
 
 // T[r0 + ty, c0 + tx] (every thread of the block takes part: it synchronises).
 template <typename Act, typename T>
-__device__ T tile_score(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B,
-                        int64_t H) {
+__device__ T tile_score(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B, int64_t H) {
   T t = T(0);
   for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
     __syncthreads();
@@ -74,8 +73,8 @@ __device__ T row_sum(T x) {
 }
 
 template <typename Act, typename T>
-__global__ void __launch_bounds__(kTile* kTile) lse_kernel(const T* u, const T* v, const T* w, T* lse, int64_t B,
-                                                           int64_t H, bool exclude_diag) {
+__global__ void __launch_bounds__(kTile* kTile)
+    lse_kernel(const T* u, const T* v, const T* w, T* lse, int64_t B, int64_t H, bool exclude_diag) {
   __shared__ Smem<T> s;
   const T ninf = static_cast<T>(-INFINITY);
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
@@ -173,8 +172,8 @@ cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
     MIGA_FAST_LAUNCH(grid, block, 0, stream, lse_kernel<Act, T>)(static_cast<const T*>(a.u), static_cast<const T*>(a.v),
-                                                   static_cast<const T*>(a.w), static_cast<T*>(a.out), a.batch,
-                                                   a.hidden, a.exclude_diag);
+                                                                 static_cast<const T*>(a.w), static_cast<T*>(a.out),
+                                                                 a.batch, a.hidden, a.exclude_diag);
     return cudaGetLastError();
   });
 }
@@ -187,13 +186,12 @@ cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
     using Act = decltype(act);
     const T *u = static_cast<const T*>(a.u), *v = static_cast<const T*>(a.v), *w = static_cast<const T*>(a.w);
     const T *g = static_cast<const T*>(a.grad), *lse = static_cast<const T*>(a.lse);
-    MIGA_FAST_LAUNCH(grid, block, 0, stream, grad_rows_kernel<Act, T>)(u, v, w, g, lse, static_cast<T*>(a.gu),
-                                                         static_cast<T*>(a.gw_rows), a.batch, a.hidden,
-                                                         a.exclude_diag);
+    MIGA_FAST_LAUNCH(grid, block, 0, stream, grad_rows_kernel<Act, T>)(
+        u, v, w, g, lse, static_cast<T*>(a.gu), static_cast<T*>(a.gw_rows), a.batch, a.hidden, a.exclude_diag);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     MIGA_FAST_LAUNCH(grid, block, 0, stream, grad_cols_kernel<Act, T>)(u, v, w, g, lse, static_cast<T*>(a.gv), a.batch,
-                                                         a.hidden, a.exclude_diag);
+                                                                       a.hidden, a.exclude_diag);
     return cudaGetLastError();
   });
 }

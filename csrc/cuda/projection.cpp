@@ -26,16 +26,16 @@ DType to_dtype(at::ScalarType t) {
     case at::kBFloat16:
       return DType::kBFloat16;
     default:
-      TORCH_CHECK(false, "miga_fast: the CUDA kernels take float32, float64, float16 or "
-                         "bfloat16, got ", t);
+      TORCH_CHECK(false,
+                  "miga_fast: the CUDA kernels take float32, float64, float16 or "
+                  "bfloat16, got ",
+                  t);
   }
 }
 
-void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad,
-         const at::Tensor& x, const at::Tensor& eps, const at::Tensor* alpha, double mu,
-         double direction) {
-  TORCH_CHECK(delta.device().type() == glue::kDevice, "miga_fast: CUDA kernel called with `delta` on ",
-              delta.device());
+void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad, const at::Tensor& x,
+         const at::Tensor& eps, const at::Tensor* alpha, double mu, double direction) {
+  TORCH_CHECK(delta.device().type() == glue::kDevice, "miga_fast: CUDA kernel called with `delta` on ", delta.device());
   const DType dtype = to_dtype(delta.scalar_type());
   const glue::DeviceGuard guard(delta.device());
   const ProjectionCall c(delta, momentum, grad, x, eps, alpha);
@@ -77,8 +77,7 @@ void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at:
       err = cuda::launch_mi_fgsm(dtype, a, stream);
       break;
   }
-  TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA projection kernel failed: ",
-              cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA projection kernel failed: ", cudaGetErrorString(err));
   c.write_back(delta, momentum);
 }
 

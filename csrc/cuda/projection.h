@@ -15,18 +15,18 @@ enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 struct ProjectionArgs {
   void* delta = nullptr;
-  void* momentum = nullptr;     // MI-FGSM only
-  const void* grad = nullptr;   // null: ball and box only (project_*)
+  void* momentum = nullptr;    // MI-FGSM only
+  const void* grad = nullptr;  // null: ball and box only (project_*)
   const void* x = nullptr;
   const void* eps = nullptr;    // compute dtype: double for float64 data, else float
   const void* alpha = nullptr;  // compute dtype; unused without grad
   int64_t eps_stride = 0;       // 0: one value for the batch; 1: one per sample
   int64_t alpha_stride = 0;
   int64_t batch = 0;
-  int64_t n = 0;                // elements per sample
+  int64_t n = 0;  // elements per sample
   double mu = 0.0;
   double direction = 1.0;
-  void* workspace = nullptr;    // reduction partials, projection_workspace_bytes() of them
+  void* workspace = nullptr;  // reduction partials, projection_workspace_bytes() of them
 };
 
 // Bytes of device workspace the l2 and MI-FGSM launchers need (0 for l-inf).

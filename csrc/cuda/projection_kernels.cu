@@ -40,11 +40,17 @@ __device__ __forceinline__ float load_acc(__nv_bfloat16 v) { return __bfloat162f
 template <typename T>
 __device__ __forceinline__ T store_as(typename AccOf<T>::type v);
 template <>
-__device__ __forceinline__ float store_as<float>(float v) { return v; }
+__device__ __forceinline__ float store_as<float>(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ double store_as<double>(double v) { return v; }
+__device__ __forceinline__ double store_as<double>(double v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ __half store_as<__half>(float v) { return __float2half_rn(v); }
+__device__ __forceinline__ __half store_as<__half>(float v) {
+  return __float2half_rn(v);
+}
 template <>
 __device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
@@ -82,12 +88,10 @@ __global__ void __launch_bounds__(kThreads)
       const P gv = reinterpret_cast<const P*>(g)[p];
 #pragma unroll
       for (int k = 0; k < VEC; ++k)
-        dv.v[k] = store_as<T>(
-            linf_step(load_acc(dv.v[k]), load_acc(gv.v[k]), load_acc(xv.v[k]), e, step));
+        dv.v[k] = store_as<T>(linf_step(load_acc(dv.v[k]), load_acc(gv.v[k]), load_acc(xv.v[k]), e, step));
     } else {
 #pragma unroll
-      for (int k = 0; k < VEC; ++k)
-        dv.v[k] = store_as<T>(linf_ball_box(load_acc(dv.v[k]), load_acc(xv.v[k]), e));
+      for (int k = 0; k < VEC; ++k) dv.v[k] = store_as<T>(linf_ball_box(load_acc(dv.v[k]), load_acc(xv.v[k]), e));
     }
     reinterpret_cast<P*>(d)[p] = dv;
   }
@@ -99,8 +103,7 @@ cudaError_t launch_linf_typed(const ProjectionArgs& a, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
   const int64_t total = a.batch * a.n;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool vec_ok = a.n % kVec == 0 && aligned(a.delta) && aligned(a.x) &&
-                      (!HAS_GRAD || aligned(a.grad));
+  const bool vec_ok = a.n % kVec == 0 && aligned(a.delta) && aligned(a.x) && (!HAS_GRAD || aligned(a.grad));
   T* d = static_cast<T*>(a.delta);
   const T* g = static_cast<const T*>(a.grad);
   const T* x = static_cast<const T*>(a.x);
@@ -184,8 +187,8 @@ __device__ __forceinline__ void block_reduce(double (&v)[kSlots]) {
 }
 
 // Warp 0 combines the partials of sample b in a fixed order; the result lands in lane 0.
-__device__ __forceinline__ void combine_partials(const double* __restrict__ partials, int64_t b,
-                                                 int nblk, double (&s)[kSlots]) {
+__device__ __forceinline__ void combine_partials(const double* __restrict__ partials, int64_t b, int nblk,
+                                                 double (&s)[kSlots]) {
 #pragma unroll
   for (int k = 0; k < kSlots; ++k) s[k] = 0.0;
   for (int j = threadIdx.x; j < nblk; j += 32) {
@@ -200,9 +203,8 @@ __device__ __forceinline__ void combine_partials(const double* __restrict__ part
 __device__ __forceinline__ double scale_of(double vmax) { return vmax > 0.0 ? vmax : 1.0; }
 
 template <typename T, int MODE, int PASS>
-__global__ void __launch_bounds__(kThreads)
-    reduce_kernel(const T* __restrict__ d, const T* __restrict__ g, int64_t batch, int64_t n,
-                  double* __restrict__ partials) {
+__global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ d, const T* __restrict__ g,
+                                                          int64_t batch, int64_t n, double* __restrict__ partials) {
   __shared__ double s_scale[2];
   const int nblk = gridDim.x;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
@@ -260,12 +262,10 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, int MODE>
 __global__ void __launch_bounds__(kThreads)
-    update_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g,
-                  const T* __restrict__ x, const typename AccOf<T>::type* __restrict__ eps,
-                  int64_t eps_stride, const typename AccOf<T>::type* __restrict__ alpha,
-                  int64_t alpha_stride, typename AccOf<T>::type mu,
-                  typename AccOf<T>::type direction, int64_t batch, int64_t n,
-                  const double* __restrict__ partials) {
+    update_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g, const T* __restrict__ x,
+                  const typename AccOf<T>::type* __restrict__ eps, int64_t eps_stride,
+                  const typename AccOf<T>::type* __restrict__ alpha, int64_t alpha_stride, typename AccOf<T>::type mu,
+                  typename AccOf<T>::type direction, int64_t batch, int64_t n, const double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
   constexpr bool kScaled = NeedsScaledSums<T>::value;
   __shared__ A s_a, s_b, s_gs;
@@ -322,8 +322,7 @@ int partial_blocks(int64_t batch, int64_t n) {
   const int64_t by_size = (n + kThreads * 4 - 1) / (kThreads * 4);
   const int64_t target = static_cast<int64_t>(sm_count()) * 4;
   const int64_t by_fill = (target + batch - 1) / batch;
-  return static_cast<int>(std::max<int64_t>(1, std::min({by_size, by_fill,
-                                                         static_cast<int64_t>(kMaxPartials)})));
+  return static_cast<int>(std::max<int64_t>(1, std::min({by_size, by_fill, static_cast<int64_t>(kMaxPartials)})));
 }
 
 template <typename T, int MODE>
@@ -339,18 +338,15 @@ cudaError_t launch_two_pass(const ProjectionArgs& a, cudaStream_t stream) {
     MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassMax>)(d, g, a.batch, a.n, partials);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassScaled>)(d, g, a.batch, a.n,
-                                                                                    partials);
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassScaled>)(d, g, a.batch, a.n, partials);
   } else {
-    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassFused>)(d, g, a.batch, a.n,
-                                                                                   partials);
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassFused>)(d, g, a.batch, a.n, partials);
   }
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, update_kernel<T, MODE>)(
-      d, static_cast<T*>(a.momentum), g, static_cast<const T*>(a.x),
-      static_cast<const A*>(a.eps), a.eps_stride, static_cast<const A*>(a.alpha),
-      a.alpha_stride, static_cast<A>(a.mu), static_cast<A>(a.direction), a.batch, a.n,
+      d, static_cast<T*>(a.momentum), g, static_cast<const T*>(a.x), static_cast<const A*>(a.eps), a.eps_stride,
+      static_cast<const A*>(a.alpha), a.alpha_stride, static_cast<A>(a.mu), static_cast<A>(a.direction), a.batch, a.n,
       partials);
   return cudaGetLastError();
 }
@@ -380,16 +376,13 @@ struct LinfFn {
 template <typename T>
 struct L2Fn {
   static cudaError_t run(const ProjectionArgs& a, cudaStream_t s) {
-    return a.grad != nullptr ? launch_two_pass<T, kL2Step>(a, s)
-                             : launch_two_pass<T, kL2Project>(a, s);
+    return a.grad != nullptr ? launch_two_pass<T, kL2Step>(a, s) : launch_two_pass<T, kL2Project>(a, s);
   }
 };
 
 template <typename T>
 struct MomentumFn {
-  static cudaError_t run(const ProjectionArgs& a, cudaStream_t s) {
-    return launch_two_pass<T, kL1Grad>(a, s);
-  }
+  static cudaError_t run(const ProjectionArgs& a, cudaStream_t s) { return launch_two_pass<T, kL1Grad>(a, s); }
 };
 
 }  // namespace

@@ -19,8 +19,8 @@ struct Prepared {
   cuda::SsimArgs args;
 };
 
-Prepared prepare(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& window, double data_range,
-                 double k1, double k2, bool same_padding, bool with_grad) {
+Prepared prepare(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& window, double data_range, double k1,
+                 double k2, bool same_padding, bool with_grad) {
   check_ssim_inputs(x_in, y_in, window, same_padding, glue::kDevice);
   const int64_t k = window.size(0);
   Prepared p;
@@ -52,16 +52,14 @@ Prepared prepare(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tenso
   return p;
 }
 
-at::Tensor per_sample(const Prepared& p) {
-  return (p.partials.sum(1) * p.args.gs).to(p.x.scalar_type());
-}
+at::Tensor per_sample(const Prepared& p) { return (p.partials.sum(1) * p.args.gs).to(p.x.scalar_type()); }
 
 void check(cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA SSIM kernel failed: ", cudaGetErrorString(err));
 }
 
-at::Tensor ssim_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, double data_range,
-                     double k1, double k2, bool same_padding) {
+at::Tensor ssim_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, double data_range, double k1,
+                     double k2, bool same_padding) {
   const glue::DeviceGuard guard(x.device());
   Prepared p = prepare(x, y, window, data_range, k1, k2, same_padding, false);
   check(cuda::launch_ssim(p.args, false, glue::current_stream()));
@@ -69,8 +67,8 @@ at::Tensor ssim_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cuda(const at::Tensor& x, const at::Tensor& y,
-                                                                      const at::Tensor& window, double data_range,
-                                                                      double k1, double k2, bool same_padding) {
+                                                                        const at::Tensor& window, double data_range,
+                                                                        double k1, double k2, bool same_padding) {
   const glue::DeviceGuard guard(x.device());
   Prepared p = prepare(x, y, window, data_range, k1, k2, same_padding, true);
   at::Tensor gx = at::empty_like(p.x), gy = at::empty_like(p.y);
@@ -83,7 +81,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cuda(const at
   check(cuda::launch_ssim(p.args, true, glue::current_stream()));
   return {per_sample(p), gx, gy};
 }
-
 
 // Per sample the largest t in [0, 1] with SSIM(x, x + t delta) >= tau (ssim_kernels.cu:
 // the ball moments once, then per round one sums and one choose kernel; no host sync).
@@ -112,8 +109,10 @@ at::Tensor ssim_ball_scale_cuda(const at::Tensor& delta_in, const at::Tensor& x_
   g.c2 = (k2 * data_range) * (k2 * data_range);
   g.is_double = x.scalar_type() == at::kDouble;
   const size_t need = cuda::ssim_ball_shared_bytes(g), limit = cuda::ssim_shared_limit();
-  TORCH_CHECK(need <= limit, op, ": a ", k, "-tap window needs ", need, " bytes of shared memory per block, more than "
-              "this GPU's ", limit, "; use the 'triton' or 'reference' backend");
+  TORCH_CHECK(need <= limit, op, ": a ", k, "-tap window needs ", need,
+              " bytes of shared memory per block, more than "
+              "this GPU's ",
+              limit, "; use the 'triton' or 'reference' backend");
   const int64_t ho = g.h + 2 * g.pad - k + 1, wo = g.w + 2 * g.pad - k + 1;
   const auto f64 = x.options().dtype(at::kDouble);
   at::Tensor moments = at::empty({g.batch * g.channels, 5, ho, wo}, f64);

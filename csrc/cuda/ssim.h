@@ -11,17 +11,17 @@ namespace miga_fast {
 namespace cuda {
 
 struct SsimArgs {
-  const void* x = nullptr;       // [batch, channels, h, w], float32 or float64 (is_double)
+  const void* x = nullptr;  // [batch, channels, h, w], float32 or float64 (is_double)
   const void* y = nullptr;
   const void* window = nullptr;  // [k], the data's dtype
   int64_t batch = 0, channels = 0, h = 0, w = 0;
-  int k = 0, pad = 0;            // pad = k / 2 for "same", 0 for "valid"
+  int k = 0, pad = 0;  // pad = k / 2 for "same", 0 for "valid"
   double c1 = 0, c2 = 0;
-  double gs = 0;                 // 1 / (channels * ho * wo): the mean's (and gradient's) scale
+  double gs = 0;  // 1 / (channels * ho * wo): the mean's (and gradient's) scale
   bool is_double = false;
-  double* partials = nullptr;    // [batch, ssim_tiles()]: each block's SSIM-map sum
-  void* gx = nullptr;            // with gradients: d value_b / d x, [batch, channels, h, w]
-  void* gy = nullptr;            // ... and d value_b / d y
+  double* partials = nullptr;  // [batch, ssim_tiles()]: each block's SSIM-map sum
+  void* gx = nullptr;          // with gradients: d value_b / d x, [batch, channels, h, w]
+  void* gy = nullptr;          // ... and d value_b / d y
 };
 
 // Blocks per sample (partials per sample) of the value (with_grad false) or the fused

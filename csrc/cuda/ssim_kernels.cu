@@ -109,8 +109,8 @@ __device__ inline void horizontal_moments(const S* rx, const S* ry, const A* win
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
-                 T c2, int tiles_x, int tiles, double* __restrict__ partials) {
+    value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1, T c2,
+                 int tiles_x, int tiles, double* __restrict__ partials) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   __shared__ double red[kThreads / 32];
   const int span = kValueTile + g.k - 1;
@@ -163,8 +163,8 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T, int TILE>
 __global__ void __launch_bounds__(kThreads)
-    value_grad_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g,
-                      T c1, T c2, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
+    value_grad_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
+                      T c2, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
                       T* __restrict__ gy) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   __shared__ double red[kThreads / 32];
@@ -172,11 +172,11 @@ __global__ void __launch_bounds__(kThreads)
   const int s_out = TILE + k - 1, s_in = s_out + k - 1;
   T* region_a = reinterpret_cast<T*>(smem_raw);
   T* region_b = region_a + fused_region_a(TILE, k);
-  T* sx = region_a;                // step 1: S_in x S_in
+  T* sx = region_a;  // step 1: S_in x S_in
   T* sy = region_a + s_in * s_in;
-  T* pm = region_a;                // step 3: 4 x S_out x S_out
-  T* hor = region_b;               // step 2: 5 x S_in x S_out
-  T* hor2 = region_b;              // step 4: 4 x S_out x TILE
+  T* pm = region_a;    // step 3: 4 x S_out x S_out
+  T* hor = region_b;   // step 2: 5 x S_in x S_out
+  T* hor2 = region_b;  // step 4: 4 x S_out x TILE
   const int tid = threadIdx.x;
   const int tile = blockIdx.x;
   const int64_t py0 = static_cast<int64_t>(tile / tiles_x) * TILE, px0 = static_cast<int64_t>(tile % tiles_x) * TILE;
@@ -308,9 +308,9 @@ cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream)
     auto* kernel = &value_grad_kernel<T, fused_tile<T>()>;
     cudaError_t err = allow_shared(kernel, smem);
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(
-        x, y, win, g, c1, c2, gs, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials,
-        static_cast<T*>(a.gx), static_cast<T*>(a.gy));
+    MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(x, y, win, g, c1, c2, gs, static_cast<int>(tiles_x),
+                                                                 static_cast<int>(tiles), a.partials,
+                                                                 static_cast<T*>(a.gx), static_cast<T*>(a.gy));
   } else {
     auto* kernel = &value_kernel<T>;
     cudaError_t err = allow_shared(kernel, smem);
@@ -320,7 +320,6 @@ cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream)
   }
   return cudaGetLastError();
 }
-
 
 // ------------------------------------------------------------------- the SSIM ball
 
@@ -388,8 +387,8 @@ __device__ inline double candidate(const double* bounds, int q, int nt) {
 // polynomials in t: mu_y = mu_x + t mu_d, var_y = var_x + 2 t cov + t^2 var_d,
 // cov_xy = var_x + t cov).
 __global__ void __launch_bounds__(kThreads)
-    ball_sums_kernel(const double* __restrict__ m, const double* __restrict__ bounds, Geometry g, double c1,
-                     double c2, int nt, double* __restrict__ partials) {
+    ball_sums_kernel(const double* __restrict__ m, const double* __restrict__ bounds, Geometry g, double c1, double c2,
+                     int nt, double* __restrict__ partials) {
   __shared__ double red[kThreads / 32];
   const int64_t ms = g.ho * g.wo, n = g.channels * ms;
   const int chunks = gridDim.x, tid = threadIdx.x;
@@ -509,9 +508,9 @@ cudaError_t launch_ball_typed(const BallArgs& a, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const int64_t planes = g.batch * g.channels;
   MIGA_FAST_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min<int64_t>(planes, 65535))),
-                   dim3(kValueTile, kValueTile), smem, stream, moments)(
-      static_cast<const S*>(a.geometry.x), static_cast<const S*>(a.geometry.y), static_cast<const double*>(a.geometry.window),
-      g, tiles_x, a.moments);
+                   dim3(kValueTile, kValueTile), smem, stream,
+                   moments)(static_cast<const S*>(a.geometry.x), static_cast<const S*>(a.geometry.y),
+                            static_cast<const double*>(a.geometry.window), g, tiles_x, a.moments);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const int chunks = ball_chunks(g);
@@ -519,8 +518,8 @@ cudaError_t launch_ball_typed(const BallArgs& a, cudaStream_t stream) {
   const int choose_blocks = static_cast<int>(std::min<int64_t>((g.batch + kThreads - 1) / kThreads, 1024));
   const double n = static_cast<double>(g.channels * g.ho * g.wo);
   for (int r = 0; r < a.rounds; ++r) {
-    MIGA_FAST_LAUNCH(sums_grid, dim3(kThreads), 0, stream, ball_sums_kernel)(
-        a.moments, a.bounds, g, a.geometry.c1, a.geometry.c2, a.candidates, a.partials);
+    MIGA_FAST_LAUNCH(sums_grid, dim3(kThreads), 0, stream, ball_sums_kernel)(a.moments, a.bounds, g, a.geometry.c1,
+                                                                             a.geometry.c2, a.candidates, a.partials);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     MIGA_FAST_LAUNCH(dim3(choose_blocks), dim3(kThreads), 0, stream, ball_choose_kernel)(

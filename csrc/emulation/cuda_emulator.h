@@ -62,7 +62,7 @@ namespace emu {
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kDefaultDynamicShared = 48 * 1024;
 constexpr int kMaxSharedOptIn = 227 * 1024;  // an H100's cudaDevAttrMaxSharedMemoryPerBlockOptin
-constexpr int kEmulatedSms = 2;  // small, so grid-stride loops and partial grids get exercised
+constexpr int kEmulatedSms = 2;              // small, so grid-stride loops and partial grids get exercised
 
 enum class State { kRunnable, kAtSyncthreads, kAtShuffle, kDone };
 
@@ -170,8 +170,8 @@ inline void trampoline() {
 }
 
 inline std::string where(const Runtime& r) {
-  return "block (" + std::to_string(r.block.x) + ", " + std::to_string(r.block.y) + ", " +
-         std::to_string(r.block.z) + ")";
+  return "block (" + std::to_string(r.block.x) + ", " + std::to_string(r.block.y) + ", " + std::to_string(r.block.z) +
+         ")";
 }
 
 // Runs every thread of the current block to completion, releasing barriers as they fill.
@@ -288,7 +288,7 @@ class Launcher {
       Fiber& f = r.fibers[t];
       f.stack = r.stacks[t].get();
       f.index = index3(static_cast<unsigned>(t % block_.x), static_cast<unsigned>((t / block_.x) % block_.y),
-                           static_cast<unsigned>(t / (uint64_t(block_.x) * block_.y)));
+                       static_cast<unsigned>(t / (uint64_t(block_.x) * block_.y)));
       f.lane = static_cast<int>(t % 32);
     }
     for (unsigned z = 0; z < grid_.z; ++z)
@@ -320,9 +320,7 @@ inline cudaError_t get_last_error() {
   r.last_error = cudaSuccess;
   return e;
 }
-inline const char* get_error_string(cudaError_t e) {
-  return e == cudaSuccess ? "no error" : runtime().message.c_str();
-}
+inline const char* get_error_string(cudaError_t e) { return e == cudaSuccess ? "no error" : runtime().message.c_str(); }
 inline cudaError_t get_device(int* device) {
   *device = 0;
   return cudaSuccess;

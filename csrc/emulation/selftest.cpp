@@ -47,8 +47,9 @@ at::Tensor run(int64_t kind) {
     MIGA_FAST_LAUNCH(dim3(1), dim3(2048), 0, nullptr, shift_kernel)(o, 0);
   } else {
     const size_t bytes = kind == 8 ? 300 * 1024 : 64 * 1024;
-    if (kind >= 7) err = cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(bytes));
+    if (kind >= 7)
+      err = cudaFuncSetAttribute(dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(bytes));
     TORCH_CHECK(err == cudaSuccess, "emulated kernel failed: cudaFuncSetAttribute refused ", bytes, " bytes");
     MIGA_FAST_LAUNCH(dim3(1), dim3(kThreads), bytes, nullptr, dynamic_shared_kernel)(o);
   }

@@ -12,9 +12,8 @@
 namespace {
 
 at::Tensor selftest(int64_t kind) {
-  const auto op = c10::Dispatcher::singleton()
-                      .findSchemaOrThrow("miga_fast_emu_selftest::run", "")
-                      .typed<at::Tensor(int64_t)>();
+  const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("miga_fast_emu_selftest::run", "").typed<at::Tensor(int64_t)>();
   return op.call(kind);
 }
 

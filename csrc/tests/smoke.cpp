@@ -8,8 +8,8 @@
 int main() {
   const auto op = c10::Dispatcher::singleton()
                       .findSchemaOrThrow("miga_fast::pgd_step_linf_", "")
-                      .typed<void(at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  const at::Tensor&, const at::Tensor&, double)>();
+                      .typed<void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&, double)>();
   at::manual_seed(0);
   const at::Tensor x = at::rand({4, 3, 9, 7});
   at::Tensor delta = (at::rand({4, 3, 9, 7}) - 0.5) * 0.2;

@@ -1,4 +1,5 @@
 """The `miga-fast` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,16 +19,20 @@ def _print_backends(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     v = info["versions"]
-    print(f"miga_fast {miga_fast.__version__}  torch {v['torch']} (CUDA {v['torch_cuda']})  "
-          f"extension built for torch {v['built_for_torch']}  GPU: {v['gpu'] or 'none visible'}")
+    print(
+        f"miga_fast {miga_fast.__version__}  torch {v['torch']} (CUDA {v['torch_cuda']})  "
+        f"extension built for torch {v['built_for_torch']}  GPU: {v['gpu'] or 'none visible'}"
+    )
     if v["version_note"]:
         print(f"warning: {v['version_note']}")
     print(f"{'backend':<10} {'built':<6} {'runs here':<10} note")
     for name in ("cuda", "triton", "cpu", "reference"):
         b = info[name]
         print(f"{name:<10} {'yes' if b['built'] else 'no':<6} {'yes' if b['runs_here'] else 'no':<10} {b['note']}")
-    print(f"selected: {info['selected']}  (auto takes, per call, the first of cuda, cpu, triton, reference "
-          "that can run it)")
+    print(
+        f"selected: {info['selected']}  (auto takes, per call, the first of cuda, cpu, triton, reference "
+        "that can run it)"
+    )
     print("\nper op (torch.ops.miga_fast name: what each backend's kernel takes, or why it is missing)")
     for name, table in info["ops"].items():
         print(f"{name}  [{table['public']}]")
@@ -65,8 +70,11 @@ def _print_models(args) -> int:
 def _quality_line(info) -> str:
     q = info.quality
     if info.kind == "denoiser":
-        parts = [f"sigma {s}: {q[f'psnr_noisy_sigma{s}']:.1f} -> {q[f'psnr_denoised_sigma{s}']:.1f} dB"
-                 for s in (15, 25, 50) if f"psnr_noisy_sigma{s}" in q]
+        parts = [
+            f"sigma {s}: {q[f'psnr_noisy_sigma{s}']:.1f} -> {q[f'psnr_denoised_sigma{s}']:.1f} dB"
+            for s in (15, 25, 50)
+            if f"psnr_noisy_sigma{s}" in q
+        ]
         return "PSNR noisy -> denoised  " + ", ".join(parts)
     if info.kind == "classifier":
         noisy = q.get("accuracy_noisy_sigma25", float("nan"))
@@ -105,17 +113,20 @@ def _ssim_attack(args) -> int:
         return 2
     out = Path(args.out)
     results = []
-    for setup in (list(SETUPS) if args.data == "all" else [args.data]):
+    for setup in list(SETUPS) if args.data == "all" else [args.data]:
         print(f"{setup}: attacking {args.n} held-out images ...", flush=True)
-        results.append(ssim_attack_report(setup, args.n, args.tau, args.steps, out,
-                                          log=lambda s: print(s, flush=True)))
+        results.append(ssim_attack_report(setup, args.n, args.tau, args.steps, out, log=lambda s: print(s, flush=True)))
     for r in results:
         print(f"\n{r['data']} ({r['classifier']}, {r['images']} images, clean accuracy {r['clean_accuracy']:.1%})")
-        print(f"{'attack':<40} {'fooled':>7} {'SSIM':>6} {'linf':>6} {'l2':>6} {'corr(1-SSIM,CAM)':>17} "
-              f"{'IoU top20%':>10}")
+        print(
+            f"{'attack':<40} {'fooled':>7} {'SSIM':>6} {'linf':>6} {'l2':>6} {'corr(1-SSIM,CAM)':>17} "
+            f"{'IoU top20%':>10}"
+        )
         for row in r["rows"]:
-            print(f"{row['attack']:<40} {row['fooling_rate']:7.1%} {row['mean_ssim']:6.3f} {row['linf']:6.3f} "
-                  f"{row['l2']:6.2f} {row['ssim_cam_correlation']:17.3f} {row['ssim_cam_iou']:10.3f}")
+            print(
+                f"{row['attack']:<40} {row['fooling_rate']:7.1%} {row['mean_ssim']:6.3f} {row['linf']:6.3f} "
+                f"{row['l2']:6.2f} {row['ssim_cam_correlation']:17.3f} {row['ssim_cam_iou']:10.3f}"
+            )
         print(f"grid (clean / adversarial / amplified perturbation / 1 - SSIM map / Grad-CAM): {r['grid']}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "ssim_attack.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -131,13 +142,17 @@ def _demo(args) -> int:
     if args.n < 2 or args.steps < 1:
         print("miga-fast: --n must be >= 2 and --steps >= 1", file=sys.stderr)
         return 2
-    print(f"miga-fast demo: MIGA and baselines on the shipped models ({args.n} images per data set, "
-          f"{args.steps} steps); output in {args.out}/", flush=True)
+    print(
+        f"miga-fast demo: MIGA and baselines on the shipped models ({args.n} images per data set, "
+        f"{args.steps} steps); output in {args.out}/",
+        flush=True,
+    )
     results = demo.run(args.out, n=args.n, steps=args.steps, compile=args.compile)  # draws a progress bar
     demo.print_table(results)
     out = Path(args.out)
-    print(f"\nwrote {out / 'report.md'}, {out / 'results.json'} and "
-          + ", ".join(str(Path(r["grid"])) for r in results))
+    print(
+        f"\nwrote {out / 'report.md'}, {out / 'results.json'} and " + ", ".join(str(Path(r["grid"])) for r in results)
+    )
     return 0
 
 
@@ -155,8 +170,14 @@ def _load_data(args):
                 class_map = json.loads(Path(args.class_map).read_text())
             except (OSError, ValueError) as exc:
                 raise ValueError(f"--class-map {args.class_map}: {exc}") from exc
-    folder = data.ImageFolderDataset(name, size=args.size, channels=args.channels, class_map=class_map,
-                                     limit=args.n, follow_symlinks=args.follow_symlinks)
+    folder = data.ImageFolderDataset(
+        name,
+        size=args.size,
+        channels=args.channels,
+        class_map=class_map,
+        limit=args.n,
+        follow_symlinks=args.follow_symlinks,
+    )
     return folder.tensors()
 
 
@@ -186,8 +207,10 @@ def parse_radius(text: str | None, norm: str):
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"--eps must be finite and >= 0, got {text!r}")
     if norm == "linf" and value > 1:
-        raise ValueError(f"--eps {text} is ambiguous for --norm linf: radii are fractions of the [0, 1] image "
-                         f"range; write --eps {text}/255 for {text} grey levels")
+        raise ValueError(
+            f"--eps {text} is ambiguous for --norm linf: radii are fractions of the [0, 1] image "
+            f"range; write --eps {text}/255 for {text} grey levels"
+        )
     return value
 
 
@@ -245,8 +268,11 @@ def _attack(args) -> int:
     trust = args.trust_model_file
     try:
         denoiser = registry.load(args.denoiser, arch=args.denoiser_arch, trust=trust, **kwargs["denoiser"])
-        classifier = (registry.load(args.classifier, arch=args.classifier_arch, trust=trust, **kwargs["classifier"])
-                      if args.classifier else None)
+        classifier = (
+            registry.load(args.classifier, arch=args.classifier_arch, trust=trust, **kwargs["classifier"])
+            if args.classifier
+            else None
+        )
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
         return fail(str(exc).splitlines()[0])
     try:
@@ -256,7 +282,7 @@ def _attack(args) -> int:
     if x.shape[0] == 0:
         return fail(f"--data {args.data!r} holds no images")
     if args.n is not None:
-        x, y = x[:args.n], y[:args.n]
+        x, y = x[: args.n], y[: args.n]
     try:
         with torch.no_grad():
             denoiser(x[:1])
@@ -266,8 +292,10 @@ def _attack(args) -> int:
     if logits is not None:
         classes = logits.shape[-1]
         if int(y.max()) >= classes:
-            return fail(f"--data {args.data!r} has labels up to {int(y.max())} but the classifier has {classes} "
-                        "classes: name the class folders by class index (0, 1, ...) or pass --class-map")
+            return fail(
+                f"--data {args.data!r} has labels up to {int(y.max())} but the classifier has {classes} "
+                "classes: name the class folders by class index (0, 1, ...) or pass --class-map"
+            )
     try:
         kw = dict(eps=eps, norm=args.norm, steps=args.steps, compile=args.compile, tau=args.tau)
         if args.attack == "miga":
@@ -278,8 +306,7 @@ def _attack(args) -> int:
             if classifier is None:
                 return fail("--attack e2e-pgd needs --classifier")
             attack = EndToEndPGD(denoiser, classifier, **kw)
-        summary = attack.run((x, y), args.out, batch_size=args.batch_size, sigma=args.sigma,
-                             overwrite=args.overwrite)
+        summary = attack.run((x, y), args.out, batch_size=args.batch_size, sigma=args.sigma, overwrite=args.overwrite)
     except (ValueError, TypeError, OSError, RunFolderBusyError) as exc:
         return fail(str(exc).splitlines()[0])
     print(json.dumps(summary, indent=2))
@@ -319,27 +346,43 @@ def main(argv=None) -> int:
     p.add_argument("--denoiser-arch", default=None, help="architecture of a .pt state dict")
     p.add_argument("--classifier", default=None, help="a shipped classifier name or a model file")
     p.add_argument("--classifier-arch", default=None, help="architecture of a .pt state dict")
-    p.add_argument("--denoiser-kwargs", default=None,
-                   help='the architecture\'s arguments as JSON, e.g. {"channels": 1}')
+    p.add_argument(
+        "--denoiser-kwargs", default=None, help='the architecture\'s arguments as JSON, e.g. {"channels": 1}'
+    )
     p.add_argument("--classifier-kwargs", default=None, help="the architecture's arguments as JSON")
-    p.add_argument("--trust-model-file", action="store_true",
-                   help="allow TorchScript and .pt2 model files: loading them can RUN CODE embedded in the file, "
-                        "so use this only for files you trust (without it, only state dicts with --*-arch load)")
+    p.add_argument(
+        "--trust-model-file",
+        action="store_true",
+        help="allow TorchScript and .pt2 model files: loading them can RUN CODE embedded in the file, "
+        "so use this only for files you trust (without it, only state dicts with --*-arch load)",
+    )
     p.add_argument("--data", required=True, help=f"{', '.join(SETUPS)} (a shipped test split) or an image folder")
-    p.add_argument("--class-map", default=None,
-                   help="folders: a JSON file, a list of the classifier's class names or {folder: index}; "
-                        "without it, class folders must be named by class index (0, 1, ...)")
-    p.add_argument("--follow-symlinks", action="store_true",
-                   help="folders: read symbolic links that lead out of the folder (skipped by default)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="--out holds a run of another configuration: delete its results and start anew")
+    p.add_argument(
+        "--class-map",
+        default=None,
+        help="folders: a JSON file, a list of the classifier's class names or {folder: index}; "
+        "without it, class folders must be named by class index (0, 1, ...)",
+    )
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="folders: read symbolic links that lead out of the folder (skipped by default)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--out holds a run of another configuration: delete its results and start anew",
+    )
     p.add_argument("--size", type=int, default=None, help="resize folder images to size x size")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="folder images: 1 or 3 channels")
     p.add_argument("--attack", choices=["miga", "degradation", "e2e-pgd"], default="miga")
     p.add_argument("--task", choices=["known", "unknown"], default=None)
-    p.add_argument("--eps", default=None,
-                   help="the radius in units of the [0, 1] image range, a number or a fraction such as 8/255 "
-                        "(default: 8/255 for linf, 1.0 for l2; linf radii above 1 are refused; not for ssim)")
+    p.add_argument(
+        "--eps",
+        default=None,
+        help="the radius in units of the [0, 1] image range, a number or a fraction such as 8/255 "
+        "(default: 8/255 for linf, 1.0 for l2; linf radii above 1 are refused; not for ssim)",
+    )
     p.add_argument("--norm", choices=["linf", "l2", "ssim"], default="linf")
     p.add_argument("--tau", type=float, default=0.95, help="--norm ssim: the SSIM floor, SSIM(x, x + delta) >= tau")
     p.add_argument("--steps", type=int, default=20)
@@ -350,6 +393,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="miga-fast-attack")
     args = parser.parse_args(argv)
     return args.func(args)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@ non-local means, DDPM purification where a diffusion model fits the data), the d
 sitting in front of the classifier; and the unknown task's reference variant (maximise
 I(x_r; D(x_n + delta)) for another image x_r). Writes report.md, results.json and PNG grids.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ from .viz import save_labelled_grid
 SETUPS = with_models("classifier")  # the data sets with a shipped denoiser and classifier
 
 
-ATTACKS = ("MIGA (known task)", "MIGA (unknown task, MINE)", "MIGA (unknown task, reference)",
-           "denoiser degradation", "end-to-end PGD on F(D(.))")
+ATTACKS = (
+    "MIGA (known task)",
+    "MIGA (unknown task, MINE)",
+    "MIGA (unknown task, reference)",
+    "denoiser degradation",
+    "end-to-end PGD on F(D(.))",
+)
 
 
 def _defenses(setup: Setup) -> dict:
@@ -45,8 +51,7 @@ def _labels(classifier, images, defense):
     return classifier(defense(images) if defense is not None else images).argmax(1)
 
 
-def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: bool, log=print,
-              progress=None) -> dict:
+def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: bool, log=print, progress=None) -> dict:
     setup = get_setup(name)
     x, y = setup.load("test")
     g = torch.Generator().manual_seed(0)
@@ -60,16 +65,22 @@ def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: b
         denoised = denoiser(x_noisy)
     clean_psnr = float(metrics.psnr(denoised.clamp(0, 1), x).mean())
     clean_ssim = float(metrics.ssim(denoised, x).mean())
-    clean_acc = {d: float((_labels(classifier, denoised.clamp(0, 1), f) == y).float().mean())
-                 for d, f in defenses.items()}
+    clean_acc = {
+        d: float((_labels(classifier, denoised.clamp(0, 1), f) == y).float().mean()) for d, f in defenses.items()
+    }
     reference = x.roll(1, 0)  # each image's neighbour: mostly another class
-    attacks = dict(zip(ATTACKS, (
-        MIGA(denoiser, classifier, eps=eps, steps=steps, compile=compile),
-        MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, compile=compile),
-        MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, reference=reference, compile=compile),
-        DenoiserDegradation(denoiser, classifier, eps=eps, steps=steps, compile=compile),
-        EndToEndPGD(denoiser, classifier, eps=eps, steps=steps, compile=compile),
-    )))
+    attacks = dict(
+        zip(
+            ATTACKS,
+            (
+                MIGA(denoiser, classifier, eps=eps, steps=steps, compile=compile),
+                MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, compile=compile),
+                MIGA(denoiser, None, eps=eps, steps=steps, lambda_rec=1.0, reference=reference, compile=compile),
+                DenoiserDegradation(denoiser, classifier, eps=eps, steps=steps, compile=compile),
+                EndToEndPGD(denoiser, classifier, eps=eps, steps=steps, compile=compile),
+            ),
+        )
+    )
     rows, grids = [], {}
     for attack_name, attack in attacks.items():
         if progress is not None:
@@ -86,24 +97,47 @@ def run_setup(name: str, n: int, steps: int, sigma: float, out: Path, compile: b
             extra["mi_after"] = estimate_mi(x, res.denoised, **kw)
         if attack_name == "MIGA (unknown task, reference)":
             ref_labels = _labels(classifier, reference, None)
-            extra["toward_reference_before"] = float((_labels(classifier, denoised.clamp(0, 1), None)
-                                                      == ref_labels).float().mean())
+            extra["toward_reference_before"] = float(
+                (_labels(classifier, denoised.clamp(0, 1), None) == ref_labels).float().mean()
+            )
             extra["toward_reference_after"] = float((_labels(classifier, adv_out, None) == ref_labels).float().mean())
         for d_name, defense in defenses.items():
             before = _labels(classifier, denoised.clamp(0, 1), defense)
             after = _labels(classifier, adv_out, defense)
             asr = metrics.attack_success_rate(after != y, before == y)  # NaN when none was right before
-            rows.append({"data": name, "attack": attack_name, "defense": d_name, "eps": eps, "asr": asr,
-                         "accuracy_after": float((after == y).float().mean()),
-                         "psnr": float(res.psnr.mean()), "ssim": float(res.ssim.mean()),
-                         "linf": float(res.linf.max()), "l2": float(res.l2.mean()),
-                         "images_per_s": n / res.seconds, **extra})
+            rows.append(
+                {
+                    "data": name,
+                    "attack": attack_name,
+                    "defense": d_name,
+                    "eps": eps,
+                    "asr": asr,
+                    "accuracy_after": float((after == y).float().mean()),
+                    "psnr": float(res.psnr.mean()),
+                    "ssim": float(res.ssim.mean()),
+                    "linf": float(res.linf.max()),
+                    "l2": float(res.l2.mean()),
+                    "images_per_s": n / res.seconds,
+                    **extra,
+                }
+            )
         grids[attack_name] = res
     grid_path = _grid(setup, x, x_noisy, grids["MIGA (known task)"], classifier, out)
-    return {"data": name, "n": n, "sigma": sigma, "eps": eps, "steps": steps, "denoiser": setup.denoiser,
-            "classifier": setup.classifier, "clean_psnr": clean_psnr, "clean_ssim": clean_ssim,
-            "noisy_psnr": float(metrics.psnr(x_noisy, x).mean()), "clean_accuracy": clean_acc, "rows": rows,
-            "grid": str(grid_path)}
+    return {
+        "data": name,
+        "n": n,
+        "sigma": sigma,
+        "eps": eps,
+        "steps": steps,
+        "denoiser": setup.denoiser,
+        "classifier": setup.classifier,
+        "clean_psnr": clean_psnr,
+        "clean_ssim": clean_ssim,
+        "noisy_psnr": float(metrics.psnr(x_noisy, x).mean()),
+        "clean_accuracy": clean_acc,
+        "rows": rows,
+        "grid": str(grid_path),
+    }
 
 
 ROW_TITLES = ("clean x", "noisy x_n", "adversarial x_n+d", "D(x_n)", "D(x_n+d)")
@@ -112,58 +146,95 @@ ROW_TITLES = ("clean x", "noisy x_n", "adversarial x_n+d", "D(x_n)", "D(x_n+d)")
 def _grid(setup: Setup, x, x_noisy, res, classifier, out: Path, count: int = 8) -> Path:
     """Rows (titled): clean, noisy, adversarial input, denoised clean, denoised
     adversarial; under each image the class the classifier gives it, by name."""
-    rows = [x[:count], x_noisy[:count], res.adversarial[:count], res.denoised_clean[:count].clamp(0, 1),
-            res.denoised[:count].clamp(0, 1)]
+    rows = [
+        x[:count],
+        x_noisy[:count],
+        res.adversarial[:count],
+        res.denoised_clean[:count].clamp(0, 1),
+        res.denoised[:count].clamp(0, 1),
+    ]
     with torch.no_grad():
         captions = [[setup.class_name(i) for i in classifier(r).argmax(1).tolist()] for r in rows]
     return save_labelled_grid(rows, ROW_TITLES, out / f"grid_{setup.name}.png", captions=captions, scale=3)
 
 
 def report_markdown(results: list[dict], seconds: float) -> str:
-    lines = ["# miga-fast demo", "",
-             "MIGA on the shipped models, sigma = 25 noise, docs/algorithms.md §4. ASR: the share of "
-             "the images the pipeline classified correctly before the attack whose label changed after it "
-             "(with a defense: the defended pipeline's own correct images). PSNR / SSIM: the denoised "
-             "adversarial output against the clean image. The unknown-task MIGA never sees the classifier "
-             "(its ASR is a side effect); its MI estimates are a fresh MINE critic's, on held-out pairs.", ""]
+    lines = [
+        "# miga-fast demo",
+        "",
+        "MIGA on the shipped models, sigma = 25 noise, docs/algorithms.md §4. ASR: the share of "
+        "the images the pipeline classified correctly before the attack whose label changed after it "
+        "(with a defense: the defended pipeline's own correct images). PSNR / SSIM: the denoised "
+        "adversarial output against the clean image. The unknown-task MIGA never sees the classifier "
+        "(its ASR is a side effect); its MI estimates are a fresh MINE critic's, on held-out pairs.",
+        "",
+    ]
     for r in results:
-        lines += [f"## {r['data']}: {r['denoiser']} + {r['classifier']}, {r['n']} test images, eps = "
-                  f"{r['eps'] * 255:.0f}/255, {r['steps']} steps", "",
-                  f"Un-attacked pipeline: noisy PSNR {r['noisy_psnr']:.2f} dB, denoised PSNR {r['clean_psnr']:.2f} dB, "
-                  f"SSIM {r['clean_ssim']:.3f}; accuracy " +
-                  ", ".join(f"{k} {v:.1%}" for k, v in r["clean_accuracy"].items()) + ".", "",
-                  "| attack | defense | ASR | PSNR dB | SSIM | linf*255 | l2 | images/s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {r['data']}: {r['denoiser']} + {r['classifier']}, {r['n']} test images, eps = "
+            f"{r['eps'] * 255:.0f}/255, {r['steps']} steps",
+            "",
+            f"Un-attacked pipeline: noisy PSNR {r['noisy_psnr']:.2f} dB, denoised PSNR {r['clean_psnr']:.2f} dB, "
+            f"SSIM {r['clean_ssim']:.3f}; accuracy "
+            + ", ".join(f"{k} {v:.1%}" for k, v in r["clean_accuracy"].items())
+            + ".",
+            "",
+            "| attack | defense | ASR | PSNR dB | SSIM | linf*255 | l2 | images/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in r["rows"]:
-            lines.append(f"| {row['attack']} | {row['defense']} | {row['asr']:.1%} | {row['psnr']:.2f} | "
-                         f"{row['ssim']:.3f} | {row['linf'] * 255:.1f} | {row['l2']:.2f} | {row['images_per_s']:.1f} |")
+            lines.append(
+                f"| {row['attack']} | {row['defense']} | {row['asr']:.1%} | {row['psnr']:.2f} | "
+                f"{row['ssim']:.3f} | {row['linf'] * 255:.1f} | {row['l2']:.2f} | {row['images_per_s']:.1f} |"
+            )
         mi = [row for row in r["rows"] if "mi_before" in row]
         if mi:
-            lines += ["", f"MI estimate I(x; D(.)) before / after the unknown-task attack: "
-                          f"{mi[0]['mi_before']:.2f} / {mi[0]['mi_after']:.2f} nats."]
+            lines += [
+                "",
+                f"MI estimate I(x; D(.)) before / after the unknown-task attack: "
+                f"{mi[0]['mi_before']:.2f} / {mi[0]['mi_after']:.2f} nats.",
+            ]
         toward = [row for row in r["rows"] if "toward_reference_after" in row]
         if toward:
-            lines += ["", f"Reference variant (maximise I(x_r; D(.)), x_r: another test image): the classifier "
-                          f"gives the output the reference's label for {toward[0]['toward_reference_before']:.1%} "
-                          f"of the images before and {toward[0]['toward_reference_after']:.1%} after the attack."]
-        lines += ["", f"![grid]({Path(r['grid']).name}) MIGA (known task): rows clean, noisy, adversarial, denoised "
-                      "clean, denoised adversarial; under each image the class the classifier gives it.", ""]
+            lines += [
+                "",
+                f"Reference variant (maximise I(x_r; D(.)), x_r: another test image): the classifier "
+                f"gives the output the reference's label for {toward[0]['toward_reference_before']:.1%} "
+                f"of the images before and {toward[0]['toward_reference_after']:.1%} after the attack.",
+            ]
+        lines += [
+            "",
+            f"![grid]({Path(r['grid']).name}) MIGA (known task): rows clean, noisy, adversarial, denoised "
+            "clean, denoised adversarial; under each image the class the classifier gives it.",
+            "",
+        ]
     lines += [f"Total time {seconds:.0f} s on {torch.get_num_threads()} CPU threads."]
     return "\n".join(lines) + "\n"
 
 
 def print_table(results: list[dict]) -> None:
     for r in results:
-        print(f"\n{r['data']}: eps {r['eps'] * 255:.0f}/255, clean pipeline PSNR {r['clean_psnr']:.2f} dB, "
-              f"accuracy {r['clean_accuracy']['none']:.1%}")
+        print(
+            f"\n{r['data']}: eps {r['eps'] * 255:.0f}/255, clean pipeline PSNR {r['clean_psnr']:.2f} dB, "
+            f"accuracy {r['clean_accuracy']['none']:.1%}"
+        )
         print(f"{'attack':<31} {'defense':<10} {'ASR':>6} {'PSNR':>6} {'SSIM':>6} {'linf':>6} {'l2':>5} {'img/s':>6}")
         for row in r["rows"]:
-            print(f"{row['attack']:<31} {row['defense']:<10} {row['asr']:6.1%} {row['psnr']:6.2f} {row['ssim']:6.3f} "
-                  f"{row['linf'] * 255:6.1f} {row['l2']:5.2f} {row['images_per_s']:6.1f}")
+            print(
+                f"{row['attack']:<31} {row['defense']:<10} {row['asr']:6.1%} {row['psnr']:6.2f} {row['ssim']:6.3f} "
+                f"{row['linf'] * 255:6.1f} {row['l2']:5.2f} {row['images_per_s']:6.1f}"
+            )
 
 
-def run(out_dir="miga-fast-demo", n: int = 64, steps: int = 20, sigma: float = 25.0, compile: bool = False,
-        setups=("natural", "digits"), log=print) -> list[dict]:
+def run(
+    out_dir="miga-fast-demo",
+    n: int = 64,
+    steps: int = 20,
+    sigma: float = 25.0,
+    compile: bool = False,
+    setups=("natural", "digits"),
+    log=print,
+) -> list[dict]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

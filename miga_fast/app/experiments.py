@@ -6,6 +6,7 @@ mean SSIM matches the pgd-solver SSIMAttack's; per attack the fooling rate, mean
 l-inf / l2 size and the agreement of the SSIM dissimilarity map with the classifier's
 Grad-CAM, and an image grid.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,14 +51,21 @@ def _row(name, model, x, y, adv, correct, cam, seconds):
     d = (adv - x).flatten(1)
     agree = explain.ssim_vs_cam(x, adv, cam)
     fooled = metrics.attack_success_rate(predict(model, adv) != y, correct)
-    return {"attack": name, "fooling_rate": fooled, "mean_ssim": _mean_ssim(x, adv),
-            "linf": float(d.abs().amax(1).mean()), "l2": float(d.norm(dim=1).mean()),
-            "ssim_cam_correlation": float(agree["correlation"].mean()), "ssim_cam_iou": float(agree["iou"].mean()),
-            "seconds": round(seconds, 2)}
+    return {
+        "attack": name,
+        "fooling_rate": fooled,
+        "mean_ssim": _mean_ssim(x, adv),
+        "linf": float(d.abs().amax(1).mean()),
+        "l2": float(d.norm(dim=1).mean()),
+        "ssim_cam_correlation": float(agree["correlation"].mean()),
+        "ssim_cam_iou": float(agree["iou"].mean()),
+        "seconds": round(seconds, 2),
+    }
 
 
-def ssim_attack_report(setup: str, n: int = 96, tau: float = 0.95, steps: int = 10, out_dir: Path | None = None,
-                       log=print) -> dict:
+def ssim_attack_report(
+    setup: str, n: int = 96, tau: float = 0.95, steps: int = 10, out_dir: Path | None = None, log=print
+) -> dict:
     if setup not in SETUPS:
         raise ValueError(f"unknown data set {setup!r}; choose from {SETUPS}")
     spec = get_setup(setup)
@@ -82,8 +90,15 @@ def ssim_attack_report(setup: str, n: int = 96, tau: float = 0.95, steps: int = 
         advs[f"PGD {norm}"] = adv
         rows.append(_row(label + " (SSIM-matched)", model, x, y, adv, correct, cam, time.time() - t))
         log(f"  {rows[-1]['attack']}: fooled {rows[-1]['fooling_rate']:.0%}")
-    result = {"data": setup, "classifier": spec.cam_classifier, "images": len(x),
-              "clean_accuracy": float(correct.float().mean()), "tau": tau, "steps": steps, "rows": rows}
+    result = {
+        "data": setup,
+        "classifier": spec.cam_classifier,
+        "images": len(x),
+        "clean_accuracy": float(correct.float().mean()),
+        "tau": tau,
+        "steps": steps,
+        "rows": rows,
+    }
     if out_dir is not None:
         out_dir = Path(out_dir)
         k = min(8, len(x))

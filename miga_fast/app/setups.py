@@ -1,6 +1,7 @@
 """The one table of data sets and the shipped models the application runs on them: the
 demo, the SSIM-attack experiment, the `attack` command's named data sets and the
 training scripts all read it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,13 +30,28 @@ class Setup:
 
 
 SETUPS = {
-    "natural": Setup("natural", lambda split: data.load_natural_patches(split, 32), data.NATURAL_CLASSES,
-                     denoiser="dncnn_natural", classifier="resnet_natural", eps=8 / 255,
-                     cam_classifier="resnet_natural", cam_layer="stages.2"),
+    "natural": Setup(
+        "natural",
+        lambda split: data.load_natural_patches(split, 32),
+        data.NATURAL_CLASSES,
+        denoiser="dncnn_natural",
+        classifier="resnet_natural",
+        eps=8 / 255,
+        cam_classifier="resnet_natural",
+        cam_layer="stages.2",
+    ),
     # at 8/255 MIGA changes only about a quarter of the digit labels: the demo uses 16/255
-    "digits": Setup("digits", lambda split: data.load_digits(split, 32), tuple(str(d) for d in range(10)),
-                    denoiser="dncnn_digits", classifier="cnn_digits", eps=16 / 255, diffusion="ddpm_digits",
-                    cam_classifier="resnet_digits", cam_layer="stages.2"),
+    "digits": Setup(
+        "digits",
+        lambda split: data.load_digits(split, 32),
+        tuple(str(d) for d in range(10)),
+        denoiser="dncnn_digits",
+        classifier="cnn_digits",
+        eps=16 / 255,
+        diffusion="ddpm_digits",
+        cam_classifier="resnet_digits",
+        cam_layer="stages.2",
+    ),
     "faces": Setup("faces", lambda split: data.load_faces(split), data.FACE_CLASSES),
 }
 # the names the model manifest records for the training data

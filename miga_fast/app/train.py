@@ -8,6 +8,7 @@ Run from the repository root, the checkpoints and manifest.json land in
 miga_fast/models/checkpoints/ (`--out` for elsewhere). Each model is evaluated on its
 held-out split and the figures are recorded in the manifest (`miga-fast models`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,34 +28,91 @@ from .setups import setup
 
 EVAL_SIGMAS = (15, 25, 50)
 ZOO = {
-    "dncnn_digits": dict(kind="denoiser", arch="dncnn", kwargs=dict(channels=1, depth=6, width=32),
-                         data="digits", steps=800, batch=64, lr=1e-3,
-                         description="DnCNN, 6 layers of width 32, blind over sigma 0-50, digits 32x32"),
-    "unet_digits": dict(kind="denoiser", arch="unet_denoiser", kwargs=dict(channels=1, base=16),
-                        data="digits", steps=800, batch=64, lr=1e-3,
-                        description="two-level UNet (base 16), blind over sigma 0-50, digits 32x32"),
-    "dncnn_natural": dict(kind="denoiser", arch="dncnn", kwargs=dict(channels=3, depth=7, width=32),
-                          data="natural32", steps=1000, batch=64, lr=1e-3,
-                          description="DnCNN, 7 layers of width 32, blind over sigma 0-50, natural RGB patches 32x32"),
-    "unet_natural": dict(kind="denoiser", arch="unet_denoiser", kwargs=dict(channels=3, base=16),
-                         data="natural32", steps=1000, batch=64, lr=1e-3,
-                         description="two-level UNet (base 16), blind over sigma 0-50, natural RGB patches 32x32"),
-    "cnn_digits": dict(kind="classifier", arch="small_cnn", kwargs=dict(channels=1, classes=10, width=16),
-                       data="digits", steps=1500, batch=64, lr=2e-3, denoiser="dncnn_digits",
-                       description="small CNN digit classifier, trained on clean and denoised-noisy digits"),
-    "resnet_digits": dict(kind="classifier", arch="small_resnet",
-                          kwargs=dict(channels=1, classes=10, widths=[16, 32, 64]),
-                          data="digits", steps=1500, batch=64, lr=2e-3, denoiser="dncnn_digits",
-                          description="small ResNet digit classifier, trained on clean and denoised-noisy digits"),
-    "resnet_natural": dict(kind="classifier", arch="small_resnet",
-                           kwargs=dict(channels=3, classes=8, widths=[32, 64, 128]),
-                           data="natural32", steps=2500, batch=64, lr=2e-3, denoiser="dncnn_natural",
-                           description="small ResNet: which photo a 32x32 natural patch comes from (8 classes), "
-                                       "trained on clean and denoised-noisy patches"),
-    "ddpm_digits": dict(kind="diffusion", arch="diffusion_unet", kwargs=dict(channels=1, base=32),
-                        data="digits", steps=2500, batch=32, lr=5e-4,
-                        description="DDPM eps-prediction UNet (base 32), linear beta 1e-4..2e-2, T=1000, "
-                                    "digits 32x32 scaled to [-1, 1]"),
+    "dncnn_digits": dict(
+        kind="denoiser",
+        arch="dncnn",
+        kwargs=dict(channels=1, depth=6, width=32),
+        data="digits",
+        steps=800,
+        batch=64,
+        lr=1e-3,
+        description="DnCNN, 6 layers of width 32, blind over sigma 0-50, digits 32x32",
+    ),
+    "unet_digits": dict(
+        kind="denoiser",
+        arch="unet_denoiser",
+        kwargs=dict(channels=1, base=16),
+        data="digits",
+        steps=800,
+        batch=64,
+        lr=1e-3,
+        description="two-level UNet (base 16), blind over sigma 0-50, digits 32x32",
+    ),
+    "dncnn_natural": dict(
+        kind="denoiser",
+        arch="dncnn",
+        kwargs=dict(channels=3, depth=7, width=32),
+        data="natural32",
+        steps=1000,
+        batch=64,
+        lr=1e-3,
+        description="DnCNN, 7 layers of width 32, blind over sigma 0-50, natural RGB patches 32x32",
+    ),
+    "unet_natural": dict(
+        kind="denoiser",
+        arch="unet_denoiser",
+        kwargs=dict(channels=3, base=16),
+        data="natural32",
+        steps=1000,
+        batch=64,
+        lr=1e-3,
+        description="two-level UNet (base 16), blind over sigma 0-50, natural RGB patches 32x32",
+    ),
+    "cnn_digits": dict(
+        kind="classifier",
+        arch="small_cnn",
+        kwargs=dict(channels=1, classes=10, width=16),
+        data="digits",
+        steps=1500,
+        batch=64,
+        lr=2e-3,
+        denoiser="dncnn_digits",
+        description="small CNN digit classifier, trained on clean and denoised-noisy digits",
+    ),
+    "resnet_digits": dict(
+        kind="classifier",
+        arch="small_resnet",
+        kwargs=dict(channels=1, classes=10, widths=[16, 32, 64]),
+        data="digits",
+        steps=1500,
+        batch=64,
+        lr=2e-3,
+        denoiser="dncnn_digits",
+        description="small ResNet digit classifier, trained on clean and denoised-noisy digits",
+    ),
+    "resnet_natural": dict(
+        kind="classifier",
+        arch="small_resnet",
+        kwargs=dict(channels=3, classes=8, widths=[32, 64, 128]),
+        data="natural32",
+        steps=2500,
+        batch=64,
+        lr=2e-3,
+        denoiser="dncnn_natural",
+        description="small ResNet: which photo a 32x32 natural patch comes from (8 classes), "
+        "trained on clean and denoised-noisy patches",
+    ),
+    "ddpm_digits": dict(
+        kind="diffusion",
+        arch="diffusion_unet",
+        kwargs=dict(channels=1, base=32),
+        data="digits",
+        steps=2500,
+        batch=32,
+        lr=5e-4,
+        description="DDPM eps-prediction UNet (base 32), linear beta 1e-4..2e-2, T=1000, "
+        "digits 32x32 scaled to [-1, 1]",
+    ),
 }
 
 
@@ -68,7 +126,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, flips: bool) -> torch.Tensor
     b, _, h, w = x.shape
     padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
     dy, dx = torch.randint(0, 5, (2,), generator=gen).tolist()
-    x = padded[:, :, dy:dy + h, dx:dx + w]
+    x = padded[:, :, dy : dy + h, dx : dx + w]
     if flips:
         flip = torch.rand(b, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -119,14 +177,13 @@ def evaluate_denoiser(model, x, seed=1234, sigmas=EVAL_SIGMAS) -> dict:
     out = {}
     for s in sigmas:
         xn = data.add_gaussian_noise(x, float(s), torch.Generator().manual_seed(seed + s))
-        den = torch.cat([model(xn[i:i + 256]) for i in range(0, len(xn), 256)]).clamp(0, 1)
+        den = torch.cat([model(xn[i : i + 256]) for i in range(0, len(xn), 256)]).clamp(0, 1)
         out[f"psnr_noisy_sigma{s}"] = round(float(psnr(xn, x).mean()), 2)
         out[f"psnr_denoised_sigma{s}"] = round(float(psnr(den, x).mean()), 2)
     return out
 
 
-def train_classifier(model, x, y, steps, batch, lr, seed, flips=False, denoiser=None,
-                     denoised_fraction=0.5, log=print):
+def train_classifier(model, x, y, steps, batch, lr, seed, flips=False, denoiser=None, denoised_fraction=0.5, log=print):
     """Cross-entropy with shifts (and flips); a `denoised_fraction` of each batch is
     replaced by denoiser(noisy image) so that the classifier also works behind the denoiser."""
     gen = torch.Generator().manual_seed(seed)
@@ -149,7 +206,7 @@ def evaluate_classifier(model, x, y, denoiser=None, sigma=25, seed=1234) -> dict
     xn = data.add_gaussian_noise(x, float(sigma), torch.Generator().manual_seed(seed))
     out[f"accuracy_noisy_sigma{sigma}"] = round(accuracy(model, xn, y), 4)
     if denoiser is not None:
-        den = torch.cat([denoiser(xn[i:i + 256]) for i in range(0, len(xn), 256)]).clamp(0, 1)
+        den = torch.cat([denoiser(xn[i : i + 256]) for i in range(0, len(xn), 256)]).clamp(0, 1)
         out[f"accuracy_denoised_sigma{sigma}"] = round(accuracy(model, den, y), 4)
     return out
 
@@ -177,8 +234,12 @@ def evaluate_diffusion(model, x, seed=1234, schedule=None, grid_path: Path | Non
     x0 = x * 2 - 1
     t = torch.randint(0, schedule.T, (len(x0),), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
-    pred = torch.cat([model(schedule.q_sample(x0[i:i + 256], t[i:i + 256], noise[i:i + 256]), t[i:i + 256]).sample
-                      for i in range(0, len(x0), 256)])
+    pred = torch.cat(
+        [
+            model(schedule.q_sample(x0[i : i + 256], t[i : i + 256], noise[i : i + 256]), t[i : i + 256]).sample
+            for i in range(0, len(x0), 256)
+        ]
+    )
     out = {"test_eps_mse": round(float(F.mse_loss(pred, noise)), 4)}
     if grid_path is not None:
         from .viz import save_grid
@@ -197,15 +258,18 @@ def train_one(name: str, out_dir: Path, seed: int = 0, log=print) -> registry.Mo
     model = registry.build(spec["arch"], **spec["kwargs"])
     flips = spec["data"] == "natural32"
     start = time.time()
-    log(f"training {name} ({spec['arch']}, {sum(p.numel() for p in model.parameters())} parameters) "
-        f"on {spec['data']} ({len(x_train)} images), {spec['steps']} steps")
+    log(
+        f"training {name} ({spec['arch']}, {sum(p.numel() for p in model.parameters())} parameters) "
+        f"on {spec['data']} ({len(x_train)} images), {spec['steps']} steps"
+    )
     if spec["kind"] == "denoiser":
         train_denoiser(model, x_train, spec["steps"], spec["batch"], spec["lr"], seed, flips, log)
         quality = evaluate_denoiser(model, x_test)
     elif spec["kind"] == "classifier":
         denoiser = registry.load(spec["denoiser"], directory=out_dir)
-        train_classifier(model, x_train, y_train, spec["steps"], spec["batch"], spec["lr"], seed, flips,
-                         denoiser, log=log)
+        train_classifier(
+            model, x_train, y_train, spec["steps"], spec["batch"], spec["lr"], seed, flips, denoiser, log=log
+        )
         quality = evaluate_classifier(model, x_test, y_test, denoiser)
         quality["denoiser"] = spec["denoiser"]
     else:
@@ -214,17 +278,33 @@ def train_one(name: str, out_dir: Path, seed: int = 0, log=print) -> registry.Mo
     seconds = time.time() - start
     log(f"  {name}: {quality} ({seconds:.0f} s)")
     info = registry.ModelInfo(
-        name=name, kind=spec["kind"], arch=spec["arch"], kwargs=spec["kwargs"], data=spec["data"],
-        description=spec["description"], file=f"{name}.pt", sha256="", bytes=0, quality=quality,
-        train={"seed": seed, "steps": spec["steps"], "batch": spec["batch"], "lr": spec["lr"],
-               "seconds": round(seconds), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        name=name,
+        kind=spec["kind"],
+        arch=spec["arch"],
+        kwargs=spec["kwargs"],
+        data=spec["data"],
+        description=spec["description"],
+        file=f"{name}.pt",
+        sha256="",
+        bytes=0,
+        quality=quality,
+        train={
+            "seed": seed,
+            "steps": spec["steps"],
+            "batch": spec["batch"],
+            "lr": spec["lr"],
+            "seconds": round(seconds),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
     )
     return registry.register(info, model.state_dict(), out_dir)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m miga_fast.app.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m miga_fast.app.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("names", nargs="*", help=f"models to train (default: all of {list(ZOO)})")
     p.add_argument("--out", type=Path, default=registry.CHECKPOINT_DIR)
     p.add_argument("--seed", type=int, default=0)

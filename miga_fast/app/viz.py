@@ -1,5 +1,6 @@
 """Image grids saved as PNG: plain sheets (samples) and labelled figures (row titles,
 a caption under each image) for reports."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2, value: float = 
     grid = torch.full((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), value, dtype=torch.float32)
     for i in range(n):
         r, k = divmod(i, nrow)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = \
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = (
             images[i].detach().float().cpu().clamp(0, 1)
+        )
     return grid
 
 

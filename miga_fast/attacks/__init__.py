@@ -8,6 +8,7 @@
   the loss curves and the time, because judging such an attack needs all of them;
   `attack.run(dataset, folder)` attacks a whole dataset into a resumable run folder.
 """
+
 from .base import DenoiserAttack
 from .baselines import DenoiserDegradation, EndToEndPGD
 from .miga import MIGA
@@ -16,5 +17,13 @@ from .result import AttackResult
 from .run_folder import RunFolderBusyError
 from .ssim_attack import SSIMAttack
 
-__all__ = ["PGD", "SSIMAttack", "MIGA", "DenoiserDegradation", "EndToEndPGD", "DenoiserAttack", "AttackResult",
-           "RunFolderBusyError"]
+__all__ = [
+    "PGD",
+    "SSIMAttack",
+    "MIGA",
+    "DenoiserDegradation",
+    "EndToEndPGD",
+    "DenoiserAttack",
+    "AttackResult",
+    "RunFolderBusyError",
+]

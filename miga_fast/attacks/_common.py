@@ -1,5 +1,6 @@
 """What every attack shares: per-norm defaults, the model's mode and device during an
 attack, and the cross-entropy that skips unlabelled samples."""
+
 from __future__ import annotations
 
 import contextlib

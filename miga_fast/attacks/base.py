@@ -12,6 +12,7 @@ terms are (`_terms`) and what it needs per batch (`_prepare`, `_before_step`). C
 an attack on a batch returns an AttackResult (result.py); `run` attacks a dataset into a
 run folder (run_folder.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -46,9 +47,23 @@ class DenoiserAttack:
 
     min_batch = 1  # the smallest batch the attack can run on
 
-    def __init__(self, denoiser, classifier=None, eps=None, norm="linf", steps=20, alpha=None, tau=0.95,
-                 lambda_rec=10.0, lambda_mi=1.0, targeted=False, compile=True, random_start=False,
-                 generator=None, model_mode="eval"):
+    def __init__(
+        self,
+        denoiser,
+        classifier=None,
+        eps=None,
+        norm="linf",
+        steps=20,
+        alpha=None,
+        tau=0.95,
+        lambda_rec=10.0,
+        lambda_mi=1.0,
+        targeted=False,
+        compile=True,
+        random_start=False,
+        generator=None,
+        model_mode="eval",
+    ):
         if not isinstance(denoiser, torch.nn.Module):
             raise TypeError(f"`denoiser` must be an nn.Module, got {type(denoiser).__name__}")
         if classifier is not None and not isinstance(classifier, torch.nn.Module):
@@ -58,8 +73,9 @@ class DenoiserAttack:
         self.norm = check_choice(norm, "norm", NORMS)
         if self.norm == "ssim":
             if eps is not None:
-                raise ValueError("`eps` is not used with norm='ssim' (the SSIM ball is bounded by `tau`): "
-                                 "leave it None")
+                raise ValueError(
+                    "`eps` is not used with norm='ssim' (the SSIM ball is bounded by `tau`): leave it None"
+                )
             eps = 1.0  # the l-inf ball of radius 1 is inactive: the sign step, the box, then the SSIM ball
         self.eps = check_scalar(DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
         if self.norm == "linf" and self.eps > 1:
@@ -150,8 +166,10 @@ class DenoiserAttack:
         `model_mode` (eval by default) and are left in the caller's mode afterwards."""
         self._check_images(x_noisy, "x_noisy")
         if x_noisy.shape[0] < self.min_batch:
-            raise ValueError(f"{type(self).__name__} needs batches of at least {self.min_batch} images "
-                             f"({self._min_batch_reason()}), got {x_noisy.shape[0]}")
+            raise ValueError(
+                f"{type(self).__name__} needs batches of at least {self.min_batch} images "
+                f"({self._min_batch_reason()}), got {x_noisy.shape[0]}"
+            )
         device = model_device(self.denoiser_eager)
         if device is not None:
             x_noisy = x_noisy.to(device)
@@ -166,8 +184,9 @@ class DenoiserAttack:
         if x_clean is not None:
             self._check_images(x_clean, "x_clean")
             if x_clean.shape != x_noisy.shape:
-                raise ValueError(f"`x_clean` must have x_noisy's shape {tuple(x_noisy.shape)}, "
-                                 f"got {tuple(x_clean.shape)}")
+                raise ValueError(
+                    f"`x_clean` must have x_noisy's shape {tuple(x_noisy.shape)}, got {tuple(x_clean.shape)}"
+                )
         if labels is not None:
             labels = self._check_labels(labels, x_noisy)
         x_noisy = x_noisy.detach()
@@ -193,8 +212,7 @@ class DenoiserAttack:
             torch.cuda.synchronize(x_noisy.device)
         seconds = time.perf_counter() - start
         losses = {k: torch.stack([h[k] for h in history]).tolist() for k in (history[0] if history else {})}
-        return self._result(x_noisy, x_adv, out, denoised_clean, delta, labels, x_clean, x_ref, aux, losses,
-                            seconds)
+        return self._result(x_noisy, x_adv, out, denoised_clean, delta, labels, x_clean, x_ref, aux, losses, seconds)
 
     def _before_step(self, k, delta, x_noisy, x_ref, labels, aux):
         """Hook run before every delta step (the unknown task trains its critic here)."""
@@ -214,16 +232,33 @@ class DenoiserAttack:
             correct, success = correct.cpu(), success.cpu()  # unlabelled samples (-1) count as not correct
         flat = delta.flatten(1)
         return AttackResult(
-            adversarial=x_adv.cpu(), denoised=out.cpu(), denoised_clean=denoised_clean.cpu(), delta=delta.cpu(),
-            success=success, correct_before=correct,
-            psnr=metrics.psnr(out.clamp(0, 1), target).cpu(), ssim=metrics.ssim(out, target).cpu(),
+            adversarial=x_adv.cpu(),
+            denoised=out.cpu(),
+            denoised_clean=denoised_clean.cpu(),
+            delta=delta.cpu(),
+            success=success,
+            correct_before=correct,
+            psnr=metrics.psnr(out.clamp(0, 1), target).cpu(),
+            ssim=metrics.ssim(out, target).cpu(),
             psnr_vs_denoised=metrics.psnr(out, denoised_clean).cpu(),
             ssim_vs_denoised=metrics.ssim(out, denoised_clean.clamp(0, 1)).cpu(),
-            linf=flat.abs().amax(1).cpu(), l2=flat.norm(dim=1).cpu(), losses=losses, seconds=seconds)
+            linf=flat.abs().amax(1).cpu(),
+            l2=flat.norm(dim=1).cpu(),
+            losses=losses,
+            seconds=seconds,
+        )
 
     # ------------------------------------------------------------------ a dataset
-    def run(self, data, out_dir, batch_size: int = 64, sigma: float = 25.0, seed: int = 0, progress: bool = True,
-            overwrite: bool = False) -> dict:
+    def run(
+        self,
+        data,
+        out_dir,
+        batch_size: int = 64,
+        sigma: float = 25.0,
+        seed: int = 0,
+        progress: bool = True,
+        overwrite: bool = False,
+    ) -> dict:
         """Attack a whole dataset and write the results as it goes, resumably.
 
         data: a DataLoader or Dataset of (clean image, label) (a label of -1 marks an
@@ -264,6 +299,8 @@ class DenoiserAttack:
         return params
 
     def __repr__(self):
-        return (f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, steps={self.steps}, "
-                f"alpha={self.alpha:.4g}, lambda_rec={self.lambda_rec:g}, lambda_mi={self.lambda_mi:g}, "
-                f"targeted={self.targeted}, compile={self.compile})")
+        return (
+            f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, steps={self.steps}, "
+            f"alpha={self.alpha:.4g}, lambda_rec={self.lambda_rec:g}, lambda_mi={self.lambda_mi:g}, "
+            f"targeted={self.targeted}, compile={self.compile})"
+        )

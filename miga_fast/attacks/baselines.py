@@ -1,5 +1,6 @@
 """The baselines MIGA is compared with (docs/algorithms.md §4): the attack that only
 degrades the denoiser's output, and PGD on the whole pipeline F o D."""
+
 from __future__ import annotations
 
 from ._common import masked_cross_entropy
@@ -13,8 +14,9 @@ class DenoiserDegradation(DenoiserAttack):
     name = "degradation"
 
     def __init__(self, denoiser, classifier=None, eps=None, norm="linf", steps=20, alpha=None, **kwargs):
-        super().__init__(denoiser, classifier, eps=eps, norm=norm, steps=steps, alpha=alpha, lambda_rec=1.0,
-                         lambda_mi=0.0, **kwargs)
+        super().__init__(
+            denoiser, classifier, eps=eps, norm=norm, steps=steps, alpha=alpha, lambda_rec=1.0, lambda_mi=0.0, **kwargs
+        )
 
     def _terms(self, out, x_ref, labels, aux):
         return {"rec": -(out - x_ref).pow(2).flatten(1).mean(1)}
@@ -26,12 +28,21 @@ class EndToEndPGD(DenoiserAttack):
 
     name = "e2e-pgd"
 
-    def __init__(self, denoiser, classifier, eps=None, norm="linf", steps=20, alpha=None, targeted=False,
-                 **kwargs):
+    def __init__(self, denoiser, classifier, eps=None, norm="linf", steps=20, alpha=None, targeted=False, **kwargs):
         if classifier is None:
             raise ValueError("EndToEndPGD needs a classifier")
-        super().__init__(denoiser, classifier, eps=eps, norm=norm, steps=steps, alpha=alpha, lambda_rec=0.0,
-                         lambda_mi=1.0, targeted=targeted, **kwargs)
+        super().__init__(
+            denoiser,
+            classifier,
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            alpha=alpha,
+            lambda_rec=0.0,
+            lambda_mi=1.0,
+            targeted=targeted,
+            **kwargs,
+        )
 
     def _prepare(self, x_noisy, labels, x_ref):
         if labels is None:

@@ -10,6 +10,7 @@ L_MI is a MINE bound on I(x; D(x_n + delta)) (minimised), or with `reference` on
 I(x_r; D(x_n + delta)) (maximised), with the critic trained by `critic_steps` ascent
 steps before every delta step. The loss and the step are DenoiserAttack's (base.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,10 +33,27 @@ class MIGA(DenoiserAttack):
 
     name = "miga"
 
-    def __init__(self, denoiser, classifier=None, eps=None, norm="linf", steps=20, alpha=None,
-                 lambda_rec=10.0, lambda_mi=1.0, task=None, targeted=False, mine=None, reference=None,
-                 critic_steps=5, compile=True, tau=0.95, random_start=False, generator=None,
-                 model_mode="eval"):
+    def __init__(
+        self,
+        denoiser,
+        classifier=None,
+        eps=None,
+        norm="linf",
+        steps=20,
+        alpha=None,
+        lambda_rec=10.0,
+        lambda_mi=1.0,
+        task=None,
+        targeted=False,
+        mine=None,
+        reference=None,
+        critic_steps=5,
+        compile=True,
+        tau=0.95,
+        random_start=False,
+        generator=None,
+        model_mode="eval",
+    ):
         task = task or ("known" if classifier is not None else "unknown")
         self.task = check_choice(task, "task", TASKS)
         if self.task == "known" and classifier is None:
@@ -50,9 +68,22 @@ class MIGA(DenoiserAttack):
         self.reference = reference
         self.mine = mine
         self.critic_steps = check_int(critic_steps, "critic_steps", 0)
-        super().__init__(denoiser, classifier, eps=eps, norm=norm, steps=steps, alpha=alpha, tau=tau,
-                         lambda_rec=lambda_rec, lambda_mi=lambda_mi, targeted=targeted, compile=compile,
-                         random_start=random_start, generator=generator, model_mode=model_mode)
+        super().__init__(
+            denoiser,
+            classifier,
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            alpha=alpha,
+            tau=tau,
+            lambda_rec=lambda_rec,
+            lambda_mi=lambda_mi,
+            targeted=targeted,
+            compile=compile,
+            random_start=random_start,
+            generator=generator,
+            model_mode=model_mode,
+        )
         # the unknown task's MI bound pairs samples within the batch: it needs two
         self.min_batch = 2 if self.task == "unknown" else 1
 
@@ -73,8 +104,9 @@ class MIGA(DenoiserAttack):
         if self.reference is not None:
             if self.reference.shape[1:] != x_noisy.shape[1:] or self.reference.shape[0] not in (1, x_noisy.shape[0]):
                 dims = ", ".join(map(str, x_noisy.shape[1:]))
-                raise ValueError(f"`reference` must be [1 or {x_noisy.shape[0]}, {dims}], "
-                                 f"got {tuple(self.reference.shape)}")
+                raise ValueError(
+                    f"`reference` must be [1 or {x_noisy.shape[0]}, {dims}], got {tuple(self.reference.shape)}"
+                )
             anchor = self.reference.to(x_noisy).expand_as(x_noisy)
             sign = -1.0  # maximise I(x_r; D(x_n + delta))
         else:

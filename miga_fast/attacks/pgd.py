@@ -1,4 +1,5 @@
 """Projected gradient descent (Madry et al.) on a classifier, with the fused step."""
+
 from __future__ import annotations
 
 import torch
@@ -39,9 +40,19 @@ class PGD:
     adversarial images are returned there.
     """
 
-    def __init__(self, model, eps=None, alpha=None, steps=10, norm="linf",
-                 random_start=True, targeted=False, loss_fn=None, generator=None,
-                 model_mode="eval"):
+    def __init__(
+        self,
+        model,
+        eps=None,
+        alpha=None,
+        steps=10,
+        norm="linf",
+        random_start=True,
+        targeted=False,
+        loss_fn=None,
+        generator=None,
+        model_mode="eval",
+    ):
         if not callable(model):
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
         self.model = model
@@ -57,8 +68,10 @@ class PGD:
         self.generator = generator
 
     def __repr__(self):
-        return (f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
-                f"random_start={self.random_start}, targeted={self.targeted})")
+        return (
+            f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
+            f"random_start={self.random_start}, targeted={self.targeted})"
+        )
 
     def _check(self, images, labels):
         check_tensor(images, "images")

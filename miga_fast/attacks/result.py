@@ -1,4 +1,5 @@
 """What an attack on a denoiser returns for one batch (docs/attacks.md, "Call convention")."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,19 +13,19 @@ from .. import metrics
 class AttackResult:
     """What an attack on a batch returns. Per-sample tensors are [B] on the CPU."""
 
-    adversarial: torch.Tensor          # x_n + delta
-    denoised: torch.Tensor             # D(x_n + delta)
-    denoised_clean: torch.Tensor       # D(x_n): the un-attacked pipeline's output
+    adversarial: torch.Tensor  # x_n + delta
+    denoised: torch.Tensor  # D(x_n + delta)
+    denoised_clean: torch.Tensor  # D(x_n): the un-attacked pipeline's output
     delta: torch.Tensor
-    success: torch.Tensor | None       # known task: the label changed (hit the target); else None
+    success: torch.Tensor | None  # known task: the label changed (hit the target); else None
     correct_before: torch.Tensor | None  # the pipeline classified x_n correctly before the attack
-    psnr: torch.Tensor                 # of D(x_n + delta) against the clean image (x_ref without one)
+    psnr: torch.Tensor  # of D(x_n + delta) against the clean image (x_ref without one)
     ssim: torch.Tensor
-    psnr_vs_denoised: torch.Tensor     # of D(x_n + delta) against D(x_n)
+    psnr_vs_denoised: torch.Tensor  # of D(x_n + delta) against D(x_n)
     ssim_vs_denoised: torch.Tensor
     linf: torch.Tensor
     l2: torch.Tensor
-    losses: dict[str, list[float]]     # the mean of each loss term at every step
+    losses: dict[str, list[float]]  # the mean of each loss term at every step
     seconds: float
 
     def attack_success_rate(self) -> float | None:
@@ -34,10 +35,16 @@ class AttackResult:
         return metrics.attack_success_rate(self.success, self.correct_before)
 
     def summary(self) -> dict:
-        return {"n": int(self.delta.shape[0]), "asr": self.attack_success_rate(),
-                "psnr": float(self.psnr.mean()), "ssim": float(self.ssim.mean()),
-                "ssim_vs_denoised": float(self.ssim_vs_denoised.mean()),
-                "psnr_vs_denoised": float(self.psnr_vs_denoised[torch.isfinite(self.psnr_vs_denoised)].mean())
-                if torch.isfinite(self.psnr_vs_denoised).any() else float("inf"),
-                "linf": float(self.linf.max()), "l2": float(self.l2.mean()),
-                "images_per_s": self.delta.shape[0] / self.seconds if self.seconds > 0 else float("inf")}
+        return {
+            "n": int(self.delta.shape[0]),
+            "asr": self.attack_success_rate(),
+            "psnr": float(self.psnr.mean()),
+            "ssim": float(self.ssim.mean()),
+            "ssim_vs_denoised": float(self.ssim_vs_denoised.mean()),
+            "psnr_vs_denoised": float(self.psnr_vs_denoised[torch.isfinite(self.psnr_vs_denoised)].mean())
+            if torch.isfinite(self.psnr_vs_denoised).any()
+            else float("inf"),
+            "linf": float(self.linf.max()),
+            "l2": float(self.l2.mean()),
+            "images_per_s": self.delta.shape[0] / self.seconds if self.seconds > 0 else float("inf"),
+        }

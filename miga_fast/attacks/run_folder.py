@@ -1,5 +1,6 @@
 """A dataset run's folder (docs/attacks.md, "Runs over a dataset"): the locked, resumable
 JSON-lines log of per-sample results, the configuration it must match, and the summary."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,16 @@ from ._common import model_device
 from .result import AttackResult
 
 
-def run_attack(attack, data, out_dir, batch_size: int = 64, sigma: float = 25.0, seed: int = 0,
-               progress: bool = True, overwrite: bool = False) -> dict:
+def run_attack(
+    attack,
+    data,
+    out_dir,
+    batch_size: int = 64,
+    sigma: float = 25.0,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """DenoiserAttack.run: see its docstring."""
     from .. import __version__
     from ..data import add_gaussian_noise
@@ -32,20 +41,33 @@ def run_attack(attack, data, out_dir, batch_size: int = 64, sigma: float = 25.0,
     if not batches:
         raise ValueError("the dataset is empty")
     if batches[-1][0].shape[0] < attack.min_batch:
-        raise ValueError(f"{type(attack).__name__} needs at least {attack.min_batch} images "
-                         f"({attack._min_batch_reason()}); the dataset holds {batches[-1][0].shape[0]}")
-    config = {"miga_fast": __version__, "attack": type(attack).__name__, "parameters": attack._parameters(),
-              "models": {"denoiser": model_id(attack.denoiser_eager), "classifier": model_id(attack.classifier)},
-              "data": data_id(batches), "images": sum(int(x.shape[0]) for x, _ in batches),
-              "batch_size": batch_size, "sigma": sigma, "seed": seed}
+        raise ValueError(
+            f"{type(attack).__name__} needs at least {attack.min_batch} images "
+            f"({attack._min_batch_reason()}); the dataset holds {batches[-1][0].shape[0]}"
+        )
+    config = {
+        "miga_fast": __version__,
+        "attack": type(attack).__name__,
+        "parameters": attack._parameters(),
+        "models": {"denoiser": model_id(attack.denoiser_eager), "classifier": model_id(attack.classifier)},
+        "data": data_id(batches),
+        "images": sum(int(x.shape[0]) for x, _ in batches),
+        "batch_size": batch_size,
+        "sigma": sigma,
+        "seed": seed,
+    }
     out.mkdir(parents=True, exist_ok=True)
     log = out / "results.jsonl"
     with RunLock(out):
         claim_folder(out, config, overwrite)
         done = read_log(log)
         device = model_device(attack.denoiser_eager) or torch.device("cpu")
-        with log.open("a") as f, progress_bar(total=len(batches), desc=attack.name, enabled=progress, unit="batch",
-                                              initial=len(done)) as bar:
+        with (
+            log.open("a") as f,
+            progress_bar(
+                total=len(batches), desc=attack.name, enabled=progress, unit="batch", initial=len(done)
+            ) as bar,
+        ):
             for i, (x, y) in enumerate(batches):
                 if i in done:
                     continue
@@ -86,8 +108,10 @@ class RunLock:
         except BlockingIOError:
             os.close(self.fd)
             self.fd = None
-            raise RunFolderBusyError(f"another run is writing to {self.path.parent} (it holds {self.path}); "
-                                     "wait for it or choose another folder") from None
+            raise RunFolderBusyError(
+                f"another run is writing to {self.path.parent} (it holds {self.path}); "
+                "wait for it or choose another folder"
+            ) from None
         except ImportError:  # no fcntl (Windows): no lock
             pass
         os.ftruncate(self.fd, 0)
@@ -117,12 +141,16 @@ def claim_folder(out: Path, config: dict, overwrite: bool) -> None:
             if "parameters" in diff:
                 p_old, p_new = old.get("parameters", {}), config["parameters"]
                 diff += [f"parameters.{k}" for k in sorted(set(p_old) | set(p_new)) if p_old.get(k) != p_new.get(k)]
-            raise ValueError(f"{out} holds a run of another configuration (it differs in {', '.join(diff)}); "
-                             "resume it with the same settings, choose another folder, or pass overwrite=True "
-                             "(CLI: --overwrite) to delete its results")
+            raise ValueError(
+                f"{out} holds a run of another configuration (it differs in {', '.join(diff)}); "
+                "resume it with the same settings, choose another folder, or pass overwrite=True "
+                "(CLI: --overwrite) to delete its results"
+            )
     elif log.exists() and log.stat().st_size:
-        raise ValueError(f"{out} holds results.jsonl without a config.json (a run of unknown configuration); "
-                         "choose another folder or pass overwrite=True (CLI: --overwrite)")
+        raise ValueError(
+            f"{out} holds results.jsonl without a config.json (a run of unknown configuration); "
+            "choose another folder or pass overwrite=True (CLI: --overwrite)"
+        )
     cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -192,7 +220,7 @@ def batches_of(data, batch_size):
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
         for i in range(0, x.shape[0], batch_size):
-            yield x[i:i + batch_size], (y[i:i + batch_size] if y is not None else None)
+            yield x[i : i + batch_size], (y[i : i + batch_size] if y is not None else None)
         return
     if isinstance(data, torch.utils.data.Dataset):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
@@ -204,10 +232,15 @@ def batches_of(data, batch_size):
 
 
 def per_sample_record(res: AttackResult) -> dict:
-    rec = {"psnr": res.psnr.tolist(), "ssim": res.ssim.tolist(), "ssim_vs_denoised": res.ssim_vs_denoised.tolist(),
-           "linf": res.linf.tolist(), "l2": res.l2.tolist(),
-           "psnr_vs_denoised": [x if math.isfinite(x) else None for x in res.psnr_vs_denoised.tolist()],
-           "seconds": res.seconds}
+    rec = {
+        "psnr": res.psnr.tolist(),
+        "ssim": res.ssim.tolist(),
+        "ssim_vs_denoised": res.ssim_vs_denoised.tolist(),
+        "linf": res.linf.tolist(),
+        "l2": res.l2.tolist(),
+        "psnr_vs_denoised": [x if math.isfinite(x) else None for x in res.psnr_vs_denoised.tolist()],
+        "seconds": res.seconds,
+    }
     if res.success is not None:
         rec["success"] = res.success.tolist()
         rec["correct_before"] = res.correct_before.tolist()
@@ -219,11 +252,17 @@ def summarise(records: list[dict]) -> dict:
         return [v for r in records for v in r.get(key, []) if v is not None]
 
     n = sum(r["n"] for r in records)
-    summary = {"n": n, "batches": len(records), "psnr": mean_of(flat("psnr")), "ssim": mean_of(flat("ssim")),
-               "psnr_vs_denoised": mean_of(flat("psnr_vs_denoised")),
-               "ssim_vs_denoised": mean_of(flat("ssim_vs_denoised")),
-               "linf": max(flat("linf"), default=float("nan")), "l2": mean_of(flat("l2")),
-               "images_per_s": n / max(sum(r["seconds"] for r in records), 1e-9)}
+    summary = {
+        "n": n,
+        "batches": len(records),
+        "psnr": mean_of(flat("psnr")),
+        "ssim": mean_of(flat("ssim")),
+        "psnr_vs_denoised": mean_of(flat("psnr_vs_denoised")),
+        "ssim_vs_denoised": mean_of(flat("ssim_vs_denoised")),
+        "linf": max(flat("linf"), default=float("nan")),
+        "l2": mean_of(flat("l2")),
+        "images_per_s": n / max(sum(r["seconds"] for r in records), 1e-9),
+    }
     if all("success" in r for r in records):
         ok = [s for r in records for s, c in zip(r["success"], r["correct_before"]) if c]
         summary["asr"] = mean_of([float(s) for s in ok])

@@ -1,5 +1,6 @@
 """The perceptual attack (docs/algorithms.md §2): maximise the classifier's loss subject to
 SSIM(x, x_adv) >= tau and the box, instead of an l_p ball."""
+
 from __future__ import annotations
 
 import torch
@@ -33,23 +34,47 @@ class SSIMAttack(PGD):
     tensors; no external solver in the loop.
     """
 
-    def __init__(self, model, tau=0.95, steps=20, alpha=2 / 255, solver="pgd", targeted=False,
-                 loss_fn=None, ssim_kwargs=None, window=8, model_mode="eval"):
-        super().__init__(model, eps=1.0, alpha=alpha, steps=steps, norm="linf", random_start=False,
-                         targeted=targeted, loss_fn=loss_fn, model_mode=model_mode)
+    def __init__(
+        self,
+        model,
+        tau=0.95,
+        steps=20,
+        alpha=2 / 255,
+        solver="pgd",
+        targeted=False,
+        loss_fn=None,
+        ssim_kwargs=None,
+        window=8,
+        model_mode="eval",
+    ):
+        super().__init__(
+            model,
+            eps=1.0,
+            alpha=alpha,
+            steps=steps,
+            norm="linf",
+            random_start=False,
+            targeted=targeted,
+            loss_fn=loss_fn,
+            model_mode=model_mode,
+        )
         self.tau = check_scalar(tau, "tau")
         if not 0 < self.tau <= 1:
             raise ValueError(f"`tau` must lie in (0, 1], got {self.tau}")
         self.solver = check_choice(solver, "solver", SOLVERS)
         if self.solver == "convex" and self.tau < GAMMA_MIN:
-            raise ValueError(f"`tau` must be >= {GAMMA_MIN:g} for solver='convex' (the window balls' "
-                             f"radius overflows below it), got {self.tau}")
+            raise ValueError(
+                f"`tau` must be >= {GAMMA_MIN:g} for solver='convex' (the window balls' "
+                f"radius overflows below it), got {self.tau}"
+            )
         self.ssim_kwargs = dict(ssim_kwargs or {})
         self.window = check_int(window, "window", 2)
 
     def __repr__(self):
-        return (f"SSIMAttack(tau={self.tau}, steps={self.steps}, alpha={self.alpha:.4g}, "
-                f"solver={self.solver!r}, targeted={self.targeted})")
+        return (
+            f"SSIMAttack(tau={self.tau}, steps={self.steps}, alpha={self.alpha:.4g}, "
+            f"solver={self.solver!r}, targeted={self.targeted})"
+        )
 
     def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         direction = -1.0 if self.targeted else 1.0

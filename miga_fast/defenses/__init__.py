@@ -2,6 +2,7 @@
 Figure 5 does): feature squeezing, non-local means, and diffusion purification. Each maps
 images [B, C, H, W] in [0, 1] to images in [0, 1]; in an evaluation they sit in front of
 the classifier (on the denoiser's output)."""
+
 from .transforms import DiffusionPurifier, FeatureSqueeze, NonLocalMeans
 
 __all__ = ["FeatureSqueeze", "NonLocalMeans", "DiffusionPurifier"]

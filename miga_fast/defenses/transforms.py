@@ -1,5 +1,6 @@
 """Feature squeezing (Xu et al. 2018), non-local means (Buades et al. 2005) and DDPM
 purification with uniform noise (Nie et al. 2022, DiffPure), in plain PyTorch."""
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,7 @@ class FeatureSqueeze:
     @torch.no_grad()
     def __call__(self, x):
         _check_images(x)
-        levels = 2 ** self.bits - 1
+        levels = 2**self.bits - 1
         x = torch.round(x * levels) / levels
         k = self.median
         if k == 1:
@@ -65,16 +66,16 @@ class NonLocalMeans:
         b, c, h, w = x.shape
         r, p = self.search // 2, self.patch // 2
         xp = F.pad(x, (r + p,) * 4, mode="replicate")
-        center = xp[..., r:r + h + 2 * p, r:r + w + 2 * p]
-        box = torch.ones(1, 1, self.patch, self.patch, dtype=x.dtype, device=x.device) / self.patch ** 2
+        center = xp[..., r : r + h + 2 * p, r : r + w + 2 * p]
+        box = torch.ones(1, 1, self.patch, self.patch, dtype=x.dtype, device=x.device) / self.patch**2
         num = torch.zeros_like(x)
         den = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
         for dy in range(-r, r + 1):
             for dx in range(-r, r + 1):
-                shifted = xp[..., r + dy:r + dy + h + 2 * p, r + dx:r + dx + w + 2 * p]
+                shifted = xp[..., r + dy : r + dy + h + 2 * p, r + dx : r + dx + w + 2 * p]
                 d2 = F.conv2d((shifted - center).pow(2).mean(1, keepdim=True), box)
-                wgt = torch.exp(-(d2 - 2 * self.sigma ** 2).clamp_min(0) / self.h ** 2)
-                num += wgt * shifted[..., p:p + h, p:p + w]
+                wgt = torch.exp(-(d2 - 2 * self.sigma**2).clamp_min(0) / self.h**2)
+                num += wgt * shifted[..., p : p + h, p : p + w]
                 den += wgt
         return num / den
 
@@ -88,8 +89,7 @@ class DiffusionPurifier:
 
     name = "diffusion"
 
-    def __init__(self, model, t_star: int = 100, steps: int = 10, schedule: LinearSchedule | None = None,
-                 generator=0):
+    def __init__(self, model, t_star: int = 100, steps: int = 10, schedule: LinearSchedule | None = None, generator=0):
         self.model = model
         self.schedule = schedule or LinearSchedule()
         check_int(t_star, "t_star", 1, self.schedule.T - 1)

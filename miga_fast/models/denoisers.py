@@ -1,4 +1,5 @@
 """Small image denoisers, both residual (they predict the noise and subtract it)."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,12 @@ class DnCNN(nn.Module):
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
 
 
 class UNetDenoiser(nn.Module):

@@ -1,6 +1,7 @@
 """A compact DDPM noise-prediction UNet with the call signature of a diffusers
 `UNet2DModel`: `unet(x_t, t).sample`, so code written for it takes a user's diffusers
 model just as well."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ the training script measured on the held-out split. Checkpoints are plain state 
 loaded with `torch.load(..., weights_only=True)` after their checksum is verified.
 Users' files load by default only in formats that cannot run code (docs/security.md).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,8 +80,10 @@ def _load_state(path: Path, expected_sha: str | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if expected_sha is not None and sha256_of(path) != expected_sha:
-        raise ValueError(f"checkpoint {path.name} is corrupt: its SHA-256 does not match the manifest "
-                         "(re-install miga_fast or re-run its training script)")
+        raise ValueError(
+            f"checkpoint {path.name} is corrupt: its SHA-256 does not match the manifest "
+            "(re-install miga_fast or re-run its training script)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -116,12 +119,15 @@ def _load_weights_file(path: Path) -> dict:
 
 
 UNTRUSTED_FORMATS = (".pt2 (torch.export)", "TorchScript")
-TRUST_NOTE = ("TorchScript and torch.export (.pt2) files can run arbitrary code while they load; "
-              "load one only from a source you trust")
+TRUST_NOTE = (
+    "TorchScript and torch.export (.pt2) files can run arbitrary code while they load; "
+    "load one only from a source you trust"
+)
 
 
-def load(name: str, device=None, *, arch: str | None = None, directory: Path | None = None, trust: bool = False,
-         **kwargs) -> nn.Module:
+def load(
+    name: str, device=None, *, arch: str | None = None, directory: Path | None = None, trust: bool = False, **kwargs
+) -> nn.Module:
     """A ready model in eval mode (parameters frozen).
 
     name: a shipped model (see `available()`; its file's SHA-256 is checked against the
@@ -146,8 +152,9 @@ def load(name: str, device=None, *, arch: str | None = None, directory: Path | N
         return _ready(model, device)
     path = Path(name)
     if not path.exists():
-        raise ValueError(f"unknown model {name!r}: not a shipped model ({', '.join(models) or 'none'}) "
-                         "and not an existing file")
+        raise ValueError(
+            f"unknown model {name!r}: not a shipped model ({', '.join(models) or 'none'}) and not an existing file"
+        )
     if arch is not None:
         model = build(arch, **kwargs)
         try:
@@ -156,10 +163,12 @@ def load(name: str, device=None, *, arch: str | None = None, directory: Path | N
             raise ValueError(f"{path} does not fit architecture {arch!r} with {kwargs}: {exc}") from exc
         return _ready(model, device)
     if not trust:
-        raise ValueError(f"refusing to load {path} without arch=: it would be read as TorchScript or a "
-                         f"torch.export archive, and {TRUST_NOTE}. Save its state dict and pass arch= "
-                         f"(one of {sorted(ARCHITECTURES)}), or pass trust=True (CLI: --trust-model-file) "
-                         "for a file you trust")
+        raise ValueError(
+            f"refusing to load {path} without arch=: it would be read as TorchScript or a "
+            f"torch.export archive, and {TRUST_NOTE}. Save its state dict and pass arch= "
+            f"(one of {sorted(ARCHITECTURES)}), or pass trust=True (CLI: --trust-model-file) "
+            "for a file you trust"
+        )
     if path.suffix == ".pt2":
         try:
             return _ready(torch.export.load(str(path)).module(), device)
@@ -168,8 +177,9 @@ def load(name: str, device=None, *, arch: str | None = None, directory: Path | N
     try:
         return _ready(torch.jit.load(str(path), map_location="cpu"), device)
     except Exception as exc:
-        raise ValueError(f"{path} is not a TorchScript file; for a state dict pass arch= "
-                         f"(one of {sorted(ARCHITECTURES)})") from exc
+        raise ValueError(
+            f"{path} is not a TorchScript file; for a state dict pass arch= (one of {sorted(ARCHITECTURES)})"
+        ) from exc
 
 
 def register(info: ModelInfo, state: dict, directory: Path | None = None) -> ModelInfo:

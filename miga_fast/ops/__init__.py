@@ -1,7 +1,19 @@
 """miga_fast's public functional ops, one module per op family."""
+
 from .mine import mine_bound, mine_pair_scores, mine_terms
 from .projection import mi_fgsm_step_, pgd_step_, project_, random_init_
 from .ssim import ssim, ssim_ball_project_, ssim_ball_scale, ssim_window_ball_project_
 
-__all__ = ["pgd_step_", "mi_fgsm_step_", "project_", "random_init_", "ssim", "ssim_ball_scale", "ssim_ball_project_",
-           "ssim_window_ball_project_", "mine_pair_scores", "mine_bound", "mine_terms"]
+__all__ = [
+    "pgd_step_",
+    "mi_fgsm_step_",
+    "project_",
+    "random_init_",
+    "ssim",
+    "ssim_ball_scale",
+    "ssim_ball_project_",
+    "ssim_window_ball_project_",
+    "mine_pair_scores",
+    "mine_bound",
+    "mine_terms",
+]

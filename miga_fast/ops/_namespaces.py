@@ -1,6 +1,7 @@
 """Where an op family's compiled kernels live: torch.ops.miga_fast (the C++/CUDA
 extension) or torch.ops.miga_fast_triton (the Triton kernels, imported on first use,
 when the family's autograd for that namespace is registered too)."""
+
 from __future__ import annotations
 
 import importlib

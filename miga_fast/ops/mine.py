@@ -13,6 +13,7 @@ Backends: the C++ CPU kernel, the Triton kernel (CUDA tensors, or CPU tensors un
 TRITON_INTERPRET=1), the CUDA-extension kernel, and the reference, which materialises
 the score matrix (the oracle). float16 / bfloat16 inputs compute in float32.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,13 @@ from ..reference.mine import ACTIVATIONS, BOUNDS, PAIRS
 from ._namespaces import ops_for
 
 # float16 / bfloat16 inputs are computed in float32 before dispatch: every kernel takes them
-ROW_LSE = _backend.register_op(_backend.Op(
-    "mine_row_lse", "ops.mine_bound, ops.mine_terms (pairs='all')",
-    dtypes={"cpu": _backend.ANY_FLOAT, "cuda": _backend.ANY_FLOAT}))
+ROW_LSE = _backend.register_op(
+    _backend.Op(
+        "mine_row_lse",
+        "ops.mine_bound, ops.mine_terms (pairs='all')",
+        dtypes={"cpu": _backend.ANY_FLOAT, "cuda": _backend.ANY_FLOAT},
+    )
+)
 _ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # csrc/common/mine_checks.h
 
 
@@ -49,8 +54,7 @@ def _register_autograd(namespace: str) -> None:
                 wanted = [t for t, need in zip((u, v, w2), ctx.needs_input_grad[:3]) if need]
                 grads = iter(torch.autograd.grad(value, wanted, grad, create_graph=True))
             return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
-        gu, gv, gw = ops_.mine_row_lse_backward(grad.contiguous(), u, v, w2, lse, ctx.activation,
-                                                ctx.exclude_diag)
+        gu, gv, gw = ops_.mine_row_lse_backward(grad.contiguous(), u, v, w2, lse, ctx.activation, ctx.exclude_diag)
         return gu, gv, gw, None, None
 
     torch.library.register_autograd(f"{namespace}::mine_row_lse", backward, setup_context=setup_context)
@@ -61,7 +65,8 @@ def _register_cpp(namespace: str = "miga_fast") -> None:
     (torch.ops.miga_fast; the emulated-CUDA test build registers its miga_fast_emu too)."""
     torch.library.register_fake(f"{namespace}::mine_row_lse")(lambda u, *args: u.new_empty(u.shape[:1]))
     torch.library.register_fake(f"{namespace}::mine_row_lse_backward")(
-        lambda grad, u, v, w2, *args: (torch.empty_like(u), torch.empty_like(v), torch.empty_like(w2)))
+        lambda grad, u, v, w2, *args: (torch.empty_like(u), torch.empty_like(v), torch.empty_like(w2))
+    )
     _register_autograd(namespace)
 
 
@@ -125,13 +130,13 @@ def mine_pair_scores(u, v, b1, w2, b2, activation="relu"):
     never B x B x H). Differentiable."""
     b2 = _check_critic(u, v, b1, w2, b2, activation)
     rows = max(1, (1 << 22) // (u.shape[0] * u.shape[1]))
-    return torch.cat([ref.pair_scores(u[i:i + rows], v, b1, w2, b2, activation)
-                      for i in range(0, u.shape[0], rows)])
+    return torch.cat([ref.pair_scores(u[i : i + rows], v, b1, w2, b2, activation) for i in range(0, u.shape[0], rows)])
 
 
 def _row_lse(ub, v, w2, activation, exclude_diag, backend):
-    return _ops_for(backend).mine_row_lse(ub.contiguous(), v.contiguous(), w2.contiguous(),
-                                          _ACT_CODE[activation], exclude_diag)
+    return _ops_for(backend).mine_row_lse(
+        ub.contiguous(), v.contiguous(), w2.contiguous(), _ACT_CODE[activation], exclude_diag
+    )
 
 
 def _terms(u, v, b1, w2, b2, pairs, perm, activation, backend):

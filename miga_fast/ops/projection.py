@@ -9,6 +9,7 @@ the plain-PyTorch reference. The l-inf results of every backend equal the refere
 exactly in float32. These are optimiser steps, not differentiable functions: call them
 on detached tensors (under torch.no_grad()).
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,12 +32,17 @@ from ._namespaces import ops_for
 
 NORMS = ("linf", "l2")
 _OPS = ("pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_")
-_PUBLIC = {"pgd_step_linf_": "ops.pgd_step_(norm='linf')", "pgd_step_l2_": "ops.pgd_step_(norm='l2')",
-           "mi_fgsm_step_": "ops.mi_fgsm_step_", "project_linf_": "ops.project_(norm='linf'), ops.random_init_",
-           "project_l2_": "ops.project_(norm='l2'), ops.random_init_"}
+_PUBLIC = {
+    "pgd_step_linf_": "ops.pgd_step_(norm='linf')",
+    "pgd_step_l2_": "ops.pgd_step_(norm='l2')",
+    "mi_fgsm_step_": "ops.mi_fgsm_step_",
+    "project_linf_": "ops.project_(norm='linf'), ops.random_init_",
+    "project_l2_": "ops.project_(norm='l2'), ops.random_init_",
+}
 # the CUDA and Triton kernels read and write half precision (computing in float32); the C++ ones do not
-TABLES = {name: _backend.register_op(_backend.Op(name, _PUBLIC[name], dtypes={"cuda": _backend.ANY_FLOAT}))
-          for name in _OPS}
+TABLES = {
+    name: _backend.register_op(_backend.Op(name, _PUBLIC[name], dtypes={"cuda": _backend.ANY_FLOAT})) for name in _OPS
+}
 
 
 def _register_cpp(namespace: str = "miga_fast") -> None:
@@ -63,8 +69,10 @@ def _check_images(delta, x, outputs=("delta",), **others):
     for name, t in others.items():
         check_like(delta, "delta", t, name)
     if delta.requires_grad and torch.is_grad_enabled():
-        raise ValueError("`delta` requires grad: the projection ops are in-place optimiser "
-                         "steps; call them under torch.no_grad() or pass delta.detach()")
+        raise ValueError(
+            "`delta` requires grad: the projection ops are in-place optimiser "
+            "steps; call them under torch.no_grad() or pass delta.detach()"
+        )
     tensors = {"delta": delta, "x": x, **others}
     check_no_overlap({k: tensors[k] for k in outputs}, {k: v for k, v in tensors.items() if k not in outputs})
     check_unit_range(x, "x")
@@ -134,8 +142,7 @@ def _as_generator(generator, device: torch.device):
         g = torch.Generator(device=device)
         g.manual_seed(generator)
         return g
-    raise TypeError(f"`generator` must be a torch.Generator, an int seed or None, got "
-                    f"{type(generator).__name__}")
+    raise TypeError(f"`generator` must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
 
 
 def random_init_(delta, x, eps, norm="linf", generator=None):

@@ -11,6 +11,7 @@ reference (exact, not zero). What each backend's kernel takes (dtypes, return_ma
 CUDA ball's candidate count) is in the dispatch tables below (`miga-fast backends`):
 naming a backend that cannot run a call is an error that says why.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -35,14 +36,32 @@ from ._namespaces import ops_for
 PADDINGS = ("valid", "same")
 CUDA_MAX_CANDIDATES = 32  # the CUDA ball kernel keeps its candidates in registers (csrc/cuda/ssim.h)
 
-SSIM = _backend.register_op(_backend.Op(
-    "ssim", "ops.ssim (with its gradient: ssim_value_and_grad)",
-    limits=[_backend.Limit(("cuda", "triton", "cpu"), "return_map=False (the SSIM map comes from the reference)",
-                           lambda f: not f["return_map"])]))
-BALL = _backend.register_op(_backend.Op(
-    "ssim_ball_scale", "ops.ssim_ball_scale, ops.ssim_ball_project_",
-    limits=[_backend.Limit(("cuda",), f"candidates <= {CUDA_MAX_CANDIDATES} (kept in registers)",
-                           lambda f: f["candidates"] <= CUDA_MAX_CANDIDATES)]))
+SSIM = _backend.register_op(
+    _backend.Op(
+        "ssim",
+        "ops.ssim (with its gradient: ssim_value_and_grad)",
+        limits=[
+            _backend.Limit(
+                ("cuda", "triton", "cpu"),
+                "return_map=False (the SSIM map comes from the reference)",
+                lambda f: not f["return_map"],
+            )
+        ],
+    )
+)
+BALL = _backend.register_op(
+    _backend.Op(
+        "ssim_ball_scale",
+        "ops.ssim_ball_scale, ops.ssim_ball_project_",
+        limits=[
+            _backend.Limit(
+                ("cuda",),
+                f"candidates <= {CUDA_MAX_CANDIDATES} (kept in registers)",
+                lambda f: f["candidates"] <= CUDA_MAX_CANDIDATES,
+            )
+        ],
+    )
+)
 WINDOW_BALL = _backend.register_op(_backend.Op("ssim_window_ball_project_", "ops.ssim_window_ball_project_"))
 
 
@@ -63,15 +82,30 @@ def _register_autograd(namespace: str) -> None:
         if torch.is_grad_enabled():  # create_graph=True: a differentiable first derivative
             data_range, k1, k2, same = ctx.consts
             with torch.enable_grad():
-                value = ref.ssim_with_window(x, y, window, (k1 * data_range) ** 2, (k2 * data_range) ** 2,
-                                             "same" if same else "valid")
+                value = ref.ssim_with_window(
+                    x, y, window, (k1 * data_range) ** 2, (k2 * data_range) ** 2, "same" if same else "valid"
+                )
                 wanted = [t for t, need in zip((x, y), ctx.needs_input_grad[:2]) if need]
                 grads = iter(torch.autograd.grad(value, wanted, grad_value, create_graph=True))
-            return (next(grads) if ctx.needs_input_grad[0] else None, next(grads) if ctx.needs_input_grad[1] else None,
-                    None, None, None, None, None)
+            return (
+                next(grads) if ctx.needs_input_grad[0] else None,
+                next(grads) if ctx.needs_input_grad[1] else None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
         scale = grad_value.reshape(-1, 1, 1, 1)
-        return (scale * gx if ctx.needs_input_grad[0] else None, scale * gy if ctx.needs_input_grad[1] else None,
-                None, None, None, None, None)
+        return (
+            scale * gx if ctx.needs_input_grad[0] else None,
+            scale * gy if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     torch.library.register_autograd(f"{namespace}::ssim_value_and_grad", backward, setup_context=setup_context)
 
@@ -81,7 +115,8 @@ def _register_cpp(namespace: str = "miga_fast") -> None:
     (torch.ops.miga_fast; the emulated-CUDA test build registers its miga_fast_emu too)."""
     torch.library.register_fake(f"{namespace}::ssim")(lambda x, y, *args: x.new_empty(x.shape[:1]))
     torch.library.register_fake(f"{namespace}::ssim_value_and_grad")(
-        lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y)))
+        lambda x, y, *args: (x.new_empty(x.shape[:1]), torch.empty_like(x), torch.empty_like(y))
+    )
     torch.library.register_fake(f"{namespace}::ssim_ball_scale")(lambda delta, x, *args: x.new_empty(x.shape[:1]))
     torch.library.register_fake(f"{namespace}::ssim_window_ball_project_")(lambda *args: None)
     _register_autograd(namespace)
@@ -103,8 +138,11 @@ def _check_window(win_size, win_sigma) -> None:
 
 
 def _check_k(K) -> tuple[float, float]:
-    if (not isinstance(K, (tuple, list)) or len(K) != 2
-            or not all(isinstance(k, numbers.Real) and not isinstance(k, bool) for k in K)):
+    if (
+        not isinstance(K, (tuple, list))
+        or len(K) != 2
+        or not all(isinstance(k, numbers.Real) and not isinstance(k, bool) for k in K)
+    ):
         raise TypeError(f"`K` must be a pair of numbers (K1, K2), got {K!r}")
     return check_scalar(K[0], "K[0]"), check_scalar(K[1], "K[1]")
 
@@ -123,8 +161,10 @@ def _check_ssim_args(x, x_name, y, y_name, data_range, win_size, win_sigma, K, p
     K = _check_k(K)
     check_choice(padding, "padding", PADDINGS)
     if padding == "valid" and min(x.shape[-2:]) < win_size:
-        raise ValueError(f"`{x_name}` is {x.shape[-2]}x{x.shape[-1]}, smaller than the {win_size}x{win_size} window: "
-                         "use padding='same' or a smaller win_size")
+        raise ValueError(
+            f"`{x_name}` is {x.shape[-2]}x{x.shape[-1]}, smaller than the {win_size}x{win_size} window: "
+            "use padding='same' or a smaller win_size"
+        )
     check_finite(x, x_name)
     check_finite(y, y_name)
     return K
@@ -171,8 +211,9 @@ def _check_tau(tau, like: torch.Tensor, name: str = "tau", minimum: float = 0.0)
     return tau
 
 
-def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03),
-                    padding="valid", candidates=16, rounds=5):
+def ssim_ball_scale(
+    delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), padding="valid", candidates=16, rounds=5
+):
     """Per sample [B], the largest t in [0, 1] with SSIM(x, x + t*delta) >= tau, to
     (candidates - 1) ** -rounds (default about 1e-6) in t. The moments of SSIM(x, x + t
     delta) are polynomials in t, so one blur pass over (x, delta) serves every candidate.
@@ -184,15 +225,25 @@ def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K
     backend = BALL.select(x.device, x.dtype, candidates=candidates)
     with torch.no_grad():
         if backend == "reference":
-            return ref.ssim_ball_scale(delta, x, tau, float(data_range), win_size, win_sigma, K, padding,
-                                       candidates, rounds)
+            return ref.ssim_ball_scale(
+                delta, x, tau, float(data_range), win_size, win_sigma, K, padding, candidates, rounds
+            )
         tau_t = torch.as_tensor(tau, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
         window = ref.gaussian_window(win_size, win_sigma, torch.float64, x.device)
         if padding == "same":
             window = ref.truncate_window(window, *x.shape[-2:])
-        return _ops_for(backend).ssim_ball_scale(delta.detach(), x.detach(), window, tau_t.contiguous(),
-                                                 float(data_range), K[0], K[1], padding == "same", candidates,
-                                                 rounds)
+        return _ops_for(backend).ssim_ball_scale(
+            delta.detach(),
+            x.detach(),
+            window,
+            tau_t.contiguous(),
+            float(data_range),
+            K[0],
+            K[1],
+            padding == "same",
+            candidates,
+            rounds,
+        )
 
 
 def ssim_ball_project_(delta, x, tau, **kwargs):

@@ -1,4 +1,5 @@
 """DDPM noise schedules (Ho et al. 2020)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Plain-PyTorch implementations of every op: the oracle for tests and the last fallback."""
+
 from . import mine, projection, ssim
 
 __all__ = ["mine", "projection", "ssim"]

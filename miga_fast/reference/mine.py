@@ -1,6 +1,7 @@
 """Plain-PyTorch MINE bounds (docs/algorithms.md §3): the oracle for the mine kernels.
 It materialises the B x B x H hidden tensor and the B x B score matrix, as eager code
 does: B = 4096, H = 256 needs 16 GiB."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ The order of operations is torchattacks': step, ball projection, then the box
 argument checking (miga_fast.ops does): `eps`, `alpha` are floats or tensors of 1 or B
 values.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,7 @@
 """Plain-PyTorch SSIM (Wang et al. 2004; docs/algorithms.md §2): the oracle for the
 SSIM kernels. With the defaults it equals pytorch_msssim.ssim(x, y, data_range=1,
 size_average=False)."""
+
 from __future__ import annotations
 
 import torch
@@ -12,9 +13,9 @@ def gaussian_window(win_size: int, win_sigma: float, dtype=torch.float32, device
     directly on `device` (no host-to-device copy in an attack step). A sigma so small that
     2 sigma^2 underflows float32 is built in float64 (the window is then the centre tap
     alone, 1), where float32 would give 0 / 0."""
-    build = torch.float32 if 2 * win_sigma ** 2 >= torch.finfo(torch.float32).tiny else torch.float64
+    build = torch.float32 if 2 * win_sigma**2 >= torch.finfo(torch.float32).tiny else torch.float64
     coords = torch.arange(win_size, dtype=build, device=device) - win_size // 2
-    g = torch.exp(-(coords ** 2) / (2 * win_sigma ** 2))
+    g = torch.exp(-(coords**2) / (2 * win_sigma**2))
     return (g / g.sum()).to(dtype=dtype)
 
 
@@ -27,7 +28,7 @@ def truncate_window(win: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if k <= keep:
         return win
     start = k // 2 - (keep // 2)
-    return win[start:start + keep].contiguous()
+    return win[start : start + keep].contiguous()
 
 
 def blur(t: torch.Tensor, win: torch.Tensor, padding: str = "valid") -> torch.Tensor:
@@ -86,8 +87,9 @@ def ssim_at_scales(moments, t, c1, c2):
     return smap.flatten(2).mean(-1)
 
 
-def ssim_ball_scale(delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03),
-                    padding="valid", candidates=16, rounds=5):
+def ssim_ball_scale(
+    delta, x, tau, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), padding="valid", candidates=16, rounds=5
+):
     """Per sample, the largest t in [0, 1] (on a grid refined `rounds` times, to
     (candidates - 1) ** -rounds) with SSIM(x, x + t*delta) >= tau. Each round evaluates
     `candidates` values of t at once from one set of moments, keeps the largest feasible
