@@ -73,6 +73,17 @@ def _triton_built() -> bool:
     return _triton_error() is None
 
 
+def _cuda_build_note() -> str:
+    """How the CUDA kernels were built, or why they were not."""
+    info = _extension.build_info() or {}
+    if _cuda_built():
+        return f"built for sm {info.get('CUDA_ARCH_LIST')} with CUDA {info.get('TORCH_CUDA_VERSION')}"
+    ext_error = _extension.load_error()
+    if ext_error:
+        return f"extension not loaded: {ext_error}"
+    return f"not built: {info.get('CUDA_REASON', 'unknown')}"
+
+
 def backends() -> dict:
     """What was built and what can run here, one entry per backend, plus versions."""
     cuda_visible = torch.cuda.is_available()
@@ -81,12 +92,7 @@ def backends() -> dict:
     cpu = _cpu_built()
     cuda = _cuda_built()
     triton_err = _triton_error()
-    if cuda:
-        cuda_note = f"built for sm {info.get('CUDA_ARCH_LIST')} with CUDA {info.get('TORCH_CUDA_VERSION')}"
-    elif ext_error:
-        cuda_note = f"extension not loaded: {ext_error}"
-    else:
-        cuda_note = f"not built: {info.get('CUDA_REASON', 'unknown')}"
+    cuda_note = _cuda_build_note()
     return {
         "selected": get_backend(),
         "cuda": {
@@ -130,7 +136,7 @@ def _check_name(name: str) -> None:
             f"backend 'cpu' is not available: miga_fast._C did not load ({_extension.load_error()})"
         )
     if name == "cuda" and not _cuda_built():
-        raise BackendUnavailableError("backend 'cuda' is not available: " + backends_note("cuda"))
+        raise BackendUnavailableError("backend 'cuda' is not available: " + _cuda_build_note())
     if name == "triton" and not _triton_built():
         raise BackendUnavailableError(f"backend 'triton' is not available: {_triton_error()}")
 
@@ -217,7 +223,7 @@ class Op:
                 return [f"the built extension has no CPU kernel for {self.kernel} (rebuild it)"]
         elif backend == "cuda":
             if not _cuda_built():
-                return [backends_note("cuda")]
+                return [_cuda_build_note()]
             if not _extension.has_kernel(self.kernel, "CUDA"):
                 return [f"the built extension has no CUDA kernel for {self.kernel} (rebuild it)"]
         elif backend == "triton":
@@ -307,7 +313,3 @@ def register_op(op: Op) -> Op:
     """Add an op's dispatch table (each op family's module registers its ops at import)."""
     OPS[op.name] = op
     return op
-
-
-def backends_note(backend: str) -> str:
-    return backends()[backend]["note"]

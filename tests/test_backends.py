@@ -227,3 +227,19 @@ def test_triton_half_precision_is_as_close_as_the_reference(dtype, rng):
         err_tri = (tri.double() - t).abs().max().item()
         err_ref = (ref.double() - t).abs().max().item()
         assert err_tri <= err_ref + 2 * ulp, (name, err_tri, err_ref)
+
+
+def test_the_tables_without_a_cuda_build(monkeypatch):
+    """A CPU-only build (the package check's wheel): every CUDA entry says why, and neither
+    backends() nor a named 'cuda' backend recurses or fails."""
+    from miga_fast import _backend
+
+    monkeypatch.setitem(_backend._BUILT, "cuda", False)
+    for op in _backend.OPS.values():
+        monkeypatch.setattr(op, "_built", {"reference": ()})
+    info = miga_fast.backends()
+    assert not info["cuda"]["built"]
+    for table in info["ops"].values():
+        assert table["cuda"]["built"] is False and table["cuda"]["reasons"]
+    with pytest.raises(BackendUnavailableError, match="backend 'cuda' is not available"):
+        miga_fast.set_backend("cuda")
