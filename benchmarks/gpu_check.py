@@ -327,6 +327,13 @@ def write_report(report: dict) -> tuple[Path, Path]:
     return jpath, mpath
 
 
+def measure_list() -> list[str]:
+    """The items of docs/kernels.md's 'First GPU session' list."""
+    text = (ROOT / "docs" / "kernels.md").read_text()
+    section = text.split("## First GPU session", 1)[-1].split("\n## ", 1)[0]
+    return [line[2:].strip() for line in section.splitlines() if line.startswith("- ")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", default="build,tests,sanitize,bench", help="a comma-separated subset")
@@ -384,6 +391,10 @@ def main(argv=None) -> int:
             f"gpu-check: no GPU: the dry run's report is {(WORK / 'report.json').relative_to(ROOT)} "
             "(benchmarks/results/ keeps GPU reports only)"
         )
+    if gpu:
+        print("gpu-check: to measure by hand (docs/kernels.md, 'First GPU session'):")
+        for item in measure_list():
+            print(f"  - {item}")
     print(f"gpu-check: {time.perf_counter() - start:.0f} s in all", flush=True)
     failed = [k for k, v in parts.items() if v["rc"] != 0]
     if failed:

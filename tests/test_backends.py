@@ -161,15 +161,15 @@ def test_auto_takes_the_first_backend_that_can_run():
     # the SSIM map comes from the reference only
     assert OPS["ssim"].select(cpu, torch.float32, return_map=False) == "cpu"
     assert OPS["ssim"].select(cpu, torch.float32, return_map=True) == "reference"
-    # the CUDA ball keeps 32 candidates at most; on CUDA tensors more go to Triton (when it is built)
+    # the CUDA ball takes 4096 candidates at most; on CUDA tensors more go to Triton (when it is built)
     cuda = torch.device("cuda")
     ball = OPS["ssim_ball_scale"]
-    why = ball.not_supported_reasons("cuda", cuda, torch.float32, candidates=64)
-    assert any("candidates <= 32" in r for r in why)
+    why = ball.not_supported_reasons("cuda", cuda, torch.float32, candidates=5000)
+    assert any("candidates <= 4096" in r for r in why)
     if miga_fast.backends()["cuda"]["built"]:
-        assert ball.not_supported_reasons("cuda", cuda, torch.float32, candidates=32) == []
+        assert ball.not_supported_reasons("cuda", cuda, torch.float32, candidates=4096) == []
     if miga_fast.backends()["triton"]["built"]:
-        assert ball.select(cuda, torch.float32, candidates=64) == "triton"
+        assert ball.select(cuda, torch.float32, candidates=5000) == "triton"
 
 
 def test_a_named_backend_that_cannot_run_lists_every_backend_and_why():
@@ -196,7 +196,7 @@ def test_the_cli_prints_the_table_per_op():
     assert out.returncode == 0, out.stderr
     for name in OP_NAMES:
         assert f"\n{name}  [" in out.stdout
-    assert "candidates <= 32" in out.stdout and "return_map=False" in out.stdout
+    assert "candidates <= 4096" in out.stdout and "return_map=False" in out.stdout
     assert set(json.loads(_cli("backends", "--json").stdout)["ops"]) == OP_NAMES
 
 

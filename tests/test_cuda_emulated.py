@@ -312,21 +312,19 @@ def test_ssim_cpu_and_cuda_kernels_share_the_element_math(emu, rng):
             assert torch.equal(got, torch.ops.miga_fast.ssim_ball_scale(y - x, x, *ball))
 
 
-def test_ssim_ball_scale_many_candidates_rejected(emu, rng):
-    x = torch.rand(1, 1, 16, 16, generator=rng, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="candidates <= 32"):
-        emu.ssim_ball_scale(
-            x * 0.1,
-            x,
-            ref_ssim.gaussian_window(11, 1.5, torch.float64),
-            torch.full((1,), 0.9, dtype=torch.float64),
-            1.0,
-            0.01,
-            0.03,
-            False,
-            33,
-            2,
-        )
+@pytest.mark.parametrize("candidates", [3, 9, 33, 100])
+def test_ssim_ball_scale_any_candidate_count(emu, rng, candidates):
+    """The candidates go through the sums kernel in register groups of 8: any count runs
+    (partial groups included) and matches the C++ kernel; past the cap it is refused."""
+    x = torch.rand(2, 3, 16, 16, generator=rng, dtype=torch.float64)
+    delta = 0.3 * torch.randn(2, 3, 16, 16, generator=rng, dtype=torch.float64)
+    win = ref_ssim.gaussian_window(11, 1.5, torch.float64)
+    tau = torch.tensor([0.9, 0.8], dtype=torch.float64)
+    args = (win, tau, 1.0, 0.01, 0.03, False, candidates, 3)
+    got = emu.ssim_ball_scale(delta, x, *args)
+    assert torch.equal(got, torch.ops.miga_fast.ssim_ball_scale(delta, x, *args))
+    with pytest.raises(RuntimeError, match="candidates <= 4096"):
+        emu.ssim_ball_scale(delta, x, win, tau, 1.0, 0.01, 0.03, False, 4097, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

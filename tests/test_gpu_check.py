@@ -108,3 +108,9 @@ def test_every_benchmark_has_a_gpu_command_within_the_budget(gpu_check):
     assert sum(gpu_check.BUDGET.values()) <= 8 * 60
     for cmd in gpu.values():
         assert (ROOT / cmd[1]).exists()
+
+
+def test_the_measurement_list_comes_from_docs_kernels(gpu_check):
+    """On a GPU the check prints what must be measured by hand: docs/kernels.md's list."""
+    items = gpu_check.measure_list()
+    assert len(items) >= 5 and any("MINE" in i for i in items) and any("float64" in i for i in items)

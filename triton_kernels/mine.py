@@ -21,9 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .projection import DEVICE_TYPES, POISON
+from ._launch import DEVICE_TYPES, POISON, check_int32, on_tensor_device
 
 BI, BJ, BH = 32, 32, 8
+# The backward kernels hold three BI x BJ x BH temporaries: at 4 warps grad_rows needs 255
+# registers and spills 184 bytes on sm_90 (tests/_triton_aot.py); at 8 warps, 174 and none.
+BACKWARD_WARPS = 8
 
 
 @triton.jit
@@ -88,8 +91,8 @@ def _lse_kernel(
     v_ptr,
     w_ptr,
     lse_ptr,
-    B,
-    H,
+    B: tl.int32,
+    H: tl.int32,
     ACT: tl.constexpr,
     EXCL: tl.constexpr,
     BI: tl.constexpr,
@@ -101,7 +104,7 @@ def _lse_kernel(
     m = tl.full((BI,), float("-inf"), dtype=u_ptr.dtype.element_ty)
     s = tl.zeros((BI,), dtype=u_ptr.dtype.element_ty)
     for j0 in range(0, B, BJ):
-        cols = j0 + tl.arange(0, BJ)
+        cols = (j0 + tl.arange(0, BJ)).to(tl.int64)  # cols * H may pass 2**31
         cmask = cols < B
         t = _scores(u_ptr, v_ptr, w_ptr, rows, cols, rmask, cmask, H, ACT, BI, BJ, BH)
         t = tl.where(_pair_mask(rows, cols, rmask, cmask, EXCL), t, float("-inf"))
@@ -121,8 +124,8 @@ def _grad_rows_kernel(
     lse_ptr,
     gu_ptr,
     gwr_ptr,
-    B,
-    H,
+    B: tl.int32,
+    H: tl.int32,
     ACT: tl.constexpr,
     EXCL: tl.constexpr,
     BI: tl.constexpr,
@@ -136,7 +139,7 @@ def _grad_rows_kernel(
     gi = tl.load(g_ptr + rows, mask=rmask, other=0.0)
     li = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     for j0 in range(0, B, BJ):
-        cols = j0 + tl.arange(0, BJ)
+        cols = (j0 + tl.arange(0, BJ)).to(tl.int64)
         cmask = cols < B
         t = _scores(u_ptr, v_ptr, w_ptr, rows, cols, rmask, cmask, H, ACT, BI, BJ, BH)
         p = tl.where(_pair_mask(rows, cols, rmask, cmask, EXCL), gi[:, None] * tl.exp(t - li[:, None]), 0.0)
@@ -162,8 +165,8 @@ def _grad_cols_kernel(
     g_ptr,
     lse_ptr,
     gv_ptr,
-    B,
-    H,
+    B: tl.int32,
+    H: tl.int32,
     ACT: tl.constexpr,
     EXCL: tl.constexpr,
     BI: tl.constexpr,
@@ -174,7 +177,7 @@ def _grad_cols_kernel(
     cols = tl.program_id(0).to(tl.int64) * BJ + tl.arange(0, BJ)
     cmask = cols < B
     for i0 in range(0, B, BI):
-        rows = i0 + tl.arange(0, BI)
+        rows = (i0 + tl.arange(0, BI)).to(tl.int64)  # rows * H may pass 2**31
         rmask = rows < B
         gi = tl.load(g_ptr + rows, mask=rmask, other=0.0)
         li = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
@@ -206,28 +209,59 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op("miga_fast_triton::mine_row_lse", mutates_args=(), device_types=DEVICE_TYPES)
+@on_tensor_device
 def mine_row_lse(u: Tensor, v: Tensor, w2: Tensor, activation: int, exclude_diag: bool) -> Tensor:
     _check(u, v, w2)
     u, v, w2 = u.contiguous(), v.contiguous(), w2.contiguous()
     b, h = u.shape
+    check_int32("B + a column tile", b + BJ)  # row and column indices are int32 until multiplied by H
     lse = torch.full((b,), float("nan"), dtype=u.dtype, device=u.device) if POISON else u.new_empty(b)
     _lse_kernel[(triton.cdiv(b, BI),)](u, v, w2, lse, b, h, ACT=activation, EXCL=exclude_diag, BI=BI, BJ=BJ, BH=BH)
     return lse
 
 
 @torch.library.custom_op("miga_fast_triton::mine_row_lse_backward", mutates_args=(), device_types=DEVICE_TYPES)
+@on_tensor_device
 def mine_row_lse_backward(
     grad: Tensor, u: Tensor, v: Tensor, w2: Tensor, lse: Tensor, activation: int, exclude_diag: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check(u, v, w2)
     u, v, w2, grad, lse = (t.contiguous() for t in (u, v, w2, grad, lse))
     b, h = u.shape
+    check_int32("B + a row tile", b + BI)
     gu, gv, gw_rows = torch.zeros_like(u), torch.zeros_like(v), torch.zeros_like(u)
     _grad_rows_kernel[(triton.cdiv(b, BI),)](
-        u, v, w2, grad, lse, gu, gw_rows, b, h, ACT=activation, EXCL=exclude_diag, BI=BI, BJ=BJ, BH=BH
+        u,
+        v,
+        w2,
+        grad,
+        lse,
+        gu,
+        gw_rows,
+        b,
+        h,
+        ACT=activation,
+        EXCL=exclude_diag,
+        BI=BI,
+        BJ=BJ,
+        BH=BH,
+        num_warps=BACKWARD_WARPS,
     )
     _grad_cols_kernel[(triton.cdiv(b, BJ),)](
-        u, v, w2, grad, lse, gv, b, h, ACT=activation, EXCL=exclude_diag, BI=BI, BJ=BJ, BH=BH
+        u,
+        v,
+        w2,
+        grad,
+        lse,
+        gv,
+        b,
+        h,
+        ACT=activation,
+        EXCL=exclude_diag,
+        BI=BI,
+        BJ=BJ,
+        BH=BH,
+        num_warps=BACKWARD_WARPS,
     )
     return gu * w2, gv * w2, gw_rows.sum(0)
 

@@ -16,17 +16,14 @@ without a GPU).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._launch import DEVICE_TYPES, POISON, check_int32, chunks, on_tensor_device
+
 BLOCK = 1024
 MAX_PARTIALS = 64
-MAX_GRID_Y = 65535
-POISON = os.environ.get("MIGA_FAST_POISON", "") == "1"
-DEVICE_TYPES = ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "") == "1" else ("cuda",)
 
 MODE_L2_STEP = 0  # partial sums {s.s, s.u, u.u}
 MODE_L2_PROJECT = 1  # {0, 0, u.u}
@@ -51,10 +48,10 @@ def _linf_kernel(
     x_ptr,
     eps_ptr,
     alpha_ptr,
-    eps_stride,
-    alpha_stride,
-    direction,
-    n,
+    eps_stride: tl.int32,
+    alpha_stride: tl.int32,
+    direction: tl.float64,
+    n: tl.int32,
     HAS_GRAD: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -68,7 +65,7 @@ def _linf_kernel(
     x = tl.load(x_ptr + ptr, mask=mask, other=0).to(e.dtype)
     if HAS_GRAD:
         g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
-        step = direction * tl.load(alpha_ptr + b * alpha_stride)
+        step = tl.full((), direction, e.dtype) * tl.load(alpha_ptr + b * alpha_stride)
         d = d + step * _sign(g)
     d = _clamp(d, -e, e)
     d = _clamp(x + d, 0.0, 1.0) - x
@@ -98,7 +95,14 @@ def _sample_maxima(part_ptr, b, nprog, NPART: tl.constexpr):
 
 @triton.jit
 def _reduce_kernel(
-    d_ptr, g_ptr, part_ptr, n, MODE: tl.constexpr, PASS: tl.constexpr, NPART: tl.constexpr, BLOCK: tl.constexpr
+    d_ptr,
+    g_ptr,
+    part_ptr,
+    n: tl.int32,
+    MODE: tl.constexpr,
+    PASS: tl.constexpr,
+    NPART: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Partial sums over s = g / max|g| and u = d / dscale (see csrc/common/projection_math.h,
     l2_factors): PASS_FUSED sums the unscaled values in float64 (the update rescales),
@@ -155,11 +159,11 @@ def _update_kernel(
     eps_ptr,
     alpha_ptr,
     part_ptr,
-    eps_stride,
-    alpha_stride,
-    mu,
-    direction,
-    n,
+    eps_stride: tl.int32,
+    alpha_stride: tl.int32,
+    mu: tl.float64,
+    direction: tl.float64,
+    n: tl.int32,
     MODE: tl.constexpr,
     SCALED: tl.constexpr,
     NPART: tl.constexpr,
@@ -189,7 +193,8 @@ def _update_kernel(
     e = tl.load(eps_ptr + b * eps_stride)
     e64 = e.to(tl.float64)
     gs = gs64.to(e.dtype)
-    step = direction * tl.load(alpha_ptr + b * alpha_stride)
+    mu_c = tl.full((), mu, e.dtype)  # the scalars in the compute dtype (_launch.py: float scalars)
+    step = tl.full((), direction, e.dtype) * tl.load(alpha_ptr + b * alpha_stride)
     if MODE != 2:
         # l2_factors (csrc/common/projection_math.h): |d + c s| relative to K = max(ds, |c|)
         snorm = tl.sqrt(tl.maximum(ss, 0.0))
@@ -220,7 +225,7 @@ def _update_kernel(
             g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
             m = tl.load(m_ptr + ptr, mask=mask, other=0).to(e.dtype)
             gn = tl.where(l1 > 0, (g / gs) / tl.where(l1 > 0, l1, 1.0), 0.0)
-            m = mu * m + gn
+            m = mu_c * m + gn
             tl.store(m_ptr + ptr, m.to(m_ptr.dtype.element_ty), mask=mask)
             d = _clamp(d + step * _sign(m), -e, e)
         d = _clamp(x + d, 0.0, 1.0) - x
@@ -243,11 +248,6 @@ def partial_programs(batch: int, n: int, device: torch.device) -> int:
     return max(1, min(by_size, by_fill, MAX_PARTIALS))
 
 
-def _batch_chunks(batch: int):
-    for start in range(0, batch, MAX_GRID_Y):
-        yield start, min(batch, start + MAX_GRID_Y)
-
-
 def _param(p: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, int]:
     """A per-sample parameter's slice for samples [lo, hi) and its stride (0: shared)."""
     return (p, 0) if p.numel() == 1 else (p[lo:hi], 1)
@@ -266,12 +266,13 @@ def _run_in_place(fn, delta: torch.Tensor, *others: torch.Tensor, momentum: torc
 
 def _launch_linf(d, _m, x, eps, g=None, alpha=None, direction=1.0):
     batch = d.shape[0]
-    n = d[0].numel()
+    n = check_int32("elements per sample", d[0].numel() + BLOCK)
+    n -= BLOCK
     if n == 0:
         return
     d2, x2 = d.reshape(batch, n), x.reshape(batch, n)
     g2 = g.reshape(batch, n) if g is not None else d2
-    for lo, hi in _batch_chunks(batch):
+    for lo, hi in chunks(batch):
         e, es = _param(eps, lo, hi)
         a, as_ = _param(alpha if alpha is not None else eps, lo, hi)
         grid = (triton.cdiv(n, BLOCK), hi - lo)
@@ -282,7 +283,8 @@ def _launch_linf(d, _m, x, eps, g=None, alpha=None, direction=1.0):
 
 def _launch_two_pass(mode, d, m, x, eps, g=None, alpha=None, mu=0.0, direction=1.0):
     batch = d.shape[0]
-    n = d[0].numel()
+    n = check_int32("elements per sample", d[0].numel() + BLOCK)  # offsets within a sample stay int32
+    n -= BLOCK
     if n == 0:
         return
     d2, x2 = d.reshape(batch, n), x.reshape(batch, n)
@@ -290,7 +292,7 @@ def _launch_two_pass(mode, d, m, x, eps, g=None, alpha=None, mu=0.0, direction=1
     m2 = m.reshape(batch, n) if m is not None else d2
     nprog = partial_programs(batch, n, d.device)
     scaled = d.dtype == torch.float64  # float64 sums could overflow: take the maxima first
-    for lo, hi in _batch_chunks(batch):
+    for lo, hi in chunks(batch):
         part = torch.empty((hi - lo, nprog, SLOTS), dtype=torch.float64, device=d.device)
         if POISON:  # tests: a partial the reduction failed to write shows up as NaN
             part.fill_(float("nan"))
@@ -327,11 +329,13 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op("miga_fast_triton::pgd_step_linf_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+@on_tensor_device
 def pgd_step_linf_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, direction: float) -> None:
     _run_in_place(lambda d, _m, g, xx: _launch_linf(d, None, xx, eps, g, alpha, direction), delta, grad, x)
 
 
 @torch.library.custom_op("miga_fast_triton::pgd_step_l2_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+@on_tensor_device
 def pgd_step_l2_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, direction: float) -> None:
     _run_in_place(
         lambda d, _m, g, xx: _launch_two_pass(MODE_L2_STEP, d, None, xx, eps, g, alpha, 0.0, direction), delta, grad, x
@@ -341,6 +345,7 @@ def pgd_step_l2_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Ten
 @torch.library.custom_op(
     "miga_fast_triton::mi_fgsm_step_", mutates_args=("delta", "momentum"), device_types=DEVICE_TYPES
 )
+@on_tensor_device
 def mi_fgsm_step_(
     delta: Tensor, momentum: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, mu: float, direction: float
 ) -> None:
@@ -354,11 +359,13 @@ def mi_fgsm_step_(
 
 
 @torch.library.custom_op("miga_fast_triton::project_linf_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+@on_tensor_device
 def project_linf_(delta: Tensor, x: Tensor, eps: Tensor) -> None:
     _run_in_place(lambda d, _m, xx: _launch_linf(d, None, xx, eps), delta, x)
 
 
 @torch.library.custom_op("miga_fast_triton::project_l2_", mutates_args=("delta",), device_types=DEVICE_TYPES)
+@on_tensor_device
 def project_l2_(delta: Tensor, x: Tensor, eps: Tensor) -> None:
     _run_in_place(lambda d, _m, xx: _launch_two_pass(MODE_L2_PROJECT, d, None, xx, eps), delta, x)
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .projection import DEVICE_TYPES, POISON
+from ._launch import DEVICE_TYPES, POISON, check_int32, chunks, on_tensor_device
 
 BLOCK = 256
 
@@ -62,20 +62,24 @@ def _ssim_kernel(
     win_ptr,
     part_ptr,
     pm_ptr,
-    H,
-    W,
-    HO,
-    WO,
-    PAD,
-    c1,
-    c2,
-    gs,
+    H: tl.int32,
+    W: tl.int32,
+    HO: tl.int32,
+    WO: tl.int32,
+    PAD: tl.int32,
+    c1: tl.float64,
+    c2: tl.float64,
+    gs: tl.float64,
+    PLANE0: tl.int64,
+    NPLANES: tl.int64,
     K: tl.constexpr,
     WITH_GRAD: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """A tile of output pixels of plane PLANE0 + program_id(1) (of NPLANES): its SSIM sum
+    into part[plane, pid]; WITH_GRAD: the four partial maps pm[4, NPLANES, HO * WO]."""
     pid = tl.program_id(0)
-    plane = tl.program_id(1).to(tl.int64)
+    plane = PLANE0 + tl.program_id(1)
     nprog = tl.num_programs(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HO * WO
@@ -83,6 +87,10 @@ def _ssim_kernel(
     oj = offs % WO
     base = plane * H * W
     mx, my, exx, eyy, exy = _window_moments(x_ptr, y_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K, BLOCK)
+    dt = win_ptr.dtype.element_ty
+    c1 = tl.full((), c1, dt)  # float scalars in the compute dtype (_launch.py)
+    c2 = tl.full((), c2, dt)
+    gs = tl.full((), gs, dt)
     # ssim_pixel and ssim_partials of csrc/common/ssim_math.h, line for line
     a = 2 * mx * my + c1
     b = 2 * (exy - mx * my) + c2
@@ -96,19 +104,33 @@ def _ssim_kernel(
         s_cd = 2 * s * (1.0 / c - 1.0 / d)
         n = HO * WO
         out = plane * n + offs
+        stride = NPLANES * n  # int64: the maps may hold 2**31 elements or more
         tl.store(pm_ptr + out, gs * (my * common - mx * s_cd), mask=mask)
-        tl.store(pm_ptr + n * tl.num_programs(1) + out, gs * (mx * common - my * s_cd), mask=mask)
-        tl.store(pm_ptr + 2 * n * tl.num_programs(1) + out, gs * (-s / d), mask=mask)
-        tl.store(pm_ptr + 3 * n * tl.num_programs(1) + out, gs * (2 * a * inv_cd), mask=mask)
+        tl.store(pm_ptr + stride + out, gs * (mx * common - my * s_cd), mask=mask)
+        tl.store(pm_ptr + 2 * stride + out, gs * (-s / d), mask=mask)
+        tl.store(pm_ptr + 3 * stride + out, gs * (2 * a * inv_cd), mask=mask)
 
 
 @triton.jit
 def _ssim_grad_kernel(
-    x_ptr, y_ptr, win_ptr, pm_ptr, gx_ptr, gy_ptr, H, W, HO, WO, PAD, K: tl.constexpr, BLOCK: tl.constexpr
+    x_ptr,
+    y_ptr,
+    win_ptr,
+    pm_ptr,
+    gx_ptr,
+    gy_ptr,
+    H: tl.int32,
+    W: tl.int32,
+    HO: tl.int32,
+    WO: tl.int32,
+    PAD: tl.int32,
+    PLANE0: tl.int64,
+    NPLANES: tl.int64,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    plane = tl.program_id(1).to(tl.int64)
-    nplanes = tl.num_programs(1)
+    plane = PLANE0 + tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < H * W
     pi = offs // W
@@ -120,6 +142,7 @@ def _ssim_grad_kernel(
     bxy = tl.zeros((BLOCK,), dtype=w0.dtype)
     n = HO * WO
     base = plane * n
+    stride = NPLANES * n
     for i in range(K):
         gi = tl.load(win_ptr + i)
         oi = pi + PAD - i
@@ -129,9 +152,9 @@ def _ssim_grad_kernel(
             inb = mask & (oi >= 0) & (oi < HO) & (oj >= 0) & (oj < WO)
             o = base + oi * WO + oj
             bmx += wgt * tl.load(pm_ptr + o, mask=inb, other=0.0)
-            bmy += wgt * tl.load(pm_ptr + n * nplanes + o, mask=inb, other=0.0)
-            bsq += wgt * tl.load(pm_ptr + 2 * n * nplanes + o, mask=inb, other=0.0)
-            bxy += wgt * tl.load(pm_ptr + 3 * n * nplanes + o, mask=inb, other=0.0)
+            bmy += wgt * tl.load(pm_ptr + stride + o, mask=inb, other=0.0)
+            bsq += wgt * tl.load(pm_ptr + 2 * stride + o, mask=inb, other=0.0)
+            bxy += wgt * tl.load(pm_ptr + 3 * stride + o, mask=inb, other=0.0)
     p = plane * H * W + offs
     xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(w0.dtype)
     yv = tl.load(y_ptr + p, mask=mask, other=0.0).to(w0.dtype)
@@ -151,22 +174,45 @@ def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
     # compute in float32 (float64 for float64 data), whatever the storage dtype
     window = window.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
     b, c, h, w, k, pad, ho, wo = _geometry(x, window, same_padding)
+    check_int32("pixels per plane", h * w + BLOCK)  # offsets within a plane stay int32
     planes = b * c
     nprog = triton.cdiv(ho * wo, BLOCK)
     part = torch.empty((planes, nprog), dtype=torch.float64, device=x.device)
     pm = torch.empty((4, planes, ho * wo) if with_grad else (1,), dtype=window.dtype, device=x.device)
+    if POISON:
+        part.fill_(float("nan"))
+        pm.fill_(float("nan"))
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     n = c * ho * wo
-    _ssim_kernel[(nprog, planes)](
-        x, y, window, part, pm, h, w, ho, wo, pad, c1, c2, 1.0 / n, K=k, WITH_GRAD=with_grad, BLOCK=BLOCK
-    )
+    for lo, hi in chunks(planes):  # grid axis 1 holds 65535 programs at most
+        _ssim_kernel[(nprog, hi - lo)](
+            x,
+            y,
+            window,
+            part,
+            pm,
+            h,
+            w,
+            ho,
+            wo,
+            pad,
+            c1,
+            c2,
+            1.0 / n,
+            lo,
+            planes,
+            K=k,
+            WITH_GRAD=with_grad,
+            BLOCK=BLOCK,
+        )
     value = (part.sum(1).reshape(b, c).sum(1) / n).to(x.dtype)
     if not with_grad:
         return value, None, None
     gx, gy = torch.empty_like(x), torch.empty_like(y)
-    _ssim_grad_kernel[(triton.cdiv(h * w, BLOCK), planes)](
-        x, y, window, pm, gx, gy, h, w, ho, wo, pad, K=k, BLOCK=BLOCK
-    )
+    for lo, hi in chunks(planes):
+        _ssim_grad_kernel[(triton.cdiv(h * w, BLOCK), hi - lo)](
+            x, y, window, pm, gx, gy, h, w, ho, wo, pad, lo, planes, K=k, BLOCK=BLOCK
+        )
     return value, gx, gy
 
 
@@ -174,11 +220,13 @@ Tensor = torch.Tensor
 
 
 @torch.library.custom_op("miga_fast_triton::ssim", mutates_args=(), device_types=DEVICE_TYPES)
+@on_tensor_device
 def ssim(x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float, same_padding: bool) -> Tensor:
     return _run(x, y, window, data_range, k1, k2, same_padding, False)[0]
 
 
 @torch.library.custom_op("miga_fast_triton::ssim_value_and_grad", mutates_args=(), device_types=DEVICE_TYPES)
+@on_tensor_device
 def ssim_value_and_grad(
     x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float, same_padding: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -199,12 +247,25 @@ def _(x, y, *args):
 
 
 @triton.jit
-def _ball_moments_kernel(x_ptr, d_ptr, win_ptr, mom_ptr, H, W, HO, WO, PAD, K: tl.constexpr, BLOCK: tl.constexpr):
+def _ball_moments_kernel(
+    x_ptr,
+    d_ptr,
+    win_ptr,
+    mom_ptr,
+    H: tl.int32,
+    W: tl.int32,
+    HO: tl.int32,
+    WO: tl.int32,
+    PAD: tl.int32,
+    PLANE0: tl.int64,
+    NPLANES: tl.int64,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """The ball moments of a tile of output pixels in float64: mu_x, mu_d, var_x, var_d,
-    cov_xd, stored as mom[5, planes, HO * WO]."""
+    cov_xd, stored as mom[5, NPLANES, HO * WO]."""
     pid = tl.program_id(0)
-    plane = tl.program_id(1).to(tl.int64)
-    nplanes = tl.num_programs(1)
+    plane = PLANE0 + tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HO * WO
     oi = offs // WO
@@ -214,7 +275,7 @@ def _ball_moments_kernel(x_ptr, d_ptr, win_ptr, mom_ptr, H, W, HO, WO, PAD, K: t
     mx, md, exx, edd, exd = _window_moments(x_ptr, d_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K, BLOCK)
     n = HO * WO
     o = plane * n + offs
-    stride = n * nplanes
+    stride = NPLANES * n
     tl.store(mom_ptr + o, mx, mask=mask)
     tl.store(mom_ptr + stride + o, md, mask=mask)
     tl.store(mom_ptr + 2 * stride + o, exx - mx * mx, mask=mask)
@@ -223,17 +284,30 @@ def _ball_moments_kernel(x_ptr, d_ptr, win_ptr, mom_ptr, H, W, HO, WO, PAD, K: t
 
 
 @triton.jit
-def _ball_sums_kernel(mom_ptr, ts_ptr, part_ptr, C, N, c1, c2, NT: tl.constexpr, BLOCK: tl.constexpr):
+def _ball_sums_kernel(
+    mom_ptr,
+    ts_ptr,
+    part_ptr,
+    C: tl.int32,
+    N: tl.int32,
+    c1: tl.float64,
+    c2: tl.float64,
+    PLANE0: tl.int64,
+    NPLANES: tl.int64,
+    NT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """part[plane, pid, q] = the sum over this tile of SSIM(x, x + t_q delta), t_q the
     sample's candidates: the moments are polynomials in t (reference.ssim.ssim_at_scales)."""
     pid = tl.program_id(0)
-    plane = tl.program_id(1).to(tl.int64)
-    nplanes = tl.num_programs(1)
+    plane = PLANE0 + tl.program_id(1)
     nprog = tl.num_programs(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     o = plane * N + offs
-    stride = N * nplanes
+    stride = NPLANES * N
+    c1 = tl.full((), c1, tl.float64)
+    c2 = tl.full((), c2, tl.float64)
     mx = tl.load(mom_ptr + o, mask=mask, other=0.0)
     md = tl.load(mom_ptr + stride + o, mask=mask, other=0.0)
     vx = tl.load(mom_ptr + 2 * stride + o, mask=mask, other=0.0)
@@ -251,6 +325,7 @@ def _ball_sums_kernel(mom_ptr, ts_ptr, part_ptr, C, N, c1, c2, NT: tl.constexpr,
 
 
 @torch.library.custom_op("miga_fast_triton::ssim_ball_scale", mutates_args=(), device_types=DEVICE_TYPES)
+@on_tensor_device
 def ssim_ball_scale(
     delta: Tensor,
     x: Tensor,
@@ -269,12 +344,16 @@ def ssim_ball_scale(
     x, delta = x.contiguous(), delta.contiguous()
     window = window.to(torch.float64).contiguous()
     b, c, h, w, k, pad, ho, wo = _geometry(x, window, same_padding)
+    check_int32("pixels per plane", h * w + BLOCK)
     planes, n = b * c, ho * wo
     mom = torch.empty((5, planes, n), dtype=torch.float64, device=x.device)
     if POISON:
         mom.fill_(float("nan"))
     nprog = triton.cdiv(n, BLOCK)
-    _ball_moments_kernel[(nprog, planes)](x, delta, window, mom, h, w, ho, wo, pad, K=k, BLOCK=BLOCK)
+    for lo_p, hi_p in chunks(planes):
+        _ball_moments_kernel[(nprog, hi_p - lo_p)](
+            x, delta, window, mom, h, w, ho, wo, pad, lo_p, planes, K=k, BLOCK=BLOCK
+        )
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     tau = tau.to(device=x.device, dtype=torch.float64).reshape(-1, 1)
     lo = torch.zeros(b, 1, dtype=torch.float64, device=x.device)
@@ -286,7 +365,10 @@ def ssim_ball_scale(
         ts = (lo + (hi - lo) * grid).contiguous()
         if POISON:
             part.fill_(float("nan"))
-        _ball_sums_kernel[(nprog, planes)](mom, ts, part, c, n, c1, c2, NT=candidates, BLOCK=BLOCK)
+        for lo_p, hi_p in chunks(planes):
+            _ball_sums_kernel[(nprog, hi_p - lo_p)](
+                mom, ts, part, c, n, c1, c2, lo_p, planes, NT=candidates, BLOCK=BLOCK
+            )
         value = part.sum(1).reshape(b, c, candidates).sum(1) / (c * n)
         ok = value >= tau
         ok[:, 0] = True
@@ -302,13 +384,25 @@ def _(delta, x, *args):
 
 @triton.jit
 def _window_ball_kernel(
-    d_ptr, x_ptr, g_ptr, C, H, W, NWX, GSTRIDE, c_pixel, WIN: tl.constexpr, BLOCK: tl.constexpr, COMPUTE: tl.constexpr
+    d_ptr,
+    x_ptr,
+    g_ptr,
+    C: tl.int32,
+    H: tl.int32,
+    W: tl.int32,
+    NWX: tl.int32,
+    GSTRIDE: tl.int32,
+    c_pixel: tl.float64,
+    PLANE0: tl.int64,
+    WIN: tl.constexpr,
+    BLOCK: tl.constexpr,
+    COMPUTE: tl.constexpr,
 ):
     """A program per (window, plane): the exact projection of delta's zero-mean part onto
     the window's structural-SSIM ball, window mean kept, then the box (reference/ssim.py:
     window_ball_project_). Computes in COMPUTE: float64 for float64 data, float32 otherwise."""
     wid = tl.program_id(0)
-    plane = tl.program_id(1).to(tl.int64)
+    plane = PLANE0 + tl.program_id(1)
     k = tl.arange(0, BLOCK)
     rows = (wid // NWX) * WIN + k // WIN
     cols = (wid % NWX) * WIN + k % WIN
@@ -318,6 +412,7 @@ def _window_ball_kernel(
     dv = tl.load(d_ptr + p, mask=mask, other=0.0).to(COMPUTE)
     g = tl.load(g_ptr + (plane // C) * GSTRIDE).to(COMPUTE)
     cnt = tl.sum(mask.to(xv.dtype), axis=0)
+    c_pixel = tl.full((), c_pixel, COMPUTE)
     a = (1.0 - g) / g
     u = tl.where(mask, xv - tl.sum(xv, axis=0) / cnt, 0.0)
     md = tl.sum(dv, axis=0) / cnt
@@ -334,18 +429,33 @@ def _window_ball_kernel(
 @torch.library.custom_op(
     "miga_fast_triton::ssim_window_ball_project_", mutates_args=("delta",), device_types=DEVICE_TYPES
 )
+@on_tensor_device
 def ssim_window_ball_project_(delta: Tensor, x: Tensor, gamma: Tensor, window: int, c_pixel: float) -> None:
     if not delta.is_contiguous():
         raise ValueError("miga_fast_triton.ssim_window_ball_project_: `delta` must be contiguous")
     x = x.contiguous()
     b, c, h, w = x.shape
+    check_int32("pixels per plane", h * w + window * window)
     nwy, nwx = triton.cdiv(h, window), triton.cdiv(w, window)
     gamma = gamma.contiguous()
     block = triton.next_power_of_2(window * window)
     compute = tl.float64 if x.dtype == torch.float64 else tl.float32
-    _window_ball_kernel[(nwy * nwx, b * c)](
-        delta, x, gamma, c, h, w, nwx, 0 if gamma.numel() == 1 else 1, c_pixel, WIN=window, BLOCK=block, COMPUTE=compute
-    )
+    for lo, hi in chunks(b * c):
+        _window_ball_kernel[(nwy * nwx, hi - lo)](
+            delta,
+            x,
+            gamma,
+            c,
+            h,
+            w,
+            nwx,
+            0 if gamma.numel() == 1 else 1,
+            c_pixel,
+            lo,
+            WIN=window,
+            BLOCK=block,
+            COMPUTE=compute,
+        )
 
 
 @ssim_window_ball_project_.register_fake

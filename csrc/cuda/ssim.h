@@ -38,7 +38,7 @@ cudaError_t launch_ssim(const SsimArgs& args, bool with_grad, cudaStream_t strea
 // is_double says x's dtype. Workspaces: moments [batch * channels, 5, ho, wo] double,
 // partials [batch, ssim_ball_chunks(), candidates] double; bounds [batch, 2] double
 // holds (0, 1) on entry and [t, t_next] on exit (t: the answer). No host sync.
-constexpr int kMaxBallCandidates = 32;
+constexpr int kMaxBallCandidates = 4096;
 struct BallArgs {
   SsimArgs geometry;
   const double* tau = nullptr;  // [batch]

@@ -385,7 +385,12 @@ __device__ inline double candidate(const double* bounds, int q, int nt) {
 // Per sample (grid.y) and chunk of its C * ho * wo pixels (grid.x), the sums of
 // SSIM(x, x + t_q delta) over the chunk for every candidate t_q (the moments are
 // polynomials in t: mu_y = mu_x + t mu_d, var_y = var_x + 2 t cov + t^2 var_d,
-// cov_xy = var_x + t cov).
+// cov_xy = var_x + t cov). The candidates go in groups of kBallGroup: the loops over a
+// group unroll, so its t[] and acc[] live in registers (no stack frame, ~90 registers
+// whatever the candidate count); each group re-reads the chunk's moments (40 bytes a
+// pixel against kBallGroup double divisions: the kernel stays compute-bound).
+constexpr int kBallGroup = 8;
+
 __global__ void __launch_bounds__(kThreads)
     ball_sums_kernel(const double* __restrict__ m, const double* __restrict__ bounds, Geometry g, double c1, double c2,
                      int nt, double* __restrict__ partials) {
@@ -393,20 +398,28 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t ms = g.ho * g.wo, n = g.channels * ms;
   const int chunks = gridDim.x, tid = threadIdx.x;
   for (int64_t b = blockIdx.y; b < g.batch; b += gridDim.y) {
-    double t[kMaxBallCandidates], acc[kMaxBallCandidates];
-    for (int q = 0; q < nt; ++q) {
-      t[q] = candidate(bounds + 2 * b, q, nt);
-      acc[q] = 0.0;
-    }
-    for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + tid; p < n;
-         p += static_cast<int64_t>(chunks) * kThreads) {
-      const double* mp = m + (b * g.channels + p / ms) * 5 * ms + p % ms;
-      const double mx = mp[0], md = mp[ms], vx = mp[2 * ms], vd = mp[3 * ms], cv = mp[4 * ms];
-      for (int q = 0; q < nt; ++q) acc[q] += ssim_at_scale(mx, md, vx, vd, cv, t[q], c1, c2);
-    }
-    for (int q = 0; q < nt; ++q) {
-      const double total = block_sum(acc[q], red);
-      if (tid == 0) partials[(b * chunks + blockIdx.x) * nt + q] = total;
+    for (int q0 = 0; q0 < nt; q0 += kBallGroup) {
+      double t[kBallGroup], acc[kBallGroup];
+#pragma unroll
+      for (int q = 0; q < kBallGroup; ++q) {
+        t[q] = q0 + q < nt ? candidate(bounds + 2 * b, q0 + q, nt) : 0.0;
+        acc[q] = 0.0;
+      }
+      for (int64_t p = static_cast<int64_t>(blockIdx.x) * kThreads + tid; p < n;
+           p += static_cast<int64_t>(chunks) * kThreads) {
+        const double* mp = m + (b * g.channels + p / ms) * 5 * ms + p % ms;
+        const double mx = mp[0], md = mp[ms], vx = mp[2 * ms], vd = mp[3 * ms], cv = mp[4 * ms];
+#pragma unroll
+        for (int q = 0; q < kBallGroup; ++q)
+          if (q0 + q < nt) acc[q] += ssim_at_scale(mx, md, vx, vd, cv, t[q], c1, c2);
+      }
+#pragma unroll
+      for (int q = 0; q < kBallGroup; ++q) {
+        if (q0 + q < nt) {  // uniform across the block: block_sum's barriers stay matched
+          const double total = block_sum(acc[q], red);
+          if (tid == 0) partials[(b * chunks + blockIdx.x) * nt + q0 + q] = total;
+        }
+      }
     }
   }
 }

@@ -34,7 +34,7 @@ from ..reference import ssim as ref
 from ._namespaces import ops_for
 
 PADDINGS = ("valid", "same")
-CUDA_MAX_CANDIDATES = 32  # the CUDA ball kernel keeps its candidates in registers (csrc/cuda/ssim.h)
+CUDA_MAX_CANDIDATES = 4096  # csrc/cuda/ssim.h: kMaxBallCandidates
 
 SSIM = _backend.register_op(
     _backend.Op(
@@ -56,7 +56,7 @@ BALL = _backend.register_op(
         limits=[
             _backend.Limit(
                 ("cuda",),
-                f"candidates <= {CUDA_MAX_CANDIDATES} (kept in registers)",
+                f"candidates <= {CUDA_MAX_CANDIDATES}",
                 lambda f: f["candidates"] <= CUDA_MAX_CANDIDATES,
             )
         ],
