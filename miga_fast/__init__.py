@@ -9,7 +9,7 @@ image denoisers and diffusion-based adversarial purification, under a thin PyTor
 """
 
 from ._backend import BackendUnavailableError, backends, get_backend, set_backend
-from ._validation import value_checks
+from ._validation import DeferredCheckError, check_deferred, value_checks
 
 # isort: split
 from . import attacks, ops, reference  # after the backend machinery
@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "DeferredCheckError",
+    "check_deferred",
     "attacks",
     "backends",
     "get_backend",

@@ -177,8 +177,8 @@ def _dtype_names(dtypes) -> str:
 
 class Limit:
     """A condition one or more backends' kernels put on an op's arguments: `holds(facts)`
-    says whether it is met; `text` says what the kernel needs and becomes the reason
-    when it is not."""
+    says whether it is met (a fact not given takes the op's default: `facts.get(name,
+    default)`); `text` says what the kernel needs and becomes the reason when it is not."""
 
     __slots__ = ("backends", "text", "holds")
 

@@ -1,13 +1,23 @@
 """Argument checks shared by every public op: clear errors that name the argument.
 
 Cheap checks (types, shapes, dtypes, devices, Python scalars) always run. Value checks
-(NaN/Inf, [0, 1] range, negative entries of a tensor) read the data and so synchronise
-with a GPU: they run by default and can be switched off where a caller has already
-checked its inputs once (the attacks do, before their loops):
+(NaN/Inf, the [0, 1] range of images, negative entries of a per-sample tensor) read the
+data. On a CPU they run at once. On a GPU, reading the data would stall the pipeline
+once per op call (a device-to-host copy that waits for every kernel queued before it),
+so by default they are *deferred*: the statistics they need are computed on the device
+and copied into pinned host memory without waiting; the verdict is given by a later
+miga_fast call once the copy has landed (never waiting for it), by
+`miga_fast.check_deferred()` (which waits), and at the end of every attack. A deferred
+failure is raised as the same ValueError, naming the argument, by that later call; the
+op that received the bad input has run on it.
 
-    with miga_fast.value_checks(False):
-        ...
-They are skipped while torch.compile traces (they would break the graph).
+    miga_fast.value_checks(True)        # the default: at once on CPU, deferred on CUDA
+    miga_fast.value_checks("sync")      # at once everywhere (errors before anything is written)
+    miga_fast.value_checks("deferred")  # deferred everywhere (CPU too: how the tests see it)
+    miga_fast.value_checks(False)       # off, for callers that checked their inputs once
+
+All four are per thread (or asyncio task), as functions or context managers. The checks
+are skipped while torch.compile traces (they would break the graph).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import math
 import numbers
+import threading
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -28,21 +39,100 @@ _VALUE_CHECKS = contextvars.ContextVar("miga_fast_value_checks", default=True)
 
 
 class value_checks(ContextSetting):
-    """Turn the data-reading checks on or off in the current thread (or asyncio task): a
-    function call, or a context manager that restores the previous setting on exit.
-    Other threads keep their own setting (on by default)."""
+    """The data-reading checks in the current thread (or asyncio task): True (the default:
+    at once on CPU tensors, deferred on CUDA tensors), "sync" (at once everywhere),
+    "deferred" (deferred everywhere) or False (off). A function call, or a context manager
+    that restores the previous setting on exit. Other threads keep their own setting."""
 
     var = _VALUE_CHECKS
 
-    def __init__(self, enabled: bool):
-        super().__init__(bool(enabled))
+    def __init__(self, mode=True):
+        if isinstance(mode, str) and mode not in ("sync", "deferred"):
+            raise ValueError(f"`value_checks` takes True, False, 'sync' or 'deferred', got {mode!r}")
+        super().__init__(mode if isinstance(mode, str) else bool(mode))
 
 
 def values_checked() -> bool:
-    return _VALUE_CHECKS.get() and not torch.compiler.is_compiling()
+    return _VALUE_CHECKS.get() is not False and not torch.compiler.is_compiling()
+
+
+class DeferredCheckError(ValueError):
+    """A deferred value check failed: raised by a later call than the one that got the input."""
+
+
+# Deferred checks of this thread: (event or None, host statistics, verdict).
+_local = threading.local()
+
+
+def _pending() -> list:
+    if not hasattr(_local, "pending"):
+        _local.pending = []
+    return _local.pending
+
+
+def _deferring(device: torch.device) -> bool:
+    mode = _VALUE_CHECKS.get()
+    return mode == "deferred" or (mode is True and device.type == "cuda")
+
+
+def judge(stats: torch.Tensor, verdict) -> None:
+    """Give `verdict(values)` (an error message, or None) on the statistics `stats` (a small
+    tensor computed on the data's device): at once, or deferred (see the module's doc)."""
+    if not _deferring(stats.device):
+        message = verdict(stats.double().tolist())
+        if message:
+            raise ValueError(message)
+        return
+    cuda = stats.device.type == "cuda"
+    host = torch.empty(stats.shape, dtype=torch.float64, pin_memory=cuda)
+    host.copy_(stats.detach().double(), non_blocking=cuda)
+    event = None
+    if cuda:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(stats.device))
+    _pending().append((event, host, verdict))
+
+
+def poll_deferred(wait: bool = False) -> None:
+    """Give the verdicts of this thread's deferred checks whose statistics have landed
+    (every one with wait=True); raise DeferredCheckError for the first failures."""
+    if torch.compiler.is_compiling():
+        return
+    pending = _pending()
+    if not pending:
+        return
+    errors, keep = [], []
+    for event, host, verdict in pending:
+        if event is not None and not event.query():
+            if not wait:
+                keep.append((event, host, verdict))
+                continue
+            event.synchronize()
+        message = verdict(host.tolist())
+        if message:
+            errors.append(message)
+    pending[:] = keep
+    if errors:
+        raise DeferredCheckError(
+            "; ".join(errors) + " (a deferred value check of an earlier miga_fast call on a GPU: that call "
+            "ran on the input; use miga_fast.value_checks('sync') to stop before anything is written)"
+        )
+
+
+def sync_checks():
+    """value_checks("sync") unless checks are off: for an attack's one check of its
+    inputs, where a single wait is cheap and a clear error before the loop is worth it."""
+    return value_checks("sync") if _VALUE_CHECKS.get() is not False else value_checks(False)
+
+
+def check_deferred() -> None:
+    """Wait for this thread's deferred value checks and raise the first failures (a
+    DeferredCheckError, a ValueError naming the argument). The attacks call it at their end."""
+    poll_deferred(wait=True)
 
 
 def check_tensor(t, name: str, *, dtypes=FLOAT_DTYPES) -> None:
+    poll_deferred()  # every op checks a tensor first: earlier deferred verdicts surface here
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
@@ -120,29 +210,38 @@ def check_like(ref, ref_name: str, t, name: str) -> None:
         raise TypeError(f"`{name}` has dtype {t.dtype}, expected {ref.dtype} (the dtype of `{ref_name}`)")
 
 
-def _min_max(t: torch.Tensor) -> tuple[float, float]:
-    """Min and max in one pass over the data (NaN propagates into both), one host sync."""
+def _min_max(t: torch.Tensor) -> torch.Tensor:
+    """[min, max] of t, on its device (NaN when it holds one; +-Inf propagate)."""
     lo, hi = torch.aminmax(t.detach())
-    both = torch.stack((lo, hi)).double().tolist()
-    return both[0], both[1]
+    return torch.stack((lo, hi))
+
+
+def _finite_verdict(name: str):
+    def verdict(v):
+        return None if math.isfinite(v[0]) and math.isfinite(v[1]) else f"`{name}` contains NaN or Inf"
+
+    return verdict
 
 
 def check_finite(t, name: str) -> None:
     if values_checked() and t.numel():
-        lo, hi = _min_max(t)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"`{name}` contains NaN or Inf")
+        judge(_min_max(t), _finite_verdict(name))
 
 
 def check_unit_range(t, name: str) -> None:
     """Images live in [0, 1]: out-of-range input is rejected, never clamped."""
     if not values_checked() or not t.numel():
         return
-    lo, hi = _min_max(t)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"`{name}` contains NaN or Inf")
-    if lo < 0 or hi > 1:
-        raise ValueError(f"`{name}` must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+
+    def verdict(v):
+        lo, hi = v
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return f"`{name}` contains NaN or Inf"
+        if lo < 0 or hi > 1:
+            return f"`{name}` must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
+        return None
+
+    judge(_min_max(t), verdict)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -177,16 +276,27 @@ def per_sample(value, name: str, like: torch.Tensor, *, minimum: float = 0.0) ->
         if value.device != like.device:
             raise ValueError(f"`{name}` is on {value.device}, expected {like.device}")
         converted = value.reshape(-1).to(dtype)
-        if values_checked():
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"`{name}` contains NaN or Inf")
-            if not bool(torch.isfinite(converted).all()):
-                raise ValueError(
-                    f"`{name}` holds values beyond {dtype}'s range (max "
-                    f"{torch.finfo(dtype).max:.4g}), the dtype the kernels compute in"
+        if values_checked() and value.numel():
+
+            def verdict(v):
+                finite, in_range, low = v
+                if not finite:
+                    return f"`{name}` contains NaN or Inf"
+                if not in_range:
+                    return (
+                        f"`{name}` holds values beyond {dtype}'s range (max "
+                        f"{torch.finfo(dtype).max:.4g}), the dtype the kernels compute in"
+                    )
+                return f"`{name}` must be >= {minimum}, got min {low:.4g}" if low < minimum else None
+
+            stats = torch.stack(
+                (
+                    torch.isfinite(value).all().double(),
+                    torch.isfinite(converted).all().double(),
+                    value.detach().min().double(),
                 )
-            if bool((value < minimum).any()):
-                raise ValueError(f"`{name}` must be >= {minimum}, got min {float(value.min()):.4g}")
+            )
+            judge(stats, verdict)
         return converted
     v = check_scalar(value, name, minimum=minimum)
     if abs(v) > torch.finfo(dtype).max:
@@ -229,11 +339,16 @@ def check_labels(labels, like: torch.Tensor, name: str = "labels", *, unlabelled
     if labels.shape != like.shape[:1]:
         raise ValueError(f"`{name}` must have shape [{like.shape[0]}], got {tuple(labels.shape)}")
     lowest = -1 if unlabelled_ok else 0
-    if values_checked() and labels.numel() and int(labels.min()) < lowest:
-        raise ValueError(
-            f"`{name}` must hold class indices >= 0{' (or -1 for none)' if unlabelled_ok else ''}, "
-            f"got {int(labels.min())}"
-        )
+    if values_checked() and labels.numel():
+
+        def verdict(v):
+            if v[0] >= lowest:
+                return None
+            return (
+                f"`{name}` must hold class indices >= 0{' (or -1 for none)' if unlabelled_ok else ''}, got {int(v[0])}"
+            )
+
+        judge(labels.min().reshape(1), verdict)
     return labels.to(like.device).long()
 
 

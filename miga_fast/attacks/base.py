@@ -23,11 +23,13 @@ from .. import metrics, ops
 from .._validation import (
     check_batch,
     check_choice,
+    check_deferred,
     check_int,
     check_labels,
     check_scalar,
     check_tensor,
     check_unit_range,
+    sync_checks,
     value_checks,
 )
 from ..compile import compile_denoiser
@@ -164,18 +166,22 @@ class DenoiserAttack:
     def forward(self, x_noisy, labels=None, x_clean=None) -> AttackResult:
         """Attack one batch. Inputs are moved to the denoiser's device; the models run in
         `model_mode` (eval by default) and are left in the caller's mode afterwards."""
-        self._check_images(x_noisy, "x_noisy")
-        if x_noisy.shape[0] < self.min_batch:
-            raise ValueError(
-                f"{type(self).__name__} needs batches of at least {self.min_batch} images "
-                f"({self._min_batch_reason()}), got {x_noisy.shape[0]}"
-            )
-        device = model_device(self.denoiser_eager)
-        if device is not None:
-            x_noisy = x_noisy.to(device)
-            x_clean = x_clean.to(device) if isinstance(x_clean, torch.Tensor) else x_clean
-        with model_mode([self.denoiser_eager, self.classifier], self.model_mode):
-            return self._forward(x_noisy, labels, x_clean)
+        # the inputs checked at once, GPU or not (one wait per batch); the loop runs without checks
+        with sync_checks():
+            self._check_images(x_noisy, "x_noisy")
+            if x_noisy.shape[0] < self.min_batch:
+                raise ValueError(
+                    f"{type(self).__name__} needs batches of at least {self.min_batch} images "
+                    f"({self._min_batch_reason()}), got {x_noisy.shape[0]}"
+                )
+            device = model_device(self.denoiser_eager)
+            if device is not None:
+                x_noisy = x_noisy.to(device)
+                x_clean = x_clean.to(device) if isinstance(x_clean, torch.Tensor) else x_clean
+            with model_mode([self.denoiser_eager, self.classifier], self.model_mode):
+                result = self._forward(x_noisy, labels, x_clean)
+        check_deferred()  # anything an earlier call of this thread deferred: its verdict now
+        return result
 
     def _min_batch_reason(self) -> str:
         return ""

@@ -9,11 +9,13 @@ from .. import ops
 from .._validation import (
     check_batch,
     check_choice,
+    check_deferred,
     check_int,
     check_labels,
     check_scalar,
     check_tensor,
     check_unit_range,
+    sync_checks,
     value_checks,
 )
 from ..nvtx import nvtx_range
@@ -91,13 +93,16 @@ class PGD:
         return self.forward(images, labels)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        labels = self._check(images, labels)  # int64, on the images' device
+        with sync_checks():  # one wait per attack: a clear error before the loop, GPU or not
+            labels = self._check(images, labels)  # int64, on the images' device
         device = model_device(self.model)
         x = images.detach()
         if device is not None:
             x, labels = x.to(device), labels.to(device)
         with model_mode([self.model], self.model_mode):
-            return self._attack(x, labels)
+            adv = self._attack(x, labels)
+        check_deferred()  # anything an earlier call of this thread deferred: its verdict now
+        return adv
 
     def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The attack proper, on checked inputs on the model's device, in the chosen mode."""

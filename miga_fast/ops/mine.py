@@ -21,7 +21,7 @@ import math
 import torch
 
 from .. import _backend, _extension
-from .._validation import check_choice, check_finite, check_like, check_tensor, values_checked
+from .._validation import check_choice, check_finite, check_like, check_tensor, judge, values_checked
 from ..reference import mine as ref
 from ..reference.mine import ACTIVATIONS, BOUNDS, PAIRS
 from ._namespaces import ops_for
@@ -115,8 +115,9 @@ def _check_perm(perm, b: int, device) -> torch.Tensor:
         raise ValueError(f"`perm` must have shape [{b}], got {tuple(perm.shape)}")
     if perm.device != device:
         raise ValueError(f"`perm` is on {perm.device}, expected {device}")
-    if values_checked() and not torch.equal(perm.sort().values.long(), torch.arange(b, device=device)):
-        raise ValueError("`perm` must be a permutation of range(B)")
+    if values_checked():
+        ok = (perm.sort().values.long() == torch.arange(b, device=device)).all().reshape(1)
+        judge(ok, lambda v: None if v[0] else "`perm` must be a permutation of range(B)")
     return perm.long()
 
 

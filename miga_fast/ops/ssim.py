@@ -29,6 +29,8 @@ from .._validation import (
     check_scalar,
     check_tensor,
     check_unit_range,
+    judge,
+    values_checked,
 )
 from ..reference import ssim as ref
 from ._namespaces import ops_for
@@ -44,7 +46,7 @@ SSIM = _backend.register_op(
             _backend.Limit(
                 ("cuda", "triton", "cpu"),
                 "return_map=False (the SSIM map comes from the reference)",
-                lambda f: not f["return_map"],
+                lambda f: not f.get("return_map", False),
             )
         ],
     )
@@ -57,7 +59,7 @@ BALL = _backend.register_op(
             _backend.Limit(
                 ("cuda",),
                 f"candidates <= {CUDA_MAX_CANDIDATES}",
-                lambda f: f["candidates"] <= CUDA_MAX_CANDIDATES,
+                lambda f: f.get("candidates", 16) <= CUDA_MAX_CANDIDATES,
             )
         ],
     )
@@ -202,8 +204,9 @@ def _check_tau(tau, like: torch.Tensor, name: str = "tau", minimum: float = 0.0)
     if isinstance(tau, torch.Tensor):
         if tau.dim() > 1 or (tau.dim() == 1 and tau.shape[0] not in (1, like.shape[0])):
             raise ValueError(f"`{name}` must be a float or a [{like.shape[0]}] tensor, got shape {tuple(tau.shape)}")
-        if not bool(((tau > 0) & (tau >= minimum) & (tau <= 1)).all()):
-            raise ValueError(f"`{name}` must lie in {lo}")
+        if values_checked():
+            ok = ((tau > 0) & (tau >= minimum) & (tau <= 1)).all().reshape(1)
+            judge(ok, lambda v: None if v[0] else f"`{name}` must lie in {lo}")
         return tau.to(like.device)
     tau = check_scalar(tau, name, minimum=None)
     if not (0 < tau <= 1 and tau >= minimum):
