@@ -82,8 +82,9 @@ ACC = {
     torch.bfloat16: torch.float32,
 }
 # B, n: a grid-stride loop (the emulated GPU has 2 SMs: 32 blocks of 256 threads), a
-# sample length that is no multiple of the 16-byte pack, many small samples.
-SIZES = [(3, 9001), (2, 64), (70, 301), (1, 1)]
+# sample length that is no multiple of the 16-byte pack, many small samples, and samples
+# of several partial sums (one per 16384 elements) in 16-byte packs.
+SIZES = [(3, 9001), (2, 64), (70, 301), (1, 1), (2, 40000)]
 
 
 def _projection_inputs(rng, b, n, dtype, offset):
@@ -139,6 +140,27 @@ def test_projection_kernels_match_reference(emu, rng, dtype, name, offset):
             torch.testing.assert_close(mom, exp_m, rtol=tol, atol=tol)
         if dtype == torch.float32 and name in ("pgd_step_linf_", "project_linf_"):
             assert torch.equal(out, exp_d), "the l-inf kernels are bit-identical to the reference in float32"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l2_reductions_give_the_same_bits_packed_or_not(emu, rng, dtype):
+    """The reductions take 16-byte packs on aligned tensors and single elements otherwise,
+    in the same order: the l2 and MI-FGSM results are bit-identical either way (and the
+    partial count depends on n alone, so on any GPU model)."""
+    b, n = 2, 40000  # three partial sums per sample
+    x, d, g, eps, alpha = _projection_inputs(rng, b, n, dtype, 0)
+    x_off = torch.empty(b * n + 1, dtype=dtype)[1:].view(b, n)  # the same values, misaligned
+    x_off.copy_(x)
+    m = torch.randn(b, n, generator=rng, dtype=torch.float64).to(dtype)
+    results = []
+    for xx in (x, x_off):
+        out, mom = d.clone(), m.clone()
+        emu.pgd_step_l2_(out, g, xx, eps, alpha, 1.0)
+        out2 = d.clone()
+        emu.mi_fgsm_step_(out2, mom, g, xx, eps, alpha, 0.9, 1.0)
+        results.append((out, out2, mom))
+    for a, c in zip(*results):
+        assert torch.equal(a, c)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -4,8 +4,10 @@
 //        pack straddles a sample, a grid-stride loop, no host synchronisation.
 // l2 / MI-FGSM: one per-sample reduction pass writing per-block partial sums (double;
 //        float64 data takes a maxima pass before it), then one update pass whose
-//        blocks first combine their sample's partials in a fixed order: deterministic
-//        run to run, no atomics, no memset.
+//        blocks first combine their sample's partials in a fixed order: no atomics, no
+//        memset. Both passes move 16-byte packs where the tensors allow (two in flight
+//        per thread in the reduction). The partial count and the order of every sum
+//        depend on n alone: the same bits on every run, alignment and GPU model.
 // Every kernel computes in float (double for float64 data) and rounds once on store.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -21,7 +23,7 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxPartials = 64;  // reduction blocks per sample, at most
+constexpr int kMaxPartials = 256;  // reduction blocks per sample, at most
 
 template <typename T>
 struct AccOf {
@@ -202,11 +204,35 @@ __device__ __forceinline__ void combine_partials(const double* __restrict__ part
 
 __device__ __forceinline__ double scale_of(double vmax) { return vmax > 0.0 ? vmax : 1.0; }
 
-template <typename T, int MODE, int PASS>
+// Loads VEC consecutive elements of a sample starting at element i: one 16-byte pack when
+// VECTOR (aligned pointers, n a multiple of VEC), else element by element with the tail
+// of the sample zero-filled. Both paths hand the same values, in the same order, to the
+// caller's accumulation: the reduction order depends on n alone (bitwise-identical
+// results whatever the alignment, the grid or the GPU model).
+template <typename T, int VEC, bool VECTOR>
+__device__ __forceinline__ void load_run(const T* __restrict__ base, int64_t i, int64_t n,
+                                         typename AccOf<T>::type (&out)[VEC]) {
+  using A = typename AccOf<T>::type;
+  if (VECTOR) {
+    const Pack<T, VEC> p = *reinterpret_cast<const Pack<T, VEC>*>(base + i);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] = load_acc(p.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) out[k] = i + k < n ? load_acc(base[i + k]) : A(0);
+  }
+}
+
+// Per sample b (grid.y, grid-stride) and block (grid.x: the sample's partial), the thread's
+// runs of VEC elements are p = blockIdx.x * kThreads + tid, p + nblk * kThreads, ...; two
+// runs per iteration (independent loads in flight).
+template <typename T, int MODE, int PASS, int VEC, bool VECTOR>
 __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ d, const T* __restrict__ g,
                                                           int64_t batch, int64_t n, double* __restrict__ partials) {
+  using A = typename AccOf<T>::type;
   __shared__ double s_scale[2];
   const int nblk = gridDim.x;
+  const int64_t runs = (n + VEC - 1) / VEC, stride = static_cast<int64_t>(nblk) * kThreads;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     double gs = 1.0, ds = 1.0;
     if (PASS == kPassScaled) {
@@ -223,26 +249,38 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
       ds = s_scale[1];
     }
     double s[kSlots] = {0.0, 0.0, 0.0, 0.0, 0.0};
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<int64_t>(nblk) * blockDim.x) {
-      const int64_t j = b * n + i;
-      const double gv = MODE == kL2Project ? 0.0 : static_cast<double>(load_acc(g[j])) / gs;
-      const double dv = MODE == kL1Grad ? 0.0 : static_cast<double>(load_acc(d[j])) / ds;
-      const double ga = gv < 0.0 ? -gv : gv, da = dv < 0.0 ? -dv : dv;
-      if (PASS != kPassScaled) {
-        s[3] = ga > s[3] ? ga : s[3];
-        s[4] = da > s[4] ? da : s[4];
-      }
-      if (PASS != kPassMax) {
-        if (MODE == kL1Grad) {
-          s[0] += ga;
-        } else {
-          s[0] += gv * gv;
-          s[1] += gv * dv;
-          s[2] += dv * dv;
+    const T* gb = g + b * n;
+    const T* db = d + b * n;
+    auto accumulate = [&](int64_t p) {
+      A gr[VEC], dr[VEC];
+      if (MODE != kL2Project) load_run<T, VEC, VECTOR>(gb, p * VEC, n, gr);
+      if (MODE != kL1Grad) load_run<T, VEC, VECTOR>(db, p * VEC, n, dr);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const double gv = MODE == kL2Project ? 0.0 : static_cast<double>(gr[k]) / gs;
+        const double dv = MODE == kL1Grad ? 0.0 : static_cast<double>(dr[k]) / ds;
+        const double ga = gv < 0.0 ? -gv : gv, da = dv < 0.0 ? -dv : dv;
+        if (PASS != kPassScaled) {
+          s[3] = ga > s[3] ? ga : s[3];
+          s[4] = da > s[4] ? da : s[4];
+        }
+        if (PASS != kPassMax) {
+          if (MODE == kL1Grad) {
+            s[0] += ga;
+          } else {
+            s[0] += gv * gv;
+            s[1] += gv * dv;
+            s[2] += dv * dv;
+          }
         }
       }
+    };
+    int64_t p = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+    for (; p + stride < runs; p += 2 * stride) {
+      accumulate(p);
+      accumulate(p + stride);
     }
+    if (p < runs) accumulate(p);
     block_reduce(s);
     if (threadIdx.x == 0) {
       double* out = partials + (b * nblk + blockIdx.x) * kSlots;
@@ -260,7 +298,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ 
   }
 }
 
-template <typename T, int MODE>
+template <typename T, int MODE, int VEC, bool VECTOR>
 __global__ void __launch_bounds__(kThreads)
     update_kernel(T* __restrict__ d, T* __restrict__ m, const T* __restrict__ g, const T* __restrict__ x,
                   const typename AccOf<T>::type* __restrict__ eps, int64_t eps_stride,
@@ -298,36 +336,67 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     const A ca = s_a, cb = s_b, gs = s_gs;
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<int64_t>(nblk) * blockDim.x) {
-      const int64_t j = b * n + i;
-      const A dv = load_acc(d[j]), xv = load_acc(x[j]);
+    auto update = [&](int64_t j, A dv, A xv, A gv, A mv_in, A& d_out, A& m_out) {
       if (MODE == kL2Step) {
-        d[j] = store_as<T>(box((dv + ca * (load_acc(g[j]) / gs)) * cb, xv));
+        d_out = box((dv + ca * (gv / gs)) * cb, xv);
       } else if (MODE == kL2Project) {
-        d[j] = store_as<T>(box(dv * cb, xv));
+        d_out = box(dv * cb, xv);
       } else {
-        const A gv = load_acc(g[j]);
         const A gn = ca > A(0) ? (gv / gs) / ca : A(0);
-        const A mv = mu * load_acc(m[j]) + gn;
-        m[j] = store_as<T>(mv);
-        d[j] = store_as<T>(linf_step(dv, mv, xv, e, step));
+        m_out = mu * mv_in + gn;
+        d_out = linf_step(dv, m_out, xv, e, step);
+      }
+    };
+    if (VECTOR) {  // 16-byte packs (the sample's base is aligned: n is a multiple of VEC)
+      using P = Pack<T, VEC>;
+      for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < n / VEC;
+           p += static_cast<int64_t>(nblk) * blockDim.x) {
+        const int64_t q = (b * n) / VEC + p;
+        P dp = reinterpret_cast<const P*>(d)[q];
+        const P xp = reinterpret_cast<const P*>(x)[q];
+        P gp{}, mp{};
+        if (MODE != kL2Project) gp = reinterpret_cast<const P*>(g)[q];
+        if (MODE == kL1Grad) mp = reinterpret_cast<const P*>(m)[q];
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          A dn = A(0), mn = A(0);
+          update(0, load_acc(dp.v[k]), load_acc(xp.v[k]), MODE != kL2Project ? load_acc(gp.v[k]) : A(0),
+                 MODE == kL1Grad ? load_acc(mp.v[k]) : A(0), dn, mn);
+          dp.v[k] = store_as<T>(dn);
+          if (MODE == kL1Grad) mp.v[k] = store_as<T>(mn);
+        }
+        reinterpret_cast<P*>(d)[q] = dp;
+        if (MODE == kL1Grad) reinterpret_cast<P*>(m)[q] = mp;
+      }
+    } else {
+      for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+           i += static_cast<int64_t>(nblk) * blockDim.x) {
+        const int64_t j = b * n + i;
+        A dn = A(0), mn = A(0);
+        update(j, load_acc(d[j]), load_acc(x[j]), MODE != kL2Project ? load_acc(g[j]) : A(0),
+               MODE == kL1Grad ? load_acc(m[j]) : A(0), dn, mn);
+        d[j] = store_as<T>(dn);
+        if (MODE == kL1Grad) m[j] = store_as<T>(mn);
       }
     }
     __syncthreads();  // s_a/s_b/s_gs are rewritten for the next sample
   }
 }
 
-int partial_blocks(int64_t batch, int64_t n) {
-  const int64_t by_size = (n + kThreads * 4 - 1) / (kThreads * 4);
-  const int64_t target = static_cast<int64_t>(sm_count()) * 4;
-  const int64_t by_fill = (target + batch - 1) / batch;
-  return static_cast<int>(std::max<int64_t>(1, std::min({by_size, by_fill, static_cast<int64_t>(kMaxPartials)})));
+// Partial sums per sample: one per kPartialChunk elements, at most kMaxPartials. A
+// function of n alone (not of the SM count): the summation order, and so every bit of the
+// result, is the same on every GPU model.
+constexpr int64_t kPartialChunk = 16384;
+
+int partial_blocks(int64_t /*batch*/, int64_t n) {
+  const int64_t by_size = (n + kPartialChunk - 1) / kPartialChunk;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(by_size, kMaxPartials)));
 }
 
-template <typename T, int MODE>
-cudaError_t launch_two_pass(const ProjectionArgs& a, cudaStream_t stream) {
+template <typename T, int MODE, bool VECTOR>
+cudaError_t launch_two_pass_packed(const ProjectionArgs& a, cudaStream_t stream) {
   using A = typename AccOf<T>::type;
+  constexpr int kVec = 16 / sizeof(T);
   const int nblk = partial_blocks(a.batch, a.n);
   const dim3 grid(nblk, static_cast<unsigned>(std::min<int64_t>(a.batch, 65535)));
   auto* partials = static_cast<double*>(a.workspace);
@@ -335,20 +404,33 @@ cudaError_t launch_two_pass(const ProjectionArgs& a, cudaStream_t stream) {
   const T* g = static_cast<const T*>(a.grad);
   cudaError_t err = cudaSuccess;
   if (NeedsScaledSums<T>::value) {
-    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassMax>)(d, g, a.batch, a.n, partials);
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassMax, kVec, VECTOR>)(d, g, a.batch, a.n,
+                                                                                                partials);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassScaled>)(d, g, a.batch, a.n, partials);
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassScaled, kVec, VECTOR>)(d, g, a.batch, a.n,
+                                                                                                   partials);
   } else {
-    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassFused>)(d, g, a.batch, a.n, partials);
+    MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, reduce_kernel<T, MODE, kPassFused, kVec, VECTOR>)(d, g, a.batch, a.n,
+                                                                                                  partials);
   }
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, update_kernel<T, MODE>)(
+  MIGA_FAST_LAUNCH(grid, kThreads, 0, stream, update_kernel<T, MODE, kVec, VECTOR>)(
       d, static_cast<T*>(a.momentum), g, static_cast<const T*>(a.x), static_cast<const A*>(a.eps), a.eps_stride,
       static_cast<const A*>(a.alpha), a.alpha_stride, static_cast<A>(a.mu), static_cast<A>(a.direction), a.batch, a.n,
       partials);
   return cudaGetLastError();
+}
+
+// 16-byte packs where every tensor is 16-byte aligned and n is a multiple of the pack.
+template <typename T, int MODE>
+cudaError_t launch_two_pass(const ProjectionArgs& a, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec_ok = a.n % kVec == 0 && aligned(a.delta) && aligned(a.x) && (MODE == kL2Project || aligned(a.grad)) &&
+                      (MODE != kL1Grad || aligned(a.momentum));
+  return vec_ok ? launch_two_pass_packed<T, MODE, true>(a, stream) : launch_two_pass_packed<T, MODE, false>(a, stream);
 }
 
 template <template <typename> class Fn>
