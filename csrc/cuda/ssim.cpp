@@ -150,6 +150,10 @@ void ssim_window_ball_project_cuda(at::Tensor& delta, const at::Tensor& x_in, co
   a.channels = x.size(1);
   a.h = x.size(2);
   a.w = x.size(3);
+  TORCH_CHECK(window <= 32768,
+              "miga_fast.ssim_window_ball_project_: window must be <= 32768 (the CUDA kernel's "
+              "per-window index math is 32-bit), got ",
+              window);
   a.window = window;
   a.c_pixel = c_pixel;
   a.is_double = x.scalar_type() == at::kDouble;

@@ -26,6 +26,8 @@
 // a scaling of d/dx, d/dy: the forward of autograd computes everything once.
 // Shared memory is opted into above 48 KiB (TILE = 32 for float32, 16 for float64).
 #include <algorithm>
+#include <mutex>
+#include <vector>
 
 #include "../common/ssim_math.h"
 #include "device.h"
@@ -37,6 +39,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kValueTile = 16;  // value_kernel: 16 x 16 threads, one output pixel each
+// The static shared memory of value_kernel and value_grad_kernel: block_sum's scratch.
+constexpr size_t kStaticShared = sizeof(double) * (kThreads / 32);
 
 template <typename T>
 constexpr int fused_tile() {
@@ -287,10 +291,27 @@ void tile_grid(const Geometry& g, bool with_grad, int64_t* tiles_x, int64_t* til
   *tiles = *tiles_x * ((rows + t - 1) / t);
 }
 
+// Opts `kernel` into `bytes` of dynamic shared memory above the default 48 KiB, once per
+// kernel, device and size (the largest asked for so far): no runtime call on later launches.
 template <typename K>
 cudaError_t allow_shared(K* kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  struct Entry {
+    const void* kernel;
+    int device;
+    size_t bytes;
+  };
+  static std::mutex lock;
+  static std::vector<Entry> granted;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const std::lock_guard<std::mutex> guard(lock);
+  for (const Entry& e : granted)
+    if (e.kernel == reinterpret_cast<const void*>(kernel) && e.device == device && e.bytes >= bytes) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess) granted.push_back({reinterpret_cast<const void*>(kernel), device, bytes});
+  return err;
 }
 
 template <typename T>
@@ -454,10 +475,25 @@ __device__ inline float warp_total(float v) {
   return v;
 }
 
+// A lane's walk over a window's pixels in steps of 32 (row-major within the window): one
+// 32-bit division per lane and window, none per pixel.
+struct WindowWalk {
+  int row, col, dr, dc, ww;
+  __device__ WindowWalk(int lane, int ww_) : row(lane / ww_), col(lane % ww_), dr(32 / ww_), dc(32 % ww_), ww(ww_) {}
+  __device__ void next() {
+    row += dr;
+    col += dc;
+    if (col >= ww) {
+      col -= ww;
+      ++row;
+    }
+  }
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     window_ball_kernel(T* __restrict__ d, const T* __restrict__ x, const T* __restrict__ gamma, int64_t gamma_stride,
-                       int64_t planes, int64_t channels, int64_t h, int64_t w, int64_t win, T c_pixel) {
+                       int64_t planes, int64_t channels, int64_t h, int64_t w, int win, T c_pixel) {
   const int lane = threadIdx.x % 32;
   const int64_t wins_x = (w + win - 1) / win, wins = wins_x * ((h + win - 1) / win);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kThreads / 32);
@@ -465,22 +501,24 @@ __global__ void __launch_bounds__(kThreads)
        id += warps) {
     const int64_t plane = id / wins, k = id % wins;
     const int64_t y0 = (k / wins_x) * win, x0 = (k % wins_x) * win;
-    const int64_t wh = (h - y0 < win ? h - y0 : win), ww = (w - x0 < win ? w - x0 : win);
-    const int64_t cnt = wh * ww;
+    const int wh = static_cast<int>(h - y0 < win ? h - y0 : win), ww = static_cast<int>(w - x0 < win ? w - x0 : win);
+    const int cnt = wh * ww;
     T* dp = d + plane * h * w + y0 * w + x0;
     const T* xp = x + plane * h * w + y0 * w + x0;
     const T g = gamma[(plane / channels) * gamma_stride];
     const T a = (T(1) - g) / g;
     T sx = 0, sd = 0;
-    for (int64_t e = lane; e < cnt; e += 32) {
-      const int64_t o = (e / ww) * w + e % ww;
+    WindowWalk it(lane, ww);
+    for (int e = lane; e < cnt; e += 32, it.next()) {
+      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
       sx += xp[o];
       sd += dp[o];
     }
     const T mx = warp_total(sx) / static_cast<T>(cnt), md = warp_total(sd) / static_cast<T>(cnt);
     T uu = 0, oo = 0;
-    for (int64_t e = lane; e < cnt; e += 32) {
-      const int64_t o = (e / ww) * w + e % ww;
+    it = WindowWalk(lane, ww);
+    for (int e = lane; e < cnt; e += 32, it.next()) {
+      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
       const T u = xp[o] - mx;
       const T off = (dp[o] - md) - a * u;
       uu += u * u;
@@ -491,8 +529,9 @@ __global__ void __launch_bounds__(kThreads)
     const T r2 = a * (T(2) * uu + static_cast<T>(cnt) * c_pixel) + a * a * uu;
     const T tiny = sizeof(T) == 4 ? T(1.17549435e-38f) : T(2.2250738585072014e-308);
     const T scale = oo > r2 ? sqrt(r2 / (oo > tiny ? oo : tiny)) : T(1);
-    for (int64_t e = lane; e < cnt; e += 32) {
-      const int64_t o = (e / ww) * w + e % ww;
+    it = WindowWalk(lane, ww);
+    for (int e = lane; e < cnt; e += 32, it.next()) {
+      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
       const T xv = xp[o];
       const T u = xv - mx;
       const T off = (dp[o] - md) - a * u;
@@ -505,8 +544,7 @@ __global__ void __launch_bounds__(kThreads)
 int ball_chunks(const Geometry& g) {
   const int64_t n = g.channels * g.ho * g.wo;
   const int64_t by_size = (n + 4 * kThreads - 1) / (4 * kThreads);
-  const int64_t by_fill = (4 * static_cast<int64_t>(sm_count()) + g.batch - 1) / g.batch;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_size, by_fill, 64})));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(by_size, 64)));
 }
 
 template <typename S>
@@ -550,7 +588,7 @@ cudaError_t launch_window_ball_typed(const WindowBallArgs& a, cudaStream_t strea
   const int64_t blocks = std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), 16 * sm_count());
   MIGA_FAST_LAUNCH(dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream, window_ball_kernel<T>)(
       static_cast<T*>(a.delta), static_cast<const T*>(a.x), static_cast<const T*>(a.gamma), a.gamma_stride,
-      a.batch * a.channels, a.channels, a.h, a.w, a.window, static_cast<T>(a.c_pixel));
+      a.batch * a.channels, a.channels, a.h, a.w, static_cast<int>(a.window), static_cast<T>(a.c_pixel));
   return cudaGetLastError();
 }
 
@@ -567,7 +605,9 @@ int64_t ssim_tiles(const SsimArgs& a, bool with_grad) {
 
 size_t ssim_shared_bytes(const SsimArgs& a, bool with_grad) {
   const Geometry g = geometry(a);
-  return a.is_double ? shared_bytes<double>(g, with_grad) : shared_bytes<float>(g, with_grad);
+  // the dynamic buffer plus the static one both kernels declare (`red`, the block sum)
+  const size_t dynamic = a.is_double ? shared_bytes<double>(g, with_grad) : shared_bytes<float>(g, with_grad);
+  return dynamic + kStaticShared;
 }
 
 size_t ssim_shared_limit() {

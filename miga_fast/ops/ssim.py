@@ -275,7 +275,7 @@ def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01
     if x.dim() != 4:
         raise ValueError(f"`x` must be [B, C, H, W], got shape {tuple(x.shape)}")
     gamma = _check_tau(gamma, delta, name="gamma", minimum=GAMMA_MIN)
-    check_int(window, "window", 2)
+    check_int(window, "window", 2, 32768)
     data_range = check_scalar(data_range, "data_range")
     K = _check_k(K)
     check_no_overlap({"delta": delta}, {"x": x})
