@@ -1,14 +1,16 @@
 // CUDA kernels of the MINE family (docs/algorithms.md §3), raw pointers only: the same
-// math as csrc/cpu/mine_loops.h and triton_kernels/mine.py.
+// math as csrc/cpu/mine_loops.h and triton_kernels/mine.py; T_ij = sum_h w_h act(u_ih + v_jh).
 //
-// A block of 16 x 16 threads owns a 16-row (or 16-column) strip of the B x B score matrix
-// T_ij = sum_h w_h act(u_ih + v_jh) and walks the other axis in 16-wide tiles. The u and v
-// slices of a tile sit in shared memory kChunk hidden units at a time; thread (ty, tx)
-// scores pair (ty, tx). The forward keeps an online log-sum-exp per row (shuffles across
-// the 16 lanes of a row), so nothing B x B is written. The backward recomputes each tile,
-// puts p_ij = g_i exp(T_ij - lse_i) in shared memory, and thread (ty, tx) then adds the
-// tile's contribution for hidden units tx, tx + 16, ... of its row (or column) to the
-// output, which only this block writes: no atomics, deterministic.
+// Forward (lse_kernel): register-blocked, 64 x 64 tiles of T per block of 256 threads, 4 x 4
+// pairs per thread, an online log-sum-exp per row; nothing B x B is written.
+//
+// Backward: a block of 16 x 16 threads owns a 16-row (or 16-column) strip of T and walks
+// the other axis in 16-wide tiles; the u and v slices of a tile sit in shared memory kChunk
+// hidden units at a time and thread (ty, tx) scores pair (ty, tx). It puts p_ij = g_i
+// exp(T_ij - lse_i) in shared memory, and thread (ty, tx) then adds the tile's
+// contribution for hidden units tx, tx + 16, ... of its row (or column) to the output,
+// which only this block writes: no atomics, deterministic. (docs/kernels.md: the
+// flash-style backward that replaces it.)
 
 #include <cmath>
 #include <limits>
@@ -60,36 +62,107 @@ __device__ T tile_score(Smem<T>& s, const T* u, const T* v, const T* w, int64_t 
   return t;
 }
 
-template <typename T>
-__device__ T row_max(T x) {
-  for (int o = kTile / 2; o > 0; o /= 2) x = fmax(x, __shfl_xor_sync(0xffffffffu, x, o, kTile));
-  return x;
-}
+// The forward, register-blocked: a block of 256 threads owns a kBlockTile-row strip of T
+// and walks it in kBlockTile-column tiles; thread (ty, tx) = (tid / 16, tid % 16)
+// accumulates the kReg x kReg pairs (r0 + kReg ty + a, c0 + kReg tx + b). Slices of kHc
+// hidden units of u and v sit in shared memory transposed ([h][row], padded against bank
+// conflicts), so per hidden unit a thread reads kReg + kReg values for kReg^2 pair terms
+// (0.5 shared loads per pair-h; 3 in the one-pair-per-thread kernel it replaces). Each
+// thread keeps an online log-sum-exp of its rows over its columns; the 16 threads of a row
+// group merge theirs by shuffles in a fixed order (deterministic).
+constexpr int kBlockTile = 64, kReg = 4, kHc = 16, kBlockedThreads = 256;
 
 template <typename T>
-__device__ T row_sum(T x) {
-  for (int o = kTile / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o, kTile);
-  return x;
-}
+struct BlockedSmem {
+  T u[kHc][kBlockTile + 1];
+  T v[kHc][kBlockTile + 1];
+  T w[kHc];
+};
 
-template <typename Act, typename T>
-__global__ void __launch_bounds__(kTile* kTile)
-    lse_kernel(const T* u, const T* v, const T* w, T* lse, int64_t B, int64_t H, bool exclude_diag) {
-  __shared__ Smem<T> s;
+template <typename T>
+__device__ __forceinline__ void lse_merge(T& m, T& s, T mo, T so) {
   const T ninf = static_cast<T>(-INFINITY);
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t i = r0 + threadIdx.y;
-  T m = ninf, acc = T(0);
-  for (int64_t c0 = 0; c0 < B; c0 += kTile) {
-    const int64_t j = c0 + threadIdx.x;
-    T t = tile_score<Act>(s, u, v, w, r0, c0, B, H);
-    if (i >= B || j >= B || (exclude_diag && i == j)) t = ninf;
-    const T m_new = fmax(m, row_max(t));
-    const T m_safe = m_new == ninf ? T(0) : m_new;
-    acc = acc * std::exp(m - m_safe) + row_sum(std::exp(t - m_safe));
-    m = m_new;
+  const T mn = fmax(m, mo);
+  const T ms = mn == ninf ? T(0) : mn;
+  s = s * std::exp(m - ms) + so * std::exp(mo - ms);
+  m = mn;
+}
+
+// Float: 2 blocks per SM (at most 128 registers: 16 accumulators, 8 operands); double
+// needs more, 1 block.
+template <typename Act, typename T>
+__global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
+    lse_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, T* __restrict__ lse,
+               int64_t B, int64_t H, bool exclude_diag) {
+  __shared__ BlockedSmem<T> s;
+  const T ninf = static_cast<T>(-INFINITY);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
+  T m[kReg], sum[kReg];
+#pragma unroll
+  for (int a = 0; a < kReg; ++a) {
+    m[a] = ninf;
+    sum[a] = T(0);
   }
-  if (threadIdx.x == 0 && i < B) lse[i] = m + std::log(acc);
+  for (int64_t c0 = 0; c0 < B; c0 += kBlockTile) {
+    T acc[kReg][kReg];
+#pragma unroll
+    for (int a = 0; a < kReg; ++a)
+#pragma unroll
+      for (int b = 0; b < kReg; ++b) acc[a][b] = T(0);
+    for (int64_t h0 = 0; h0 < H; h0 += kHc) {
+      __syncthreads();
+      for (int e = tid; e < kBlockTile * kHc; e += kBlockedThreads) {  // consecutive threads: consecutive h
+        const int r = e / kHc, k = e % kHc;
+        const int64_t h = h0 + k;
+        s.u[k][r] = (r0 + r < B && h < H) ? u[(r0 + r) * H + h] : T(0);
+        s.v[k][r] = (c0 + r < B && h < H) ? v[(c0 + r) * H + h] : T(0);
+      }
+      if (tid < kHc) s.w[tid] = h0 + tid < H ? w[h0 + tid] : T(0);
+      __syncthreads();
+#pragma unroll 4
+      for (int k = 0; k < kHc; ++k) {
+        T av[kReg], bv[kReg];
+#pragma unroll
+        for (int a = 0; a < kReg; ++a) {
+          av[a] = s.u[k][ty * kReg + a];
+          bv[a] = s.v[k][tx * kReg + a];
+        }
+        const T wk = s.w[k];
+#pragma unroll
+        for (int a = 0; a < kReg; ++a)
+#pragma unroll
+          for (int b = 0; b < kReg; ++b) acc[a][b] += wk * Act::f(av[a] + bv[b]);
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < kReg; ++a) {  // fold this tile's columns into the rows' online lse
+      const int64_t i = r0 + ty * kReg + a;
+      T tile_max = ninf;
+#pragma unroll
+      for (int b = 0; b < kReg; ++b) {
+        const int64_t j = c0 + tx * kReg + b;
+        if (i >= B || j >= B || (exclude_diag && i == j)) acc[a][b] = ninf;
+        tile_max = fmax(tile_max, acc[a][b]);
+      }
+      T tile_sum = T(0);
+      const T base = tile_max == ninf ? T(0) : tile_max;
+#pragma unroll
+      for (int b = 0; b < kReg; ++b) tile_sum += std::exp(acc[a][b] - base);
+      lse_merge(m[a], sum[a], tile_max, tile_sum);
+    }
+  }
+#pragma unroll
+  for (int a = 0; a < kReg; ++a) {
+#pragma unroll
+    for (int off = 8; off > 0; off /= 2) {  // the 16 threads of row group ty, within one warp
+      const T mo = __shfl_xor_sync(0xffffffffu, m[a], off, 16);
+      const T so = __shfl_xor_sync(0xffffffffu, sum[a], off, 16);
+      lse_merge(m[a], sum[a], mo, so);
+    }
+    const int64_t i = r0 + ty * kReg + a;
+    if (tx == 0 && i < B) lse[i] = m[a] + std::log(sum[a]);
+  }
 }
 
 // p_ij into shared memory for the tile (rows r0.., columns c0..).
@@ -167,8 +240,8 @@ cudaError_t with_activation(int code, F&& fn) {
 
 template <typename T>
 cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
-  const dim3 block(kTile, kTile);
-  const unsigned grid = static_cast<unsigned>((a.batch + kTile - 1) / kTile);
+  const dim3 block(kBlockedThreads);
+  const unsigned grid = static_cast<unsigned>((a.batch + kBlockTile - 1) / kBlockTile);
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
     MIGA_FAST_LAUNCH(grid, block, 0, stream, lse_kernel<Act, T>)(static_cast<const T*>(a.u), static_cast<const T*>(a.v),
