@@ -3,8 +3,9 @@ csrc/cpu/mine_loops.h, tiled as flash attention is.
 
 With u = U + b1, v = V [B, H] and w = w2 [H], T_ij = sum_h w_h act(u_ih + v_jh).
 _lse_kernel: a program per block of BI rows walks the columns in blocks of BJ, builds the
-BI x BJ tile of T on chip (the hidden units in slices of BH) and keeps an online
-log-sum-exp per row: nothing B x B is written. The backward recomputes the tiles:
+BI x BJ tile of T on chip by rank-1 updates over the hidden units (u and v transposed, so
+each load is contiguous) and keeps an online log-sum-exp per row: nothing B x B is
+written. The backward recomputes the tiles (the hidden units in slices of BH):
 _grad_rows_kernel (a program per row block) accumulates d/du and the per-row parts of
 d/dw; _grad_cols_kernel (a program per column block) accumulates d/dv. Every output
 element belongs to one program, so there are no atomics and the results are
@@ -27,6 +28,7 @@ BI, BJ, BH = 32, 32, 8
 # The backward kernels hold three BI x BJ x BH temporaries: at 4 warps grad_rows needs 255
 # registers and spills 184 bytes on sm_90 (tests/_triton_aot.py); at 8 warps, 174 and none.
 BACKWARD_WARPS = 8
+FORWARD_TILE = 64  # the forward's BI = BJ: 2-D tiles by rank-1 updates
 
 
 @triton.jit
@@ -87,8 +89,8 @@ def _pair_mask(rows, cols, rmask, cmask, EXCL: tl.constexpr):
 
 @triton.jit
 def _lse_kernel(
-    u_ptr,
-    v_ptr,
+    ut_ptr,
+    vt_ptr,
     w_ptr,
     lse_ptr,
     B: tl.int32,
@@ -97,16 +99,28 @@ def _lse_kernel(
     EXCL: tl.constexpr,
     BI: tl.constexpr,
     BJ: tl.constexpr,
-    BH: tl.constexpr,
 ):
+    """The forward in 2-D tiles: u and v transposed ([H, B], so a hidden unit's values for
+    a block of rows are contiguous), the BI x BJ tile of T built by rank-1 updates, one
+    hidden unit at a time (no 3-D temporary), and an online log-sum-exp per row."""
     rows = tl.program_id(0).to(tl.int64) * BI + tl.arange(0, BI)
     rmask = rows < B
-    m = tl.full((BI,), float("-inf"), dtype=u_ptr.dtype.element_ty)
-    s = tl.zeros((BI,), dtype=u_ptr.dtype.element_ty)
+    m = tl.full((BI,), float("-inf"), dtype=ut_ptr.dtype.element_ty)
+    s = tl.zeros((BI,), dtype=ut_ptr.dtype.element_ty)
     for j0 in range(0, B, BJ):
-        cols = (j0 + tl.arange(0, BJ)).to(tl.int64)  # cols * H may pass 2**31
+        cols = (j0 + tl.arange(0, BJ)).to(tl.int64)
         cmask = cols < B
-        t = _scores(u_ptr, v_ptr, w_ptr, rows, cols, rmask, cmask, H, ACT, BI, BJ, BH)
+        t = tl.zeros((BI, BJ), dtype=ut_ptr.dtype.element_ty)
+        up = ut_ptr + rows  # pointers advance by B per hidden unit: 64-bit address arithmetic
+        vp = vt_ptr + cols
+        wp = w_ptr
+        for _ in range(0, H):
+            uh = tl.load(up, mask=rmask, other=0.0)
+            vh = tl.load(vp, mask=cmask, other=0.0)
+            t += tl.load(wp) * _act(uh[:, None] + vh[None, :], ACT)
+            up += B
+            vp += B
+            wp += 1
         t = tl.where(_pair_mask(rows, cols, rmask, cmask, EXCL), t, float("-inf"))
         m_new = tl.maximum(m, tl.max(t, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -216,7 +230,10 @@ def mine_row_lse(u: Tensor, v: Tensor, w2: Tensor, activation: int, exclude_diag
     b, h = u.shape
     check_int32("B + a column tile", b + BJ)  # row and column indices are int32 until multiplied by H
     lse = torch.full((b,), float("nan"), dtype=u.dtype, device=u.device) if POISON else u.new_empty(b)
-    _lse_kernel[(triton.cdiv(b, BI),)](u, v, w2, lse, b, h, ACT=activation, EXCL=exclude_diag, BI=BI, BJ=BJ, BH=BH)
+    ut, vt = u.t().contiguous(), v.t().contiguous()  # [H, B]: O(B H), against the O(B^2 H) of the kernel
+    _lse_kernel[(triton.cdiv(b, FORWARD_TILE),)](
+        ut, vt, w2, lse, b, h, ACT=activation, EXCL=exclude_diag, BI=FORWARD_TILE, BJ=FORWARD_TILE
+    )
     return lse
 
 
