@@ -93,11 +93,15 @@ __device__ inline double block_sum(double v, double* scratch) {
 // The horizontal pass of the five moments at one position: rows rx, ry of the staged x
 // and y (or delta), k taps, written to hor[q * stride + e] for q = mu_x, mu_y, E[x^2],
 // E[y^2], E[xy].
-template <typename A, typename S>
-__device__ inline void horizontal_moments(const S* rx, const S* ry, const A* win, int k, A* hor, int stride, int e) {
+// K > 0: the window length known at compile time (the loop unrolls, the weights come from
+// registers); K = 0: `k` at run time.
+template <int K, typename A, typename S, typename Tap>
+__device__ inline void horizontal_moments(const S* rx, const S* ry, const Tap& tap, int k, A* hor, int stride, int e) {
   A m0 = 0, m1 = 0, m2 = 0, m3 = 0, m4 = 0;
-  for (int t = 0; t < k; ++t) {
-    const A wt = win[t], u = rx[t], v = ry[t];
+  const int kk = K > 0 ? K : k;
+#pragma unroll
+  for (int t = 0; t < kk; ++t) {
+    const A wt = tap(t), u = rx[t], v = ry[t];
     m0 += wt * u;
     m1 += wt * v;
     m2 += wt * u * u;
@@ -111,13 +115,36 @@ __device__ inline void horizontal_moments(const S* rx, const S* ry, const A* win
   hor[4 * stride + e] = m4;
 }
 
-template <typename T>
+// The window's taps: for a compile-time length K, copied once into registers (every loop
+// over taps unrolls, so they stay there); for K = 0, read from global memory (L1).
+template <typename T, int K>
+struct Taps {
+  T w[K > 0 ? K : 1];
+  const T* win;
+  __device__ explicit Taps(const T* win_) : win(win_) {
+    if constexpr (K > 0) {
+#pragma unroll
+      for (int t = 0; t < K; ++t) w[t] = win_[t];
+    }
+  }
+  __device__ T operator()(int t) const {
+    if constexpr (K > 0) {
+      return w[t];
+    } else {
+      return win[t];
+    }
+  }
+};
+
+template <typename T, int K>
 __global__ void __launch_bounds__(kThreads)
     value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1, T c2,
                  int tiles_x, int tiles, double* __restrict__ partials) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   __shared__ double red[kThreads / 32];
-  const int span = kValueTile + g.k - 1;
+  const int k = K > 0 ? K : g.k;
+  const Taps<T, K> tap(win);
+  const int span = kValueTile + k - 1;
   T* sx = reinterpret_cast<T*>(smem_raw);  // span x span
   T* sy = sx + span * span;                // span x span
   T* hor = sy + span * span;               // 5 x span x kValueTile
@@ -145,13 +172,14 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       for (int e = tid; e < hs; e += kThreads) {
         const int r = e / kValueTile, c = e % kValueTile;
-        horizontal_moments(sx + r * span + c, sy + r * span + c, win, g.k, hor, hs, e);
+        horizontal_moments<K>(sx + r * span + c, sy + r * span + c, tap, k, hor, hs, e);
       }
       __syncthreads();
       if (valid) {
         T m[5] = {0, 0, 0, 0, 0};
-        for (int t = 0; t < g.k; ++t) {
-          const T wt = win[t];
+#pragma unroll
+        for (int t = 0; t < k; ++t) {
+          const T wt = tap(t);
           const int e = (threadIdx.y + t) * kValueTile + threadIdx.x;
           for (int q = 0; q < 5; ++q) m[q] += wt * hor[q * hs + e];
         }
@@ -165,14 +193,15 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int TILE>
+template <typename T, int TILE, int K>
 __global__ void __launch_bounds__(kThreads)
     value_grad_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
                       T c2, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
                       T* __restrict__ gy) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   __shared__ double red[kThreads / 32];
-  const int k = g.k;
+  const int k = K > 0 ? K : g.k;
+  const Taps<T, K> tap(win);
   const int s_out = TILE + k - 1, s_in = s_out + k - 1;
   T* region_a = reinterpret_cast<T*>(smem_raw);
   T* region_b = region_a + fused_region_a(TILE, k);
@@ -206,15 +235,16 @@ __global__ void __launch_bounds__(kThreads)
       // 2. horizontal moments
       for (int e = tid; e < hs; e += kThreads) {
         const int r = e / s_out, c = e % s_out;
-        horizontal_moments(sx + r * s_in + c, sy + r * s_in + c, win, k, hor, hs, e);
+        horizontal_moments<K>(sx + r * s_in + c, sy + r * s_in + c, tap, k, hor, hs, e);
       }
       __syncthreads();
       // 3. moments, SSIM and partial maps of the S_out x S_out outputs
       for (int e = tid; e < os; e += kThreads) {
         const int r = e / s_out, c = e % s_out;
         T m[5] = {0, 0, 0, 0, 0};
+#pragma unroll
         for (int t = 0; t < k; ++t) {
-          const T wt = win[t];
+          const T wt = tap(t);
           const int src = (r + t) * s_out + c;
           for (int q = 0; q < 5; ++q) m[q] += wt * hor[q * hs + src];
         }
@@ -241,8 +271,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = tid; e < h2; e += kThreads) {
         const int r = e / TILE, c = e % TILE;
         T acc[4] = {0, 0, 0, 0};
+#pragma unroll
         for (int s = 0; s < k; ++s) {
-          const T wt = win[k - 1 - s];
+          const T wt = tap(k - 1 - s);
           const int src = r * s_out + c + s;
           for (int q = 0; q < 4; ++q) acc[q] += wt * pm[q * os + src];
         }
@@ -255,8 +286,9 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t py = py0 + r, px = px0 + c;
         if (py >= g.h || px >= g.w) continue;
         T acc[4] = {0, 0, 0, 0};
+#pragma unroll
         for (int s = 0; s < k; ++s) {
-          const T wt = win[k - 1 - s];
+          const T wt = tap(k - 1 - s);
           const int src = (r + s) * TILE + c;
           for (int q = 0; q < 4; ++q) acc[q] += wt * hor2[q * h2 + src];
         }
@@ -314,7 +346,7 @@ cudaError_t allow_shared(K* kernel, size_t bytes) {
   return err;
 }
 
-template <typename T>
+template <typename T, int K>
 cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream) {
   const Geometry g = geometry(a);
   int64_t tiles_x = 0, tiles = 0;
@@ -326,20 +358,34 @@ cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream)
   const T c1 = static_cast<T>(a.c1), c2 = static_cast<T>(a.c2), gs = static_cast<T>(a.gs);
   const size_t smem = shared_bytes<T>(g, with_grad);
   if (with_grad) {
-    auto* kernel = &value_grad_kernel<T, fused_tile<T>()>;
+    auto* kernel = &value_grad_kernel<T, fused_tile<T>(), K>;
     cudaError_t err = allow_shared(kernel, smem);
     if (err != cudaSuccess) return err;
     MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(x, y, win, g, c1, c2, gs, static_cast<int>(tiles_x),
                                                                  static_cast<int>(tiles), a.partials,
                                                                  static_cast<T*>(a.gx), static_cast<T*>(a.gy));
   } else {
-    auto* kernel = &value_kernel<T>;
+    auto* kernel = &value_kernel<T, K>;
     cudaError_t err = allow_shared(kernel, smem);
     if (err != cudaSuccess) return err;
     MIGA_FAST_LAUNCH(grid, dim3(kValueTile, kValueTile), smem, stream, kernel)(
         x, y, win, g, c1, c2, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials);
   }
   return cudaGetLastError();
+}
+
+// The common windows (7 and 11 taps) get kernels with the length compiled in; others, the
+// run-time one.
+template <typename T>
+cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream) {
+  switch (a.k) {
+    case 7:
+      return launch_typed<T, 7>(a, with_grad, stream);
+    case 11:
+      return launch_typed<T, 11>(a, with_grad, stream);
+    default:
+      return launch_typed<T, 0>(a, with_grad, stream);
+  }
 }
 
 // ------------------------------------------------------------------- the SSIM ball
@@ -376,7 +422,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     for (int e = tid; e < hs; e += kThreads) {
       const int r = e / kValueTile, c = e % kValueTile;
-      horizontal_moments(sx + r * span + c, sd + r * span + c, win, g.k, hor, hs, e);
+      horizontal_moments<0>(sx + r * span + c, sd + r * span + c, Taps<double, 0>(win), g.k, hor, hs, e);
     }
     __syncthreads();
     if (oy < g.ho && ox < g.wo) {
