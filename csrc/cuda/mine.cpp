@@ -34,6 +34,13 @@ at::Tensor mine_row_lse_cuda(const at::Tensor& u_in, const at::Tensor& v_in, con
   if (std::getenv("MIGA_FAST_POISON") != nullptr) lse.fill_(std::numeric_limits<double>::quiet_NaN());
   cuda::MineArgs a = make_args(c, activation, exclude_diag);
   a.out = lse.data_ptr();
+  const size_t bytes = cuda::mine_row_lse_workspace_bytes(c.batch, a.is_double);
+  at::Tensor workspace;
+  if (bytes > 0) {
+    workspace = at::empty({static_cast<int64_t>(bytes)}, c.u.options().dtype(at::kByte));
+    if (std::getenv("MIGA_FAST_POISON") != nullptr) workspace.fill_(0xFF);  // NaN in float and double
+    a.workspace = workspace.data_ptr();
+  }
   const cudaError_t err = cuda::launch_mine_row_lse(a, glue::current_stream());
   TORCH_CHECK(err == cudaSuccess, "miga_fast: CUDA mine_row_lse kernel failed: ", cudaGetErrorString(err));
   return lse;

@@ -16,6 +16,7 @@ struct MineArgs {
   const void* grad = nullptr;  // [B]: upstream gradient of lse (backward)
   const void* lse = nullptr;   // [B] (backward)
   void* out = nullptr;         // forward: lse [B]
+  void* workspace = nullptr;   // forward: mine_row_lse_workspace_bytes() (none for one split)
   void* gu = nullptr;          // backward, zero-initialised [B, H]: sum_j p_ij act'(z_ijh)
   void* gw_rows = nullptr;     // backward, zero-initialised [B, H]: sum_j p_ij act(z_ijh)
   void* gv = nullptr;          // backward, zero-initialised [B, H]: sum_i p_ij act'(z_ijh)
@@ -26,6 +27,8 @@ struct MineArgs {
   bool is_double = false;
 };
 
+// The forward's workspace: the (max, sum) pairs of its column splits (0 bytes for one).
+size_t mine_row_lse_workspace_bytes(int64_t batch, bool is_double);
 cudaError_t launch_mine_row_lse(const MineArgs& args, cudaStream_t stream);
 cudaError_t launch_mine_row_lse_backward(const MineArgs& args, cudaStream_t stream);
 

@@ -12,6 +12,7 @@
 // which only this block writes: no atomics, deterministic. (docs/kernels.md: the
 // flash-style backward that replaces it.)
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -93,7 +94,7 @@ __device__ __forceinline__ void lse_merge(T& m, T& s, T mo, T so) {
 template <typename Act, typename T>
 __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
     lse_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, T* __restrict__ lse,
-               int64_t B, int64_t H, bool exclude_diag) {
+               T* __restrict__ part, int64_t B, int64_t H, bool exclude_diag) {
   __shared__ BlockedSmem<T> s;
   const T ninf = static_cast<T>(-INFINITY);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -104,7 +105,10 @@ __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
     m[a] = ninf;
     sum[a] = T(0);
   }
-  for (int64_t c0 = 0; c0 < B; c0 += kBlockTile) {
+  // grid.y splits the columns: split s takes column tiles s, s + splits, ...
+  const int splits = gridDim.y;
+  for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * kBlockTile; c0 < B;
+       c0 += static_cast<int64_t>(splits) * kBlockTile) {
     T acc[kReg][kReg];
 #pragma unroll
     for (int a = 0; a < kReg; ++a)
@@ -161,8 +165,36 @@ __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
       lse_merge(m[a], sum[a], mo, so);
     }
     const int64_t i = r0 + ty * kReg + a;
-    if (tx == 0 && i < B) lse[i] = m[a] + std::log(sum[a]);
+    if (tx == 0 && i < B) {
+      if (splits == 1) {
+        lse[i] = m[a] + std::log(sum[a]);
+      } else {  // this split's (max, sum) of row i, merged by lse_merge_kernel
+        part[(blockIdx.y * B + i) * 2] = m[a];
+        part[(blockIdx.y * B + i) * 2 + 1] = sum[a];
+      }
+    }
   }
+}
+
+// Per row, the splits' (max, sum) pairs merged in split order (fixed: deterministic).
+template <typename T>
+__global__ void __launch_bounds__(kBlockedThreads)
+    lse_merge_kernel(const T* __restrict__ part, T* __restrict__ lse, int64_t B, int splits) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    T m = static_cast<T>(-INFINITY), sum = T(0);
+    for (int k = 0; k < splits; ++k) lse_merge(m, sum, part[(k * B + i) * 2], part[(k * B + i) * 2 + 1]);
+    lse[i] = m + std::log(sum);
+  }
+}
+
+// Column splits for B rows: enough blocks to fill an H100 or H200 twice over (about 264),
+// at most one split per column tile; a function of B alone, so the merge order, and every
+// bit of the result, is the same on every GPU model.
+int64_t lse_splits(int64_t B) {
+  const int64_t row_blocks = (B + kBlockTile - 1) / kBlockTile;
+  const int64_t wanted = (264 + row_blocks - 1) / row_blocks;
+  return std::max<int64_t>(1, std::min<int64_t>({wanted, row_blocks, 65535}));
 }
 
 // p_ij into shared memory for the tile (rows r0.., columns c0..).
@@ -240,13 +272,20 @@ cudaError_t with_activation(int code, F&& fn) {
 
 template <typename T>
 cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
-  const dim3 block(kBlockedThreads);
-  const unsigned grid = static_cast<unsigned>((a.batch + kBlockTile - 1) / kBlockTile);
+  const int64_t splits = lse_splits(a.batch);
+  const dim3 grid(static_cast<unsigned>((a.batch + kBlockTile - 1) / kBlockTile), static_cast<unsigned>(splits));
+  T* part = static_cast<T*>(a.workspace);
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
-    MIGA_FAST_LAUNCH(grid, block, 0, stream, lse_kernel<Act, T>)(static_cast<const T*>(a.u), static_cast<const T*>(a.v),
-                                                                 static_cast<const T*>(a.w), static_cast<T*>(a.out),
-                                                                 a.batch, a.hidden, a.exclude_diag);
+    MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, lse_kernel<Act, T>)(
+        static_cast<const T*>(a.u), static_cast<const T*>(a.v), static_cast<const T*>(a.w), static_cast<T*>(a.out),
+        part, a.batch, a.hidden, a.exclude_diag);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess || splits == 1) return err;
+    const unsigned blocks =
+        static_cast<unsigned>(std::min<int64_t>((a.batch + kBlockedThreads - 1) / kBlockedThreads, 1024));
+    MIGA_FAST_LAUNCH(dim3(blocks), dim3(kBlockedThreads), 0, stream, lse_merge_kernel<T>)(
+        part, static_cast<T*>(a.out), a.batch, static_cast<int>(splits));
     return cudaGetLastError();
   });
 }
@@ -270,6 +309,11 @@ cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
 }
 
 }  // namespace
+
+size_t mine_row_lse_workspace_bytes(int64_t batch, bool is_double) {
+  const int64_t splits = lse_splits(batch);
+  return splits == 1 ? 0 : static_cast<size_t>(splits * batch * 2) * (is_double ? sizeof(double) : sizeof(float));
+}
 
 cudaError_t launch_mine_row_lse(const MineArgs& a, cudaStream_t stream) {
   return a.is_double ? forward_typed<double>(a, stream) : forward_typed<float>(a, stream);
