@@ -31,8 +31,8 @@ AOT = {
     "_ball_sums_kernel": ({"mom_ptr": F64, "ts_ptr": F64, "part_ptr": F64}, {"NT": 16, "BLOCK": 256}),
     "_window_ball_kernel": ({}, {"WIN": 8, "BLOCK": 64, "COMPUTE": tl.float32}),
     "_lse_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 64, "BJ": 64}),
-    "_grad_rows_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 32, "BJ": 32, "BH": 8}, {"num_warps": 8}),
-    "_grad_cols_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 32, "BJ": 32, "BH": 8}, {"num_warps": 8}),
+    "_grad_rows_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 64, "BJ": 64}, {"num_warps": 16}),
+    "_grad_cols_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 64, "BJ": 64}, {"num_warps": 16}),
 }
 
 

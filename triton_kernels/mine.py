@@ -5,11 +5,11 @@ With u = U + b1, v = V [B, H] and w = w2 [H], T_ij = sum_h w_h act(u_ih + v_jh).
 _lse_kernel: a program per block of BI rows walks the columns in blocks of BJ, builds the
 BI x BJ tile of T on chip by rank-1 updates over the hidden units (u and v transposed, so
 each load is contiguous) and keeps an online log-sum-exp per row: nothing B x B is
-written. The backward recomputes the tiles (the hidden units in slices of BH):
-_grad_rows_kernel (a program per row block) accumulates d/du and the per-row parts of
-d/dw; _grad_cols_kernel (a program per column block) accumulates d/dv. Every output
-element belongs to one program, so there are no atomics and the results are
-deterministic; memory is O(B H).
+written. The backward recomputes the tiles: _grad_rows_kernel (a program per row block)
+accumulates d/du and the per-row parts of d/dw, _grad_cols_kernel (a program per column
+block) d/dv, one hidden unit at a time into transposed outputs (contiguous rows of
+[H, B]). Every output element belongs to one program, so there are no atomics and the
+results are deterministic; memory is O(B H).
 
 Exposed as the opaque custom ops miga_fast_triton::mine_row_lse and
 ::mine_row_lse_backward (the schemas of the C++ ops) with fake kernels; autograd is
@@ -24,11 +24,8 @@ import triton.language as tl
 
 from ._launch import DEVICE_TYPES, POISON, check_int32, on_tensor_device
 
-BI, BJ, BH = 32, 32, 8
-# The backward kernels hold three BI x BJ x BH temporaries: at 4 warps grad_rows needs 255
-# registers and spills 184 bytes on sm_90 (tests/_triton_aot.py); at 8 warps, 174 and none.
-BACKWARD_WARPS = 8
-FORWARD_TILE = 64  # the forward's BI = BJ: 2-D tiles by rank-1 updates
+TILE = 64  # BI = BJ: 2-D tiles of T built by rank-1 updates over the hidden units
+BACKWARD_WARPS = 16  # the backward holds p, z and two products per 64 x 64 tile: no spill at 16 (sm_90)
 
 
 @triton.jit
@@ -53,29 +50,21 @@ def _dact(z, ACT: tl.constexpr):
 
 @triton.jit
 def _scores(
-    u_ptr,
-    v_ptr,
-    w_ptr,
-    rows,
-    cols,
-    rmask,
-    cmask,
-    H,
-    ACT: tl.constexpr,
-    BI: tl.constexpr,
-    BJ: tl.constexpr,
-    BH: tl.constexpr,
+    ut_ptr, vt_ptr, w_ptr, rows, cols, rmask, cmask, B, H, ACT: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr
 ):
-    """The BI x BJ tile T[rows, cols] (zero where masked)."""
-    t = tl.zeros((BI, BJ), dtype=u_ptr.dtype.element_ty)
-    for h0 in range(0, H, BH):
-        hs = h0 + tl.arange(0, BH)
-        hm = hs < H
-        uu = tl.load(u_ptr + rows[:, None] * H + hs[None, :], mask=rmask[:, None] & hm[None, :], other=0.0)
-        vv = tl.load(v_ptr + cols[:, None] * H + hs[None, :], mask=cmask[:, None] & hm[None, :], other=0.0)
-        ww = tl.load(w_ptr + hs, mask=hm, other=0.0)
-        z = uu[:, None, :] + vv[None, :, :]
-        t += tl.sum(_act(z, ACT) * ww[None, None, :], axis=2)
+    """The BI x BJ tile T[rows, cols] by rank-1 updates, one hidden unit at a time, from u and
+    v transposed ([H, B]: contiguous loads); zero where masked."""
+    t = tl.zeros((BI, BJ), dtype=ut_ptr.dtype.element_ty)
+    up = ut_ptr + rows  # pointers advance by B per hidden unit: 64-bit address arithmetic
+    vp = vt_ptr + cols
+    wp = w_ptr
+    for _ in range(0, H):
+        uh = tl.load(up, mask=rmask, other=0.0)
+        vh = tl.load(vp, mask=cmask, other=0.0)
+        t += tl.load(wp) * _act(uh[:, None] + vh[None, :], ACT)
+        up += B
+        vp += B
+        wp += 1
     return t
 
 
@@ -100,9 +89,7 @@ def _lse_kernel(
     BI: tl.constexpr,
     BJ: tl.constexpr,
 ):
-    """The forward in 2-D tiles: u and v transposed ([H, B], so a hidden unit's values for
-    a block of rows are contiguous), the BI x BJ tile of T built by rank-1 updates, one
-    hidden unit at a time (no 3-D temporary), and an online log-sum-exp per row."""
+    """An online log-sum-exp per row over the column tiles."""
     rows = tl.program_id(0).to(tl.int64) * BI + tl.arange(0, BI)
     rmask = rows < B
     m = tl.full((BI,), float("-inf"), dtype=ut_ptr.dtype.element_ty)
@@ -110,17 +97,7 @@ def _lse_kernel(
     for j0 in range(0, B, BJ):
         cols = (j0 + tl.arange(0, BJ)).to(tl.int64)
         cmask = cols < B
-        t = tl.zeros((BI, BJ), dtype=ut_ptr.dtype.element_ty)
-        up = ut_ptr + rows  # pointers advance by B per hidden unit: 64-bit address arithmetic
-        vp = vt_ptr + cols
-        wp = w_ptr
-        for _ in range(0, H):
-            uh = tl.load(up, mask=rmask, other=0.0)
-            vh = tl.load(vp, mask=cmask, other=0.0)
-            t += tl.load(wp) * _act(uh[:, None] + vh[None, :], ACT)
-            up += B
-            vp += B
-            wp += 1
+        t = _scores(ut_ptr, vt_ptr, w_ptr, rows, cols, rmask, cmask, B, H, ACT, BI, BJ)
         t = tl.where(_pair_mask(rows, cols, rmask, cmask, EXCL), t, float("-inf"))
         m_new = tl.maximum(m, tl.max(t, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -130,83 +107,100 @@ def _lse_kernel(
 
 
 @triton.jit
-def _grad_rows_kernel(
-    u_ptr,
-    v_ptr,
+def _weights(
+    ut_ptr,
+    vt_ptr,
     w_ptr,
     g_ptr,
     lse_ptr,
-    gu_ptr,
-    gwr_ptr,
+    rows,
+    cols,
+    rmask,
+    cmask,
+    B,
+    H,
+    ACT: tl.constexpr,
+    EXCL: tl.constexpr,
+    BI: tl.constexpr,
+    BJ: tl.constexpr,
+):
+    """p_ij = g_i exp(T_ij - lse_i) on the tile (zero where masked)."""
+    gi = tl.load(g_ptr + rows, mask=rmask, other=0.0)
+    li = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+    t = _scores(ut_ptr, vt_ptr, w_ptr, rows, cols, rmask, cmask, B, H, ACT, BI, BJ)
+    return tl.where(_pair_mask(rows, cols, rmask, cmask, EXCL), gi[:, None] * tl.exp(t - li[:, None]), 0.0)
+
+
+@triton.jit
+def _grad_rows_kernel(
+    ut_ptr,
+    vt_ptr,
+    w_ptr,
+    g_ptr,
+    lse_ptr,
+    gut_ptr,
+    gwt_ptr,
     B: tl.int32,
     H: tl.int32,
     ACT: tl.constexpr,
     EXCL: tl.constexpr,
     BI: tl.constexpr,
     BJ: tl.constexpr,
-    BH: tl.constexpr,
 ):
-    """gu[i, h] += sum_j p_ij act'(z_ijh), gwr[i, h] += sum_j p_ij act(z_ijh) for this row
-    block, p_ij = g_i exp(T_ij - lse_i) (w_h is applied to gu by the caller)."""
+    """For this row block, per column tile and hidden unit h (transposed outputs [H, B]):
+    gut[h, i] += sum_j p_ij act'(z_ijh), gwt[h, i] += sum_j p_ij act(z_ijh) (w_h is applied
+    to gu by the caller)."""
     rows = tl.program_id(0).to(tl.int64) * BI + tl.arange(0, BI)
     rmask = rows < B
-    gi = tl.load(g_ptr + rows, mask=rmask, other=0.0)
-    li = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     for j0 in range(0, B, BJ):
         cols = (j0 + tl.arange(0, BJ)).to(tl.int64)
         cmask = cols < B
-        t = _scores(u_ptr, v_ptr, w_ptr, rows, cols, rmask, cmask, H, ACT, BI, BJ, BH)
-        p = tl.where(_pair_mask(rows, cols, rmask, cmask, EXCL), gi[:, None] * tl.exp(t - li[:, None]), 0.0)
-        for h0 in range(0, H, BH):
-            hs = h0 + tl.arange(0, BH)
-            hm = hs < H
-            rm = rmask[:, None] & hm[None, :]
-            uu = tl.load(u_ptr + rows[:, None] * H + hs[None, :], mask=rm, other=0.0)
-            vv = tl.load(v_ptr + cols[:, None] * H + hs[None, :], mask=cmask[:, None] & hm[None, :], other=0.0)
-            z = uu[:, None, :] + vv[None, :, :]
-            off = rows[:, None] * H + hs[None, :]
-            du = tl.sum(p[:, :, None] * _dact(z, ACT), axis=1)
-            dw = tl.sum(p[:, :, None] * _act(z, ACT), axis=1)
-            tl.store(gu_ptr + off, tl.load(gu_ptr + off, mask=rm, other=0.0) + du, mask=rm)
-            tl.store(gwr_ptr + off, tl.load(gwr_ptr + off, mask=rm, other=0.0) + dw, mask=rm)
+        p = _weights(ut_ptr, vt_ptr, w_ptr, g_ptr, lse_ptr, rows, cols, rmask, cmask, B, H, ACT, EXCL, BI, BJ)
+        up = ut_ptr + rows
+        vp = vt_ptr + cols
+        gup = gut_ptr + rows
+        gwp = gwt_ptr + rows
+        for _ in range(0, H):
+            z = tl.load(up, mask=rmask, other=0.0)[:, None] + tl.load(vp, mask=cmask, other=0.0)[None, :]
+            tl.store(gup, tl.load(gup, mask=rmask, other=0.0) + tl.sum(p * _dact(z, ACT), axis=1), mask=rmask)
+            tl.store(gwp, tl.load(gwp, mask=rmask, other=0.0) + tl.sum(p * _act(z, ACT), axis=1), mask=rmask)
+            up += B
+            vp += B
+            gup += B
+            gwp += B
 
 
 @triton.jit
 def _grad_cols_kernel(
-    u_ptr,
-    v_ptr,
+    ut_ptr,
+    vt_ptr,
     w_ptr,
     g_ptr,
     lse_ptr,
-    gv_ptr,
+    gvt_ptr,
     B: tl.int32,
     H: tl.int32,
     ACT: tl.constexpr,
     EXCL: tl.constexpr,
     BI: tl.constexpr,
     BJ: tl.constexpr,
-    BH: tl.constexpr,
 ):
-    """gv[j, h] += sum_i p_ij act'(z_ijh) for this column block."""
+    """gvt[h, j] += sum_i p_ij act'(z_ijh) for this column block (transposed output [H, B])."""
     cols = tl.program_id(0).to(tl.int64) * BJ + tl.arange(0, BJ)
     cmask = cols < B
     for i0 in range(0, B, BI):
         rows = (i0 + tl.arange(0, BI)).to(tl.int64)  # rows * H may pass 2**31
         rmask = rows < B
-        gi = tl.load(g_ptr + rows, mask=rmask, other=0.0)
-        li = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-        t = _scores(u_ptr, v_ptr, w_ptr, rows, cols, rmask, cmask, H, ACT, BI, BJ, BH)
-        p = tl.where(_pair_mask(rows, cols, rmask, cmask, EXCL), gi[:, None] * tl.exp(t - li[:, None]), 0.0)
-        for h0 in range(0, H, BH):
-            hs = h0 + tl.arange(0, BH)
-            hm = hs < H
-            cm = cmask[:, None] & hm[None, :]
-            uu = tl.load(u_ptr + rows[:, None] * H + hs[None, :], mask=rmask[:, None] & hm[None, :], other=0.0)
-            vv = tl.load(v_ptr + cols[:, None] * H + hs[None, :], mask=cm, other=0.0)
-            z = uu[:, None, :] + vv[None, :, :]
-            off = cols[:, None] * H + hs[None, :]
-            dv = tl.sum(p[:, :, None] * _dact(z, ACT), axis=0)
-            tl.store(gv_ptr + off, tl.load(gv_ptr + off, mask=cm, other=0.0) + dv, mask=cm)
+        p = _weights(ut_ptr, vt_ptr, w_ptr, g_ptr, lse_ptr, rows, cols, rmask, cmask, B, H, ACT, EXCL, BI, BJ)
+        up = ut_ptr + rows
+        vp = vt_ptr + cols
+        gvp = gvt_ptr + cols
+        for _ in range(0, H):
+            z = tl.load(up, mask=rmask, other=0.0)[:, None] + tl.load(vp, mask=cmask, other=0.0)[None, :]
+            tl.store(gvp, tl.load(gvp, mask=cmask, other=0.0) + tl.sum(p * _dact(z, ACT), axis=0), mask=cmask)
+            up += B
+            vp += B
+            gvp += B
 
 
 def _check(u, v, w2):
@@ -226,14 +220,12 @@ Tensor = torch.Tensor
 @on_tensor_device
 def mine_row_lse(u: Tensor, v: Tensor, w2: Tensor, activation: int, exclude_diag: bool) -> Tensor:
     _check(u, v, w2)
-    u, v, w2 = u.contiguous(), v.contiguous(), w2.contiguous()
+    w2 = w2.contiguous()
     b, h = u.shape
-    check_int32("B + a column tile", b + BJ)  # row and column indices are int32 until multiplied by H
+    check_int32("B + a tile", b + TILE)  # row and column indices are int32 until widened
     lse = torch.full((b,), float("nan"), dtype=u.dtype, device=u.device) if POISON else u.new_empty(b)
     ut, vt = u.t().contiguous(), v.t().contiguous()  # [H, B]: O(B H), against the O(B^2 H) of the kernel
-    _lse_kernel[(triton.cdiv(b, FORWARD_TILE),)](
-        ut, vt, w2, lse, b, h, ACT=activation, EXCL=exclude_diag, BI=FORWARD_TILE, BJ=FORWARD_TILE
-    )
+    _lse_kernel[(triton.cdiv(b, TILE),)](ut, vt, w2, lse, b, h, ACT=activation, EXCL=exclude_diag, BI=TILE, BJ=TILE)
     return lse
 
 
@@ -243,44 +235,16 @@ def mine_row_lse_backward(
     grad: Tensor, u: Tensor, v: Tensor, w2: Tensor, lse: Tensor, activation: int, exclude_diag: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check(u, v, w2)
-    u, v, w2, grad, lse = (t.contiguous() for t in (u, v, w2, grad, lse))
+    w2, grad, lse = (t.contiguous() for t in (w2, grad, lse))
     b, h = u.shape
-    check_int32("B + a row tile", b + BI)
-    gu, gv, gw_rows = torch.zeros_like(u), torch.zeros_like(v), torch.zeros_like(u)
-    _grad_rows_kernel[(triton.cdiv(b, BI),)](
-        u,
-        v,
-        w2,
-        grad,
-        lse,
-        gu,
-        gw_rows,
-        b,
-        h,
-        ACT=activation,
-        EXCL=exclude_diag,
-        BI=BI,
-        BJ=BJ,
-        BH=BH,
-        num_warps=BACKWARD_WARPS,
-    )
-    _grad_cols_kernel[(triton.cdiv(b, BJ),)](
-        u,
-        v,
-        w2,
-        grad,
-        lse,
-        gv,
-        b,
-        h,
-        ACT=activation,
-        EXCL=exclude_diag,
-        BI=BI,
-        BJ=BJ,
-        BH=BH,
-        num_warps=BACKWARD_WARPS,
-    )
-    return gu * w2, gv * w2, gw_rows.sum(0)
+    check_int32("B + a tile", b + TILE)
+    ut, vt = u.t().contiguous(), v.t().contiguous()
+    gut, gvt, gwt = (torch.zeros_like(ut) for _ in range(3))  # [H, B], accumulated in place
+    grid = (triton.cdiv(b, TILE),)
+    kw = dict(ACT=activation, EXCL=exclude_diag, BI=TILE, BJ=TILE, num_warps=BACKWARD_WARPS)
+    _grad_rows_kernel[grid](ut, vt, w2, grad, lse, gut, gwt, b, h, **kw)
+    _grad_cols_kernel[grid](ut, vt, w2, grad, lse, gvt, b, h, **kw)
+    return (gut * w2[:, None]).t().contiguous(), (gvt * w2[:, None]).t().contiguous(), gwt.sum(1)
 
 
 @mine_row_lse.register_fake
