@@ -1,12 +1,15 @@
 """Triton kernels of the SSIM family (docs/algorithms.md §2): the same math as
 csrc/cpu/ssim_loops.h.
 
-_ssim_kernel: a program per tile of output pixels of one (b, c) plane; the five moments
-from the k x k window (weights g_i g_j, zero padding for "same"), the SSIM map summed into
-one partial per program (summed afterwards in a fixed order: deterministic); with
-WITH_GRAD it also writes the four partial maps of the gradient (ssim_loops.h explains
-them). _ssim_grad_kernel: a program per tile of input pixels gathers those maps through
-the transposed window and combines them into d value / d x and d value / d y.
+The Gaussian blur is separable, as in the C++ and CUDA kernels: _hmoments_kernel does the
+horizontal k-tap pass of x, y, x^2, y^2, xy for every input row (into a [5, planes, H, WO]
+buffer), and _window_moments the vertical pass inside the kernels that need the moments
+(2k taps per pixel instead of k^2). _ssim_kernel: a program per tile of output pixels of
+one (b, c) plane; SSIM summed into one partial per program (summed afterwards in a fixed
+order: deterministic); with WITH_GRAD it also writes the four partial maps of the gradient
+(ssim_loops.h explains them). The gradient gathers those maps through the transposed
+window, separably too: _hgrad_kernel along rows, _ssim_grad_kernel along columns, combined
+with x and y into d value / d x and d value / d y.
 
 _ball_moments_kernel / _ball_sums_kernel: the SSIM ball's scale search (the moments of
 (x, delta) once in float64, then per round every candidate scale of every sample scored
@@ -29,41 +32,89 @@ BLOCK = 256
 
 
 @triton.jit
-def _window_moments(x_ptr, y_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K: tl.constexpr, BLOCK: tl.constexpr):
-    """mu_x, mu_y, E[x^2], E[y^2], E[xy] over the k x k Gaussian window (weights g_i g_j,
-    zero padding) at output pixels (oi, oj) of the plane at `base`, in the window's dtype."""
+def _hmoments_kernel(
+    x_ptr,
+    y_ptr,
+    win_ptr,
+    hor_ptr,
+    H: tl.int32,
+    W: tl.int32,
+    WO: tl.int32,
+    PAD: tl.int32,
+    PLANE0: tl.int64,
+    NPLANES: tl.int64,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The horizontal pass of the separable blur: for every input row and output column of
+    plane PLANE0 + program_id(1), the k-tap sums of x, y, x^2, y^2, xy (zero padding), in the
+    window's dtype, into hor[5, NPLANES, H * WO]."""
+    pid = tl.program_id(0)
+    plane = PLANE0 + tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H * WO
+    i = offs // WO
+    oj = offs % WO
+    dt = win_ptr.dtype.element_ty
+    m0 = tl.zeros((BLOCK,), dtype=dt)
+    m1 = tl.zeros((BLOCK,), dtype=dt)
+    m2 = tl.zeros((BLOCK,), dtype=dt)
+    m3 = tl.zeros((BLOCK,), dtype=dt)
+    m4 = tl.zeros((BLOCK,), dtype=dt)
+    base = plane * H * W + i * W
+    for t in tl.static_range(K):
+        wt = tl.load(win_ptr + t)
+        jj = oj + t - PAD
+        inb = mask & (jj >= 0) & (jj < W)
+        xv = tl.load(x_ptr + base + jj, mask=inb, other=0.0).to(dt)
+        yv = tl.load(y_ptr + base + jj, mask=inb, other=0.0).to(dt)
+        m0 += wt * xv
+        m1 += wt * yv
+        m2 += wt * xv * xv
+        m3 += wt * yv * yv
+        m4 += wt * xv * yv
+    n = H * WO
+    o = plane * n + offs
+    stride = NPLANES * n
+    tl.store(hor_ptr + o, m0, mask=mask)
+    tl.store(hor_ptr + stride + o, m1, mask=mask)
+    tl.store(hor_ptr + 2 * stride + o, m2, mask=mask)
+    tl.store(hor_ptr + 3 * stride + o, m3, mask=mask)
+    tl.store(hor_ptr + 4 * stride + o, m4, mask=mask)
+
+
+@triton.jit
+def _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K: tl.constexpr, BLOCK: tl.constexpr):
+    """The vertical pass: mu_x, mu_y, E[x^2], E[y^2], E[xy] over the k x k window at output
+    pixels (oi, oj), from the horizontal sums (rows outside the plane are zero padding)."""
     dt = win_ptr.dtype.element_ty
     mx = tl.zeros((BLOCK,), dtype=dt)
     my = tl.zeros((BLOCK,), dtype=dt)
     exx = tl.zeros((BLOCK,), dtype=dt)
     eyy = tl.zeros((BLOCK,), dtype=dt)
     exy = tl.zeros((BLOCK,), dtype=dt)
-    for i in range(K):
-        gi = tl.load(win_ptr + i)
-        ii = oi + i - PAD
-        for j in range(K):
-            wgt = gi * tl.load(win_ptr + j)
-            jj = oj + j - PAD
-            inb = mask & (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W)
-            xv = tl.load(x_ptr + base + ii * W + jj, mask=inb, other=0.0).to(dt)
-            yv = tl.load(y_ptr + base + ii * W + jj, mask=inb, other=0.0).to(dt)
-            mx += wgt * xv
-            my += wgt * yv
-            exx += wgt * xv * xv
-            eyy += wgt * yv * yv
-            exy += wgt * xv * yv
+    n = H * WO
+    stride = NPLANES * n
+    for t in tl.static_range(K):
+        wt = tl.load(win_ptr + t)
+        ii = oi + t - PAD
+        inb = mask & (ii >= 0) & (ii < H)
+        o = plane * n + ii * WO + oj
+        mx += wt * tl.load(hor_ptr + o, mask=inb, other=0.0)
+        my += wt * tl.load(hor_ptr + stride + o, mask=inb, other=0.0)
+        exx += wt * tl.load(hor_ptr + 2 * stride + o, mask=inb, other=0.0)
+        eyy += wt * tl.load(hor_ptr + 3 * stride + o, mask=inb, other=0.0)
+        exy += wt * tl.load(hor_ptr + 4 * stride + o, mask=inb, other=0.0)
     return mx, my, exx, eyy, exy
 
 
 @triton.jit
 def _ssim_kernel(
-    x_ptr,
-    y_ptr,
+    hor_ptr,
     win_ptr,
     part_ptr,
     pm_ptr,
     H: tl.int32,
-    W: tl.int32,
     HO: tl.int32,
     WO: tl.int32,
     PAD: tl.int32,
@@ -85,8 +136,7 @@ def _ssim_kernel(
     mask = offs < HO * WO
     oi = offs // WO
     oj = offs % WO
-    base = plane * H * W
-    mx, my, exx, eyy, exy = _window_moments(x_ptr, y_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K, BLOCK)
+    mx, my, exx, eyy, exy = _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K, BLOCK)
     dt = win_ptr.dtype.element_ty
     c1 = tl.full((), c1, dt)  # float scalars in the compute dtype (_launch.py)
     c2 = tl.full((), c2, dt)
@@ -112,52 +162,97 @@ def _ssim_kernel(
 
 
 @triton.jit
-def _ssim_grad_kernel(
-    x_ptr,
-    y_ptr,
-    win_ptr,
+def _hgrad_kernel(
     pm_ptr,
-    gx_ptr,
-    gy_ptr,
-    H: tl.int32,
-    W: tl.int32,
+    win_ptr,
+    hor_ptr,
     HO: tl.int32,
     WO: tl.int32,
+    W: tl.int32,
     PAD: tl.int32,
     PLANE0: tl.int64,
     NPLANES: tl.int64,
     K: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """The transposed horizontal pass of the gradient: input column pj gathers the partial
+    maps of the outputs pj + PAD - t with weight w_t, per output row, into hor[4, NPLANES,
+    HO * W]."""
+    pid = tl.program_id(0)
+    plane = PLANE0 + tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < HO * W
+    oi = offs // W
+    pj = offs % W
+    dt = win_ptr.dtype.element_ty
+    a0 = tl.zeros((BLOCK,), dtype=dt)
+    a1 = tl.zeros((BLOCK,), dtype=dt)
+    a2 = tl.zeros((BLOCK,), dtype=dt)
+    a3 = tl.zeros((BLOCK,), dtype=dt)
+    n = HO * WO
+    stride = NPLANES * n
+    for t in tl.static_range(K):
+        wt = tl.load(win_ptr + t)
+        oj = pj + PAD - t
+        inb = mask & (oj >= 0) & (oj < WO)
+        o = plane * n + oi * WO + oj
+        a0 += wt * tl.load(pm_ptr + o, mask=inb, other=0.0)
+        a1 += wt * tl.load(pm_ptr + stride + o, mask=inb, other=0.0)
+        a2 += wt * tl.load(pm_ptr + 2 * stride + o, mask=inb, other=0.0)
+        a3 += wt * tl.load(pm_ptr + 3 * stride + o, mask=inb, other=0.0)
+    m = HO * W
+    out = plane * m + offs
+    hstride = NPLANES * m
+    tl.store(hor_ptr + out, a0, mask=mask)
+    tl.store(hor_ptr + hstride + out, a1, mask=mask)
+    tl.store(hor_ptr + 2 * hstride + out, a2, mask=mask)
+    tl.store(hor_ptr + 3 * hstride + out, a3, mask=mask)
+
+
+@triton.jit
+def _ssim_grad_kernel(
+    x_ptr,
+    y_ptr,
+    win_ptr,
+    hor_ptr,
+    gx_ptr,
+    gy_ptr,
+    H: tl.int32,
+    W: tl.int32,
+    HO: tl.int32,
+    PAD: tl.int32,
+    PLANE0: tl.int64,
+    NPLANES: tl.int64,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The transposed vertical pass (input row pi gathers rows pi + PAD - t of the
+    horizontal pass) and the combination with x, y into d value / d x, d value / d y."""
     pid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < H * W
     pi = offs // W
     pj = offs % W
-    w0 = tl.load(win_ptr)
-    bmx = tl.zeros((BLOCK,), dtype=w0.dtype)
-    bmy = tl.zeros((BLOCK,), dtype=w0.dtype)
-    bsq = tl.zeros((BLOCK,), dtype=w0.dtype)
-    bxy = tl.zeros((BLOCK,), dtype=w0.dtype)
-    n = HO * WO
-    base = plane * n
-    stride = NPLANES * n
-    for i in range(K):
-        gi = tl.load(win_ptr + i)
-        oi = pi + PAD - i
-        for j in range(K):
-            wgt = gi * tl.load(win_ptr + j)
-            oj = pj + PAD - j
-            inb = mask & (oi >= 0) & (oi < HO) & (oj >= 0) & (oj < WO)
-            o = base + oi * WO + oj
-            bmx += wgt * tl.load(pm_ptr + o, mask=inb, other=0.0)
-            bmy += wgt * tl.load(pm_ptr + stride + o, mask=inb, other=0.0)
-            bsq += wgt * tl.load(pm_ptr + 2 * stride + o, mask=inb, other=0.0)
-            bxy += wgt * tl.load(pm_ptr + 3 * stride + o, mask=inb, other=0.0)
+    dt = win_ptr.dtype.element_ty
+    bmx = tl.zeros((BLOCK,), dtype=dt)
+    bmy = tl.zeros((BLOCK,), dtype=dt)
+    bsq = tl.zeros((BLOCK,), dtype=dt)
+    bxy = tl.zeros((BLOCK,), dtype=dt)
+    m = HO * W
+    stride = NPLANES * m
+    for t in tl.static_range(K):
+        wt = tl.load(win_ptr + t)
+        oi = pi + PAD - t
+        inb = mask & (oi >= 0) & (oi < HO)
+        o = plane * m + oi * W + pj
+        bmx += wt * tl.load(hor_ptr + o, mask=inb, other=0.0)
+        bmy += wt * tl.load(hor_ptr + stride + o, mask=inb, other=0.0)
+        bsq += wt * tl.load(hor_ptr + 2 * stride + o, mask=inb, other=0.0)
+        bxy += wt * tl.load(hor_ptr + 3 * stride + o, mask=inb, other=0.0)
     p = plane * H * W + offs
-    xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(w0.dtype)
-    yv = tl.load(y_ptr + p, mask=mask, other=0.0).to(w0.dtype)
+    xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(dt)
+    yv = tl.load(y_ptr + p, mask=mask, other=0.0).to(dt)
     tl.store(gx_ptr + p, bmx + 2 * xv * bsq + yv * bxy, mask=mask)
     tl.store(gy_ptr + p, bmy + 2 * yv * bsq + xv * bxy, mask=mask)
 
@@ -167,6 +262,18 @@ def _geometry(x, window, same_padding):
     k = window.numel()
     pad = k // 2 if same_padding else 0
     return b, c, h, w, k, pad, h + 2 * pad - k + 1, w + 2 * pad - k + 1
+
+
+def _horizontal(x, y, window, h, w, wo, pad, k, planes):
+    """The separable blur's horizontal pass of (x, y): hor[5, planes, h * wo]."""
+    hor = torch.empty((5, planes, h * wo), dtype=window.dtype, device=x.device)
+    if POISON:
+        hor.fill_(float("nan"))
+    for lo, hi in chunks(planes):
+        _hmoments_kernel[(triton.cdiv(h * wo, BLOCK), hi - lo)](
+            x, y, window, hor, h, w, wo, pad, lo, planes, K=k, BLOCK=BLOCK
+        )
+    return hor
 
 
 def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
@@ -184,34 +291,24 @@ def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
         pm.fill_(float("nan"))
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     n = c * ho * wo
+    hor = _horizontal(x, y, window, h, w, wo, pad, k, planes)
     for lo, hi in chunks(planes):  # grid axis 1 holds 65535 programs at most
         _ssim_kernel[(nprog, hi - lo)](
-            x,
-            y,
-            window,
-            part,
-            pm,
-            h,
-            w,
-            ho,
-            wo,
-            pad,
-            c1,
-            c2,
-            1.0 / n,
-            lo,
-            planes,
-            K=k,
-            WITH_GRAD=with_grad,
-            BLOCK=BLOCK,
+            hor, window, part, pm, h, ho, wo, pad, c1, c2, 1.0 / n, lo, planes, K=k, WITH_GRAD=with_grad, BLOCK=BLOCK
         )
     value = (part.sum(1).reshape(b, c).sum(1) / n).to(x.dtype)
     if not with_grad:
         return value, None, None
+    hor2 = torch.empty((4, planes, ho * w), dtype=window.dtype, device=x.device)
+    if POISON:
+        hor2.fill_(float("nan"))
     gx, gy = torch.empty_like(x), torch.empty_like(y)
     for lo, hi in chunks(planes):
+        _hgrad_kernel[(triton.cdiv(ho * w, BLOCK), hi - lo)](
+            pm, window, hor2, ho, wo, w, pad, lo, planes, K=k, BLOCK=BLOCK
+        )
         _ssim_grad_kernel[(triton.cdiv(h * w, BLOCK), hi - lo)](
-            x, y, window, pm, gx, gy, h, w, ho, wo, pad, lo, planes, K=k, BLOCK=BLOCK
+            x, y, window, hor2, gx, gy, h, w, ho, pad, lo, planes, K=k, BLOCK=BLOCK
         )
     return value, gx, gy
 
@@ -248,12 +345,10 @@ def _(x, y, *args):
 
 @triton.jit
 def _ball_moments_kernel(
-    x_ptr,
-    d_ptr,
+    hor_ptr,
     win_ptr,
     mom_ptr,
     H: tl.int32,
-    W: tl.int32,
     HO: tl.int32,
     WO: tl.int32,
     PAD: tl.int32,
@@ -262,17 +357,16 @@ def _ball_moments_kernel(
     K: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """The ball moments of a tile of output pixels in float64: mu_x, mu_d, var_x, var_d,
-    cov_xd, stored as mom[5, NPLANES, HO * WO]."""
+    """The ball moments of a tile of output pixels in float64 (the vertical pass over the
+    horizontal sums of (x, delta)): mu_x, mu_d, var_x, var_d, cov_xd, stored as
+    mom[5, NPLANES, HO * WO]."""
     pid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < HO * WO
     oi = offs // WO
     oj = offs % WO
-    base = plane * H * W
-    # the window is float64 here, so the moments are too
-    mx, md, exx, edd, exd = _window_moments(x_ptr, d_ptr, win_ptr, base, oi, oj, mask, H, W, PAD, K, BLOCK)
+    mx, md, exx, edd, exd = _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K, BLOCK)
     n = HO * WO
     o = plane * n + offs
     stride = NPLANES * n
@@ -350,10 +444,9 @@ def ssim_ball_scale(
     if POISON:
         mom.fill_(float("nan"))
     nprog = triton.cdiv(n, BLOCK)
+    hor = _horizontal(x, delta, window, h, w, wo, pad, k, planes)
     for lo_p, hi_p in chunks(planes):
-        _ball_moments_kernel[(nprog, hi_p - lo_p)](
-            x, delta, window, mom, h, w, ho, wo, pad, lo_p, planes, K=k, BLOCK=BLOCK
-        )
+        _ball_moments_kernel[(nprog, hi_p - lo_p)](hor, window, mom, h, ho, wo, pad, lo_p, planes, K=k, BLOCK=BLOCK)
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     tau = tau.to(device=x.device, dtype=torch.float64).reshape(-1, 1)
     lo = torch.zeros(b, 1, dtype=torch.float64, device=x.device)
