@@ -136,8 +136,8 @@ def test_triton_kernels_compile_for_the_default_arch():
 
 def test_cuda_kernels_keep_no_stack_frame():
     """The built CUDA kernels (miga_fast._C, sm_90 in CI): no stack frame or local memory,
-    whose loads would go to DRAM. Two MINE backward instantiations spill 8-16 bytes; the
-    flash-style redesign of the MINE kernels replaces them (docs/kernels.md)."""
+    whose loads would go to DRAM (a spill, or an array the compiler could not keep in
+    registers)."""
     from _triton_aot import cuobjdump_path, resources
 
     cuobjdump = cuobjdump_path()
@@ -146,6 +146,5 @@ def test_cuda_kernels_keep_no_stack_frame():
     ext = importlib.import_module("miga_fast._C")
     usage = resources(cuobjdump, Path(ext.__file__))
     assert len(usage) >= 50, "cuobjdump found no CUDA kernels in miga_fast._C"
-    allowed = {"grad_rows_kernelINS_4ReluIfEEf", "grad_rows_kernelINS_4ReluIdEEd"}
-    offenders = {f: u for f, u in usage.items() if (u["STACK"] or u["LOCAL"]) and not any(a in f for a in allowed)}
+    offenders = {f: u for f, u in usage.items() if u["STACK"] or u["LOCAL"]}
     assert not offenders, offenders

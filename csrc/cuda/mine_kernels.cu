@@ -24,45 +24,6 @@ namespace miga_fast {
 namespace cuda {
 namespace {
 
-constexpr int kTile = 16;
-constexpr int kChunk = 32;
-
-template <typename T>
-struct Smem {
-  T u[kTile][kChunk + 1];
-  T v[kTile][kChunk + 1];
-  T w[kChunk];
-  T p[kTile][kTile + 1];
-};
-
-// Loads hidden units [h0, h0 + kChunk) of rows r0.. and columns c0.. (zeros past the ends).
-template <typename T>
-__device__ void load_chunk(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B, int64_t H,
-                           int64_t h0) {
-  const int tid = threadIdx.y * kTile + threadIdx.x;
-  for (int e = tid; e < kTile * kChunk; e += kTile * kTile) {
-    const int r = e / kChunk, k = e % kChunk;
-    const int64_t h = h0 + k;
-    s.u[r][k] = (r0 + r < B && h < H) ? u[(r0 + r) * H + h] : T(0);
-    s.v[r][k] = (c0 + r < B && h < H) ? v[(c0 + r) * H + h] : T(0);
-  }
-  for (int k = tid; k < kChunk; k += kTile * kTile) s.w[k] = h0 + k < H ? w[h0 + k] : T(0);
-}
-
-// T[r0 + ty, c0 + tx] (every thread of the block takes part: it synchronises).
-template <typename Act, typename T>
-__device__ T tile_score(Smem<T>& s, const T* u, const T* v, const T* w, int64_t r0, int64_t c0, int64_t B, int64_t H) {
-  T t = T(0);
-  for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
-    __syncthreads();
-    load_chunk(s, u, v, w, r0, c0, B, H, h0);
-    __syncthreads();
-#pragma unroll 8
-    for (int k = 0; k < kChunk; ++k) t += s.w[k] * Act::f(s.u[threadIdx.y][k] + s.v[threadIdx.x][k]);
-  }
-  return t;
-}
-
 // The forward, register-blocked: a block of 256 threads owns a kBlockTile-row strip of T
 // and walks it in kBlockTile-column tiles; thread (ty, tx) = (tid / 16, tid % 16)
 // accumulates the kReg x kReg pairs (r0 + kReg ty + a, c0 + kReg tx + b). Slices of kHc
@@ -71,14 +32,71 @@ __device__ T tile_score(Smem<T>& s, const T* u, const T* v, const T* w, int64_t 
 // (0.5 shared loads per pair-h; 3 in the one-pair-per-thread kernel it replaces). Each
 // thread keeps an online log-sum-exp of its rows over its columns; the 16 threads of a row
 // group merge theirs by shuffles in a fixed order (deterministic).
-constexpr int kBlockTile = 64, kReg = 4, kHc = 16, kBlockedThreads = 256;
+constexpr int kBlockTile = 64, kReg = 4, kBlockedThreads = 256;
+
+// Hidden units per shared slice: 16 (8 for double, so the backward's p tile fits beside
+// the slices in 48 KiB of static shared memory).
+template <typename T>
+constexpr int slice_units() {
+  return sizeof(T) == 4 ? 16 : 8;
+}
 
 template <typename T>
 struct BlockedSmem {
+  static constexpr int kHc = slice_units<T>();
   T u[kHc][kBlockTile + 1];
   T v[kHc][kBlockTile + 1];
   T w[kHc];
 };
+
+// Loads hidden units [h0, h0 + kHc) of rows r0.. and columns c0.. into the slices,
+// transposed (zeros past the ends). Consecutive threads load consecutive h (coalesced).
+template <typename T>
+__device__ __forceinline__ void load_slices(BlockedSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
+                                            const T* __restrict__ w, int64_t r0, int64_t c0, int64_t B, int64_t H,
+                                            int64_t h0) {
+  constexpr int kHc = BlockedSmem<T>::kHc;
+  for (int e = threadIdx.x; e < kBlockTile * kHc; e += kBlockedThreads) {
+    const int r = e / kHc, k = e % kHc;
+    const int64_t h = h0 + k;
+    s.u[k][r] = (r0 + r < B && h < H) ? u[(r0 + r) * H + h] : T(0);
+    s.v[k][r] = (c0 + r < B && h < H) ? v[(c0 + r) * H + h] : T(0);
+  }
+  if (threadIdx.x < kHc) s.w[threadIdx.x] = h0 + threadIdx.x < H ? w[h0 + threadIdx.x] : T(0);
+}
+
+// acc[a][b] = T[r0 + kReg ty + a, c0 + kReg tx + b] over every hidden unit (every thread of
+// the block takes part: it synchronises).
+template <typename Act, typename T>
+__device__ __forceinline__ void blocked_tile(BlockedSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
+                                             const T* __restrict__ w, int64_t r0, int64_t c0, int64_t B, int64_t H,
+                                             T (&acc)[kReg][kReg]) {
+  constexpr int kHc = BlockedSmem<T>::kHc;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int a = 0; a < kReg; ++a)
+#pragma unroll
+    for (int b = 0; b < kReg; ++b) acc[a][b] = T(0);
+  for (int64_t h0 = 0; h0 < H; h0 += kHc) {
+    __syncthreads();
+    load_slices(s, u, v, w, r0, c0, B, H, h0);
+    __syncthreads();
+#pragma unroll 4
+    for (int k = 0; k < kHc; ++k) {
+      T av[kReg], bv[kReg];
+#pragma unroll
+      for (int a = 0; a < kReg; ++a) {
+        av[a] = s.u[k][ty * kReg + a];
+        bv[a] = s.v[k][tx * kReg + a];
+      }
+      const T wk = s.w[k];
+#pragma unroll
+      for (int a = 0; a < kReg; ++a)
+#pragma unroll
+        for (int b = 0; b < kReg; ++b) acc[a][b] += wk * Act::f(av[a] + bv[b]);
+    }
+  }
+}
 
 template <typename T>
 __device__ __forceinline__ void lse_merge(T& m, T& s, T mo, T so) {
@@ -110,35 +128,7 @@ __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
   for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * kBlockTile; c0 < B;
        c0 += static_cast<int64_t>(splits) * kBlockTile) {
     T acc[kReg][kReg];
-#pragma unroll
-    for (int a = 0; a < kReg; ++a)
-#pragma unroll
-      for (int b = 0; b < kReg; ++b) acc[a][b] = T(0);
-    for (int64_t h0 = 0; h0 < H; h0 += kHc) {
-      __syncthreads();
-      for (int e = tid; e < kBlockTile * kHc; e += kBlockedThreads) {  // consecutive threads: consecutive h
-        const int r = e / kHc, k = e % kHc;
-        const int64_t h = h0 + k;
-        s.u[k][r] = (r0 + r < B && h < H) ? u[(r0 + r) * H + h] : T(0);
-        s.v[k][r] = (c0 + r < B && h < H) ? v[(c0 + r) * H + h] : T(0);
-      }
-      if (tid < kHc) s.w[tid] = h0 + tid < H ? w[h0 + tid] : T(0);
-      __syncthreads();
-#pragma unroll 4
-      for (int k = 0; k < kHc; ++k) {
-        T av[kReg], bv[kReg];
-#pragma unroll
-        for (int a = 0; a < kReg; ++a) {
-          av[a] = s.u[k][ty * kReg + a];
-          bv[a] = s.v[k][tx * kReg + a];
-        }
-        const T wk = s.w[k];
-#pragma unroll
-        for (int a = 0; a < kReg; ++a)
-#pragma unroll
-          for (int b = 0; b < kReg; ++b) acc[a][b] += wk * Act::f(av[a] + bv[b]);
-      }
-    }
+    blocked_tile<Act>(s, u, v, w, r0, c0, B, H, acc);
 #pragma unroll
     for (int a = 0; a < kReg; ++a) {  // fold this tile's columns into the rows' online lse
       const int64_t i = r0 + ty * kReg + a;
@@ -197,62 +187,107 @@ int64_t lse_splits(int64_t B) {
   return std::max<int64_t>(1, std::min<int64_t>({wanted, row_blocks, 65535}));
 }
 
-// p_ij into shared memory for the tile (rows r0.., columns c0..).
+// The backward, register-blocked like the forward. A block owns a 64-row strip (rows
+// kernel) or a 64-column strip (columns kernel) and walks the other axis in 64-wide tiles:
+// it rebuilds the tile of T (blocked_tile), puts p_ij = g_i exp(T_ij - lse_i) in shared
+// memory, then, a slice of hidden units at a time, gives each thread kReg (row or column,
+// h) outputs to sum over the tile's 64 partners, and adds them to the output, which only
+// this block writes (no atomics, deterministic). The outputs are read and written once per
+// 64-wide tile (once per 16-wide tile before: a quarter of the traffic).
+template <typename T>
+struct BackwardSmem {
+  BlockedSmem<T> slices;
+  T p[kBlockTile][kBlockTile + 1];
+};
+
 template <typename Act, typename T>
-__device__ void tile_weights(Smem<T>& s, const T* u, const T* v, const T* w, const T* g, const T* lse, int64_t r0,
-                             int64_t c0, int64_t B, int64_t H, bool exclude_diag) {
-  const int64_t i = r0 + threadIdx.y, j = c0 + threadIdx.x;
-  const T t = tile_score<Act>(s, u, v, w, r0, c0, B, H);
-  const bool valid = i < B && j < B && !(exclude_diag && i == j);
-  s.p[threadIdx.y][threadIdx.x] = valid ? g[i] * std::exp(t - lse[i]) : T(0);
+__device__ __forceinline__ void tile_weights(BackwardSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
+                                             const T* __restrict__ w, const T* __restrict__ g,
+                                             const T* __restrict__ lse, int64_t r0, int64_t c0, int64_t B, int64_t H,
+                                             bool exclude_diag) {
+  T acc[kReg][kReg];
+  blocked_tile<Act>(s.slices, u, v, w, r0, c0, B, H, acc);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int a = 0; a < kReg; ++a) {
+    const int64_t i = r0 + ty * kReg + a;
+    const T gi = i < B ? g[i] : T(0), li = i < B ? lse[i] : T(0);
+#pragma unroll
+    for (int b = 0; b < kReg; ++b) {
+      const int64_t j = c0 + tx * kReg + b;
+      const bool valid = i < B && j < B && !(exclude_diag && i == j);
+      s.p[ty * kReg + a][tx * kReg + b] = valid ? gi * std::exp(acc[a][b] - li) : T(0);
+    }
+  }
 }
 
 template <typename Act, typename T>
-__global__ void __launch_bounds__(kTile* kTile)
-    grad_rows_kernel(const T* u, const T* v, const T* w, const T* g, const T* lse, T* gu, T* gw_rows, int64_t B,
-                     int64_t H, bool exclude_diag) {
-  __shared__ Smem<T> s;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t i = r0 + threadIdx.y;
-  for (int64_t c0 = 0; c0 < B; c0 += kTile) {
+__global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
+    grad_rows_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ g,
+                     const T* __restrict__ lse, T* __restrict__ gu, T* __restrict__ gw_rows, int64_t B, int64_t H,
+                     bool exclude_diag) {
+  __shared__ BackwardSmem<T> s;
+  constexpr int kHc = BlockedSmem<T>::kHc, kPer = kHc * kBlockTile / kBlockedThreads;  // outputs per thread
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
+  const int rr = threadIdx.x / (kHc / kPer), k0 = (threadIdx.x % (kHc / kPer)) * kPer;  // row, first h
+  for (int64_t c0 = 0; c0 < B; c0 += kBlockTile) {
     tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
-    for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
+    for (int64_t h0 = 0; h0 < H; h0 += kHc) {
+      __syncthreads();  // p is written; the slices are free
+      load_slices(s.slices, u, v, w, r0, c0, B, H, h0);
       __syncthreads();
-      load_chunk(s, u, v, w, r0, c0, B, H, h0);
-      __syncthreads();
-      for (int k = threadIdx.x; k < kChunk; k += kTile) {
-        if (i >= B || h0 + k >= H) continue;
-        T du = T(0), dw = T(0);
-        for (int jj = 0; jj < kTile; ++jj) {
-          const T z = s.u[threadIdx.y][k] + s.v[jj][k];
-          du += s.p[threadIdx.y][jj] * Act::df(z);
-          dw += s.p[threadIdx.y][jj] * Act::f(z);
+      T du[kPer], dw[kPer];
+#pragma unroll
+      for (int q = 0; q < kPer; ++q) du[q] = dw[q] = T(0);
+      for (int j = 0; j < kBlockTile; ++j) {
+        const T pj = s.p[rr][j];
+#pragma unroll
+        for (int q = 0; q < kPer; ++q) {
+          const T z = s.slices.u[k0 + q][rr] + s.slices.v[k0 + q][j];
+          du[q] += pj * Act::df(z);
+          dw[q] += pj * Act::f(z);
         }
-        gu[i * H + h0 + k] += du;
-        gw_rows[i * H + h0 + k] += dw;
+      }
+      const int64_t i = r0 + rr;
+#pragma unroll
+      for (int q = 0; q < kPer; ++q) {
+        const int64_t h = h0 + k0 + q;
+        if (i < B && h < H) {
+          gu[i * H + h] += du[q];
+          gw_rows[i * H + h] += dw[q];
+        }
       }
     }
   }
 }
 
 template <typename Act, typename T>
-__global__ void __launch_bounds__(kTile* kTile)
-    grad_cols_kernel(const T* u, const T* v, const T* w, const T* g, const T* lse, T* gv, int64_t B, int64_t H,
-                     bool exclude_diag) {
-  __shared__ Smem<T> s;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t j = c0 + threadIdx.y;  // in the accumulation, ty indexes the block's columns
-  for (int64_t r0 = 0; r0 < B; r0 += kTile) {
+__global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
+    grad_cols_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ g,
+                     const T* __restrict__ lse, T* __restrict__ gv, int64_t B, int64_t H, bool exclude_diag) {
+  __shared__ BackwardSmem<T> s;
+  constexpr int kHc = BlockedSmem<T>::kHc, kPer = kHc * kBlockTile / kBlockedThreads;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
+  const int cc = threadIdx.x / (kHc / kPer), k0 = (threadIdx.x % (kHc / kPer)) * kPer;  // column, first h
+  for (int64_t r0 = 0; r0 < B; r0 += kBlockTile) {
     tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
-    for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
+    for (int64_t h0 = 0; h0 < H; h0 += kHc) {
       __syncthreads();
-      load_chunk(s, u, v, w, r0, c0, B, H, h0);
+      load_slices(s.slices, u, v, w, r0, c0, B, H, h0);
       __syncthreads();
-      for (int k = threadIdx.x; k < kChunk; k += kTile) {
-        if (j >= B || h0 + k >= H) continue;
-        T dv = T(0);
-        for (int ii = 0; ii < kTile; ++ii) dv += s.p[ii][threadIdx.y] * Act::df(s.u[ii][k] + s.v[threadIdx.y][k]);
-        gv[j * H + h0 + k] += dv;
+      T dv[kPer];
+#pragma unroll
+      for (int q = 0; q < kPer; ++q) dv[q] = T(0);
+      for (int i = 0; i < kBlockTile; ++i) {
+        const T pi = s.p[i][cc];
+#pragma unroll
+        for (int q = 0; q < kPer; ++q) dv[q] += pi * Act::df(s.slices.u[k0 + q][i] + s.slices.v[k0 + q][cc]);
+      }
+      const int64_t j = c0 + cc;
+#pragma unroll
+      for (int q = 0; q < kPer; ++q) {
+        const int64_t h = h0 + k0 + q;
+        if (j < B && h < H) gv[j * H + h] += dv[q];
       }
     }
   }
@@ -292,18 +327,17 @@ cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
-  const dim3 block(kTile, kTile);
-  const unsigned grid = static_cast<unsigned>((a.batch + kTile - 1) / kTile);
+  const unsigned grid = static_cast<unsigned>((a.batch + kBlockTile - 1) / kBlockTile);
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
     const T *u = static_cast<const T*>(a.u), *v = static_cast<const T*>(a.v), *w = static_cast<const T*>(a.w);
     const T *g = static_cast<const T*>(a.grad), *lse = static_cast<const T*>(a.lse);
-    MIGA_FAST_LAUNCH(grid, block, 0, stream, grad_rows_kernel<Act, T>)(
+    MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, grad_rows_kernel<Act, T>)(
         u, v, w, g, lse, static_cast<T*>(a.gu), static_cast<T*>(a.gw_rows), a.batch, a.hidden, a.exclude_diag);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, block, 0, stream, grad_cols_kernel<Act, T>)(u, v, w, g, lse, static_cast<T*>(a.gv), a.batch,
-                                                                       a.hidden, a.exclude_diag);
+    MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, grad_cols_kernel<Act, T>)(
+        u, v, w, g, lse, static_cast<T*>(a.gv), a.batch, a.hidden, a.exclude_diag);
     return cudaGetLastError();
   });
 }
