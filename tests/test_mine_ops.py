@@ -214,3 +214,25 @@ def test_compiled_bound_matches_eager(rng):
     torch.testing.assert_close(out, ops.mine_bound(*args))
     out.backward()
     assert args[0].grad is not None
+
+
+def test_softplus_keeps_its_tail(rng):
+    """softplus(z) for z -> -inf is exp(z): tiny, and exact only with log1p (log(1 + e^z)
+    rounds to 0 once e^z is below the epsilon). Every backend keeps the relative precision."""
+    import miga_fast
+    from miga_fast.reference import mine as ref
+
+    u = torch.full((3, 2), -30.0, dtype=torch.float64)
+    v = torch.zeros(3, 2, dtype=torch.float64)
+    w2 = torch.full((2,), 1e12, dtype=torch.float64)  # T = 2e12 softplus(-30), about 0.19: the tail matters
+    want = ref.row_lse(u, v, w2, "softplus", True)
+    for backend in ("cpu", "triton"):
+        if not miga_fast.backends()[backend]["runs_here"]:
+            continue
+        ops_ = torch.ops.miga_fast_triton if backend == "triton" else torch.ops.miga_fast
+        if backend == "triton":
+            import importlib
+
+            importlib.import_module("miga_fast.triton_kernels")
+        got = ops_.mine_row_lse(u, v, w2, 2, True)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)

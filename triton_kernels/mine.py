@@ -29,13 +29,22 @@ BACKWARD_WARPS = 16  # the backward holds p, z and two products per 64 x 64 tile
 
 
 @triton.jit
+def _log1p(y):
+    """log(1 + y) to full precision for small y (log(1 + y) alone returns 0 once 1 + y rounds
+    to 1): log(u) y / (u - 1) with u = 1 + y (Goldberg). libdevice's log1p has no interpreter
+    implementation."""
+    u = 1.0 + y
+    return tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
 def _act(z, ACT: tl.constexpr):
     if ACT == 0:  # relu
         return tl.where(z > 0, z, 0.0)
     elif ACT == 1:  # elu, alpha = 1
         return tl.where(z > 0, z, tl.exp(tl.minimum(z, 0.0)) - 1.0)
     else:  # softplus, beta = 1, threshold = 20
-        return tl.where(z > 20, z, tl.maximum(z, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(z))))
+        return tl.where(z > 20, z, tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z))))
 
 
 @triton.jit
