@@ -10,6 +10,9 @@
 
 #include <cuda_runtime.h>
 
+#include <mutex>
+#include <vector>
+
 #ifndef MIGA_FAST_LAUNCH
 #define MIGA_FAST_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
 #endif
@@ -36,6 +39,34 @@ inline int device_attribute(int fallback) {
 
 // Multiprocessors (132, an H100's, if unknown; the emulator reports 2), for sizing grids.
 inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
+
+// The most shared memory a block may opt into (48 KiB if unknown).
+inline size_t shared_optin_limit() {
+  return static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024));
+}
+
+// Opts `kernel` into `bytes` of dynamic shared memory above the default 48 KiB, once per
+// kernel, device and size (the largest asked for so far): no runtime call on later launches.
+template <typename K>
+cudaError_t allow_shared(K* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  struct Entry {
+    const void* kernel;
+    int device;
+    size_t bytes;
+  };
+  static std::mutex lock;
+  static std::vector<Entry> granted;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const std::lock_guard<std::mutex> guard(lock);
+  for (const Entry& e : granted)
+    if (e.kernel == reinterpret_cast<const void*>(kernel) && e.device == device && e.bytes >= bytes) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess) granted.push_back({reinterpret_cast<const void*>(kernel), device, bytes});
+  return err;
+}
 
 }  // namespace cuda
 }  // namespace miga_fast

@@ -221,15 +221,27 @@ __device__ __forceinline__ void tile_weights(BackwardSmem<T>& s, const T* __rest
   }
 }
 
-template <typename Act, typename T>
+// SHARED_ACC: the block's outputs (64 x H for each of gu and gw) accumulate in dynamic
+// shared memory across the column tiles and are written once at the end; otherwise (H
+// too large for shared memory) they are added to global memory once per tile. Each output
+// element belongs to one thread of one block throughout: no atomics, no barriers for it.
+template <typename Act, typename T, bool SHARED_ACC>
 __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
     grad_rows_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ g,
                      const T* __restrict__ lse, T* __restrict__ gu, T* __restrict__ gw_rows, int64_t B, int64_t H,
                      bool exclude_diag) {
   __shared__ BackwardSmem<T> s;
+  MIGA_FAST_DYNAMIC_SHARED(acc_raw);
+  T* acc_u = reinterpret_cast<T*>(acc_raw);  // SHARED_ACC: [64][H], then acc_w [64][H]
+  T* acc_w = acc_u + kBlockTile * H;
   constexpr int kHc = BlockedSmem<T>::kHc, kPer = kHc * kBlockTile / kBlockedThreads;  // outputs per thread
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
   const int rr = threadIdx.x / (kHc / kPer), k0 = (threadIdx.x % (kHc / kPer)) * kPer;  // row, first h
+  if (SHARED_ACC)
+    for (int64_t h = k0; h < H; h += kHc)
+#pragma unroll
+      for (int q = 0; q < kPer; ++q)
+        if (h + q < H) acc_u[rr * H + h + q] = acc_w[rr * H + h + q] = T(0);
   for (int64_t c0 = 0; c0 < B; c0 += kBlockTile) {
     tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
     for (int64_t h0 = 0; h0 < H; h0 += kHc) {
@@ -252,23 +264,43 @@ __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the E
 #pragma unroll
       for (int q = 0; q < kPer; ++q) {
         const int64_t h = h0 + k0 + q;
-        if (i < B && h < H) {
+        if (h >= H) continue;
+        if (SHARED_ACC) {
+          acc_u[rr * H + h] += du[q];
+          acc_w[rr * H + h] += dw[q];
+        } else if (i < B) {
           gu[i * H + h] += du[q];
           gw_rows[i * H + h] += dw[q];
         }
       }
     }
   }
+  const int64_t i = r0 + rr;
+  if (SHARED_ACC && i < B)
+    for (int64_t h = k0; h < H; h += kHc)
+#pragma unroll
+      for (int q = 0; q < kPer; ++q)
+        if (h + q < H) {
+          gu[i * H + h + q] = acc_u[rr * H + h + q];
+          gw_rows[i * H + h + q] = acc_w[rr * H + h + q];
+        }
 }
 
-template <typename Act, typename T>
+template <typename Act, typename T, bool SHARED_ACC>
 __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
     grad_cols_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ g,
                      const T* __restrict__ lse, T* __restrict__ gv, int64_t B, int64_t H, bool exclude_diag) {
   __shared__ BackwardSmem<T> s;
+  MIGA_FAST_DYNAMIC_SHARED(acc_raw);
+  T* acc_v = reinterpret_cast<T*>(acc_raw);  // SHARED_ACC: [64][H]
   constexpr int kHc = BlockedSmem<T>::kHc, kPer = kHc * kBlockTile / kBlockedThreads;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
   const int cc = threadIdx.x / (kHc / kPer), k0 = (threadIdx.x % (kHc / kPer)) * kPer;  // column, first h
+  if (SHARED_ACC)
+    for (int64_t h = k0; h < H; h += kHc)
+#pragma unroll
+      for (int q = 0; q < kPer; ++q)
+        if (h + q < H) acc_v[cc * H + h + q] = T(0);
   for (int64_t r0 = 0; r0 < B; r0 += kBlockTile) {
     tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
     for (int64_t h0 = 0; h0 < H; h0 += kHc) {
@@ -287,10 +319,20 @@ __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the E
 #pragma unroll
       for (int q = 0; q < kPer; ++q) {
         const int64_t h = h0 + k0 + q;
-        if (j < B && h < H) gv[j * H + h] += dv[q];
+        if (h >= H) continue;
+        if (SHARED_ACC)
+          acc_v[cc * H + h] += dv[q];
+        else if (j < B)
+          gv[j * H + h] += dv[q];
       }
     }
   }
+  const int64_t j = c0 + cc;
+  if (SHARED_ACC && j < B)
+    for (int64_t h = k0; h < H; h += kHc)
+#pragma unroll
+      for (int q = 0; q < kPer; ++q)
+        if (h + q < H) gv[j * H + h + q] = acc_v[cc * H + h + q];
 }
 
 template <typename T, typename F>
@@ -325,20 +367,38 @@ cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
   });
 }
 
+// Launches kernel<SHARED_ACC = true> with `dynamic` bytes of accumulators when they fit
+// beside the static buffers, else kernel<false> (outputs added in global memory per tile).
+template <typename KTrue, typename KFalse, typename... Args>
+cudaError_t launch_accumulating(KTrue* shared_acc, KFalse* global_acc, size_t static_bytes, size_t dynamic,
+                                unsigned grid, cudaStream_t stream, Args... args) {
+  if (dynamic + static_bytes <= shared_optin_limit()) {
+    const cudaError_t err = allow_shared(shared_acc, dynamic);
+    if (err == cudaSuccess) {
+      MIGA_FAST_LAUNCH(dim3(grid), dim3(kBlockedThreads), dynamic, stream, shared_acc)(args...);
+      return cudaGetLastError();
+    }
+    (void)cudaGetLastError();  // the opt-in was refused: take the global path
+  }
+  MIGA_FAST_LAUNCH(dim3(grid), dim3(kBlockedThreads), 0, stream, global_acc)(args...);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
   const unsigned grid = static_cast<unsigned>((a.batch + kBlockTile - 1) / kBlockTile);
+  const size_t row_bytes = static_cast<size_t>(kBlockTile) * a.hidden * sizeof(T);
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
     const T *u = static_cast<const T*>(a.u), *v = static_cast<const T*>(a.v), *w = static_cast<const T*>(a.w);
     const T *g = static_cast<const T*>(a.grad), *lse = static_cast<const T*>(a.lse);
-    MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, grad_rows_kernel<Act, T>)(
-        u, v, w, g, lse, static_cast<T*>(a.gu), static_cast<T*>(a.gw_rows), a.batch, a.hidden, a.exclude_diag);
-    cudaError_t err = cudaGetLastError();
+    cudaError_t err = launch_accumulating(
+        &grad_rows_kernel<Act, T, true>, &grad_rows_kernel<Act, T, false>, sizeof(BackwardSmem<T>), 2 * row_bytes, grid,
+        stream, u, v, w, g, lse, static_cast<T*>(a.gu), static_cast<T*>(a.gw_rows), a.batch, a.hidden, a.exclude_diag);
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, grad_cols_kernel<Act, T>)(
-        u, v, w, g, lse, static_cast<T*>(a.gv), a.batch, a.hidden, a.exclude_diag);
-    return cudaGetLastError();
+    return launch_accumulating(&grad_cols_kernel<Act, T, true>, &grad_cols_kernel<Act, T, false>,
+                               sizeof(BackwardSmem<T>), row_bytes, grid, stream, u, v, w, g, lse, static_cast<T*>(a.gv),
+                               a.batch, a.hidden, a.exclude_diag);
   });
 }
 

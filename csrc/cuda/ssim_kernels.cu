@@ -26,8 +26,6 @@
 // a scaling of d/dx, d/dy: the forward of autograd computes everything once.
 // Shared memory is opted into above 48 KiB (TILE = 32 for float32, 16 for float64).
 #include <algorithm>
-#include <mutex>
-#include <vector>
 
 #include "../common/ssim_math.h"
 #include "device.h"
@@ -321,29 +319,6 @@ void tile_grid(const Geometry& g, bool with_grad, int64_t* tiles_x, int64_t* til
   const int64_t rows = with_grad ? g.h : g.ho, cols = with_grad ? g.w : g.wo;
   *tiles_x = (cols + t - 1) / t;
   *tiles = *tiles_x * ((rows + t - 1) / t);
-}
-
-// Opts `kernel` into `bytes` of dynamic shared memory above the default 48 KiB, once per
-// kernel, device and size (the largest asked for so far): no runtime call on later launches.
-template <typename K>
-cudaError_t allow_shared(K* kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  struct Entry {
-    const void* kernel;
-    int device;
-    size_t bytes;
-  };
-  static std::mutex lock;
-  static std::vector<Entry> granted;
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const std::lock_guard<std::mutex> guard(lock);
-  for (const Entry& e : granted)
-    if (e.kernel == reinterpret_cast<const void*>(kernel) && e.device == device && e.bytes >= bytes) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err == cudaSuccess) granted.push_back({reinterpret_cast<const void*>(kernel), device, bytes});
-  return err;
 }
 
 template <typename T, int K>
