@@ -13,11 +13,16 @@
 namespace miga_fast {
 namespace {
 
-cuda::MineArgs make_args(const MineCall& c, int64_t activation, bool exclude_diag) {
+// `colsum` keeps alive what a.colsum points to: for ReLU, v @ w2 (mine.h).
+cuda::MineArgs make_args(const MineCall& c, int64_t activation, bool exclude_diag, at::Tensor& colsum) {
   cuda::MineArgs a;
   a.u = c.u.data_ptr();
   a.v = c.v.data_ptr();
   a.w = c.w.data_ptr();
+  if (activation == static_cast<int64_t>(MineActivation::kRelu)) {
+    colsum = at::mv(c.v, c.w).contiguous();
+    a.colsum = colsum.data_ptr();
+  }
   a.batch = c.batch;
   a.hidden = c.hidden;
   a.activation = static_cast<int>(activation);
@@ -32,7 +37,8 @@ at::Tensor mine_row_lse_cuda(const at::Tensor& u_in, const at::Tensor& v_in, con
   const glue::DeviceGuard guard(c.u.device());
   at::Tensor lse = at::empty({c.batch}, c.u.options());
   if (std::getenv("MIGA_FAST_POISON") != nullptr) lse.fill_(std::numeric_limits<double>::quiet_NaN());
-  cuda::MineArgs a = make_args(c, activation, exclude_diag);
+  at::Tensor colsum;
+  cuda::MineArgs a = make_args(c, activation, exclude_diag, colsum);
   a.out = lse.data_ptr();
   const size_t bytes = cuda::mine_row_lse_workspace_bytes(c.batch, a.is_double);
   at::Tensor workspace;
@@ -52,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_row_lse_backward_cuda(
   const MineCall c("miga_fast.mine_row_lse_backward", u_in, v_in, w_in, activation, glue::kDevice, &grad_in, &lse_in);
   const glue::DeviceGuard guard(c.u.device());
   at::Tensor gu = at::zeros_like(c.u), gv = at::zeros_like(c.v), gw_rows = at::zeros_like(c.u);
-  cuda::MineArgs a = make_args(c, activation, exclude_diag);
+  at::Tensor colsum;
+  cuda::MineArgs a = make_args(c, activation, exclude_diag, colsum);
   a.grad = c.grad.data_ptr();
   a.lse = c.lse.data_ptr();
   a.gu = gu.data_ptr();

@@ -10,16 +10,17 @@ namespace miga_fast {
 namespace cuda {
 
 struct MineArgs {
-  const void* u = nullptr;     // [B, H]: U + b1
-  const void* v = nullptr;     // [B, H]
-  const void* w = nullptr;     // [H]: w2
-  const void* grad = nullptr;  // [B]: upstream gradient of lse (backward)
-  const void* lse = nullptr;   // [B] (backward)
-  void* out = nullptr;         // forward: lse [B]
-  void* workspace = nullptr;   // forward: mine_row_lse_workspace_bytes() (none for one split)
-  void* gu = nullptr;          // backward, zero-initialised [B, H]: sum_j p_ij act'(z_ijh)
-  void* gw_rows = nullptr;     // backward, zero-initialised [B, H]: sum_j p_ij act(z_ijh)
-  void* gv = nullptr;          // backward, zero-initialised [B, H]: sum_i p_ij act'(z_ijh)
+  const void* u = nullptr;       // [B, H]: U + b1
+  const void* v = nullptr;       // [B, H]
+  const void* w = nullptr;       // [H]: w2
+  const void* colsum = nullptr;  // ReLU: [B] = v @ w2 (the kernels' 2-instruction form needs it)
+  const void* grad = nullptr;    // [B]: upstream gradient of lse (backward)
+  const void* lse = nullptr;     // [B] (backward)
+  void* out = nullptr;           // forward: lse [B]
+  void* workspace = nullptr;     // forward: mine_row_lse_workspace_bytes() (none for one split)
+  void* gu = nullptr;            // backward, zero-initialised [B, H]: sum_j p_ij act'(z_ijh)
+  void* gw_rows = nullptr;       // backward, zero-initialised [B, H]: sum_j p_ij act(z_ijh)
+  void* gv = nullptr;            // backward, zero-initialised [B, H]: sum_i p_ij act'(z_ijh)
   int64_t batch = 0;
   int64_t hidden = 0;
   int activation = 0;  // 0 relu, 1 elu, 2 softplus

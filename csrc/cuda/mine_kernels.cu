@@ -65,12 +65,29 @@ __device__ __forceinline__ void load_slices(BlockedSmem<T>& s, const T* __restri
   if (threadIdx.x < kHc) s.w[threadIdx.x] = h0 + threadIdx.x < H ? w[h0 + threadIdx.x] : T(0);
 }
 
+template <typename T>
+__device__ __forceinline__ void lse_merge(T& m, T& s, T mo, T so) {
+  const T ninf = static_cast<T>(-INFINITY);
+  const T mn = fmax(m, mo);
+  const T ms = mn == ninf ? T(0) : mn;
+  s = s * std::exp(m - ms) + so * std::exp(mo - ms);
+  m = mn;
+}
+
+template <typename Act>
+constexpr bool is_relu = false;
+template <typename T>
+constexpr bool is_relu<Relu<T>> = true;
+
 // acc[a][b] = T[r0 + kReg ty + a, c0 + kReg tx + b] over every hidden unit (every thread of
-// the block takes part: it synchronises).
+// the block takes part: it synchronises). ReLU takes 2 instructions per pair-h instead of
+// 3: with a = |w_h| u_ih and b = |w_h| v_jh, w_h relu(u_ih + v_jh) = sign(w_h) (max(a, -b) +
+// b), and the sum over h of sign(w_h) b is colsum_j = sum_h w_h v_jh (computed by the glue):
+// the slices hold a and -b, scaled as they are loaded, and the loop does a max and a fma.
 template <typename Act, typename T>
 __device__ __forceinline__ void blocked_tile(BlockedSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
-                                             const T* __restrict__ w, int64_t r0, int64_t c0, int64_t B, int64_t H,
-                                             T (&acc)[kReg][kReg]) {
+                                             const T* __restrict__ w, const T* __restrict__ colsum, int64_t r0,
+                                             int64_t c0, int64_t B, int64_t H, T (&acc)[kReg][kReg]) {
   constexpr int kHc = BlockedSmem<T>::kHc;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
@@ -79,7 +96,19 @@ __device__ __forceinline__ void blocked_tile(BlockedSmem<T>& s, const T* __restr
     for (int b = 0; b < kReg; ++b) acc[a][b] = T(0);
   for (int64_t h0 = 0; h0 < H; h0 += kHc) {
     __syncthreads();
-    load_slices(s, u, v, w, r0, c0, B, H, h0);
+    if constexpr (is_relu<Act>) {
+      for (int e = threadIdx.x; e < kBlockTile * kHc; e += kBlockedThreads) {
+        const int r = e / kHc, k = e % kHc;
+        const int64_t h = h0 + k;
+        const T aw = h < H ? std::fabs(w[h]) : T(0);
+        s.u[k][r] = (r0 + r < B && h < H) ? aw * u[(r0 + r) * H + h] : T(0);
+        s.v[k][r] = (c0 + r < B && h < H) ? -(aw * v[(c0 + r) * H + h]) : T(0);
+      }
+      if (threadIdx.x < kHc)
+        s.w[threadIdx.x] = h0 + threadIdx.x < H ? (w[h0 + threadIdx.x] < T(0) ? T(-1) : T(1)) : T(0);
+    } else {
+      load_slices(s, u, v, w, r0, c0, B, H, h0);
+    }
     __syncthreads();
 #pragma unroll 4
     for (int k = 0; k < kHc; ++k) {
@@ -93,26 +122,32 @@ __device__ __forceinline__ void blocked_tile(BlockedSmem<T>& s, const T* __restr
 #pragma unroll
       for (int a = 0; a < kReg; ++a)
 #pragma unroll
-        for (int b = 0; b < kReg; ++b) acc[a][b] += wk * Act::f(av[a] + bv[b]);
+        for (int b = 0; b < kReg; ++b) {
+          if constexpr (is_relu<Act>) {
+            acc[a][b] += wk * fmax(av[a], bv[b]);
+          } else {
+            acc[a][b] += wk * Act::f(av[a] + bv[b]);
+          }
+        }
     }
   }
-}
-
-template <typename T>
-__device__ __forceinline__ void lse_merge(T& m, T& s, T mo, T so) {
-  const T ninf = static_cast<T>(-INFINITY);
-  const T mn = fmax(m, mo);
-  const T ms = mn == ninf ? T(0) : mn;
-  s = s * std::exp(m - ms) + so * std::exp(mo - ms);
-  m = mn;
+  if constexpr (is_relu<Act>) {
+#pragma unroll
+    for (int b = 0; b < kReg; ++b) {
+      const int64_t j = c0 + tx * kReg + b;
+      const T cs = j < B ? colsum[j] : T(0);
+#pragma unroll
+      for (int a = 0; a < kReg; ++a) acc[a][b] += cs;
+    }
+  }
 }
 
 // Float: 2 blocks per SM (at most 128 registers: 16 accumulators, 8 operands); double
 // needs more, 1 block.
 template <typename Act, typename T>
 __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
-    lse_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, T* __restrict__ lse,
-               T* __restrict__ part, int64_t B, int64_t H, bool exclude_diag) {
+    lse_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ colsum,
+               T* __restrict__ lse, T* __restrict__ part, int64_t B, int64_t H, bool exclude_diag) {
   __shared__ BlockedSmem<T> s;
   const T ninf = static_cast<T>(-INFINITY);
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -128,7 +163,7 @@ __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
   for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * kBlockTile; c0 < B;
        c0 += static_cast<int64_t>(splits) * kBlockTile) {
     T acc[kReg][kReg];
-    blocked_tile<Act>(s, u, v, w, r0, c0, B, H, acc);
+    blocked_tile<Act>(s, u, v, w, colsum, r0, c0, B, H, acc);
 #pragma unroll
     for (int a = 0; a < kReg; ++a) {  // fold this tile's columns into the rows' online lse
       const int64_t i = r0 + ty * kReg + a;
@@ -202,11 +237,11 @@ struct BackwardSmem {
 
 template <typename Act, typename T>
 __device__ __forceinline__ void tile_weights(BackwardSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
-                                             const T* __restrict__ w, const T* __restrict__ g,
-                                             const T* __restrict__ lse, int64_t r0, int64_t c0, int64_t B, int64_t H,
-                                             bool exclude_diag) {
+                                             const T* __restrict__ w, const T* __restrict__ colsum,
+                                             const T* __restrict__ g, const T* __restrict__ lse, int64_t r0, int64_t c0,
+                                             int64_t B, int64_t H, bool exclude_diag) {
   T acc[kReg][kReg];
-  blocked_tile<Act>(s.slices, u, v, w, r0, c0, B, H, acc);
+  blocked_tile<Act>(s.slices, u, v, w, colsum, r0, c0, B, H, acc);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int a = 0; a < kReg; ++a) {
@@ -227,9 +262,9 @@ __device__ __forceinline__ void tile_weights(BackwardSmem<T>& s, const T* __rest
 // element belongs to one thread of one block throughout: no atomics, no barriers for it.
 template <typename Act, typename T, bool SHARED_ACC>
 __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
-    grad_rows_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ g,
-                     const T* __restrict__ lse, T* __restrict__ gu, T* __restrict__ gw_rows, int64_t B, int64_t H,
-                     bool exclude_diag) {
+    grad_rows_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w,
+                     const T* __restrict__ colsum, const T* __restrict__ g, const T* __restrict__ lse,
+                     T* __restrict__ gu, T* __restrict__ gw_rows, int64_t B, int64_t H, bool exclude_diag) {
   __shared__ BackwardSmem<T> s;
   MIGA_FAST_DYNAMIC_SHARED(acc_raw);
   T* acc_u = reinterpret_cast<T*>(acc_raw);  // SHARED_ACC: [64][H], then acc_w [64][H]
@@ -243,7 +278,7 @@ __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the E
       for (int q = 0; q < kPer; ++q)
         if (h + q < H) acc_u[rr * H + h + q] = acc_w[rr * H + h + q] = T(0);
   for (int64_t c0 = 0; c0 < B; c0 += kBlockTile) {
-    tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
+    tile_weights<Act>(s, u, v, w, colsum, g, lse, r0, c0, B, H, exclude_diag);
     for (int64_t h0 = 0; h0 < H; h0 += kHc) {
       __syncthreads();  // p is written; the slices are free
       load_slices(s.slices, u, v, w, r0, c0, B, H, h0);
@@ -288,8 +323,9 @@ __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the E
 
 template <typename Act, typename T, bool SHARED_ACC>
 __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
-    grad_cols_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ g,
-                     const T* __restrict__ lse, T* __restrict__ gv, int64_t B, int64_t H, bool exclude_diag) {
+    grad_cols_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w,
+                     const T* __restrict__ colsum, const T* __restrict__ g, const T* __restrict__ lse,
+                     T* __restrict__ gv, int64_t B, int64_t H, bool exclude_diag) {
   __shared__ BackwardSmem<T> s;
   MIGA_FAST_DYNAMIC_SHARED(acc_raw);
   T* acc_v = reinterpret_cast<T*>(acc_raw);  // SHARED_ACC: [64][H]
@@ -302,7 +338,7 @@ __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the E
       for (int q = 0; q < kPer; ++q)
         if (h + q < H) acc_v[cc * H + h + q] = T(0);
   for (int64_t r0 = 0; r0 < B; r0 += kBlockTile) {
-    tile_weights<Act>(s, u, v, w, g, lse, r0, c0, B, H, exclude_diag);
+    tile_weights<Act>(s, u, v, w, colsum, g, lse, r0, c0, B, H, exclude_diag);
     for (int64_t h0 = 0; h0 < H; h0 += kHc) {
       __syncthreads();
       load_slices(s.slices, u, v, w, r0, c0, B, H, h0);
@@ -355,8 +391,8 @@ cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
     MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, lse_kernel<Act, T>)(
-        static_cast<const T*>(a.u), static_cast<const T*>(a.v), static_cast<const T*>(a.w), static_cast<T*>(a.out),
-        part, a.batch, a.hidden, a.exclude_diag);
+        static_cast<const T*>(a.u), static_cast<const T*>(a.v), static_cast<const T*>(a.w),
+        static_cast<const T*>(a.colsum), static_cast<T*>(a.out), part, a.batch, a.hidden, a.exclude_diag);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || splits == 1) return err;
     const unsigned blocks =
@@ -392,13 +428,15 @@ cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
     using Act = decltype(act);
     const T *u = static_cast<const T*>(a.u), *v = static_cast<const T*>(a.v), *w = static_cast<const T*>(a.w);
     const T *g = static_cast<const T*>(a.grad), *lse = static_cast<const T*>(a.lse);
-    cudaError_t err = launch_accumulating(
-        &grad_rows_kernel<Act, T, true>, &grad_rows_kernel<Act, T, false>, sizeof(BackwardSmem<T>), 2 * row_bytes, grid,
-        stream, u, v, w, g, lse, static_cast<T*>(a.gu), static_cast<T*>(a.gw_rows), a.batch, a.hidden, a.exclude_diag);
+    const T* colsum = static_cast<const T*>(a.colsum);
+    cudaError_t err =
+        launch_accumulating(&grad_rows_kernel<Act, T, true>, &grad_rows_kernel<Act, T, false>, sizeof(BackwardSmem<T>),
+                            2 * row_bytes, grid, stream, u, v, w, colsum, g, lse, static_cast<T*>(a.gu),
+                            static_cast<T*>(a.gw_rows), a.batch, a.hidden, a.exclude_diag);
     if (err != cudaSuccess) return err;
     return launch_accumulating(&grad_cols_kernel<Act, T, true>, &grad_cols_kernel<Act, T, false>,
-                               sizeof(BackwardSmem<T>), row_bytes, grid, stream, u, v, w, g, lse, static_cast<T*>(a.gv),
-                               a.batch, a.hidden, a.exclude_diag);
+                               sizeof(BackwardSmem<T>), row_bytes, grid, stream, u, v, w, colsum, g, lse,
+                               static_cast<T*>(a.gv), a.batch, a.hidden, a.exclude_diag);
   });
 }
 
