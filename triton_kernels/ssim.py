@@ -162,6 +162,28 @@ def _ssim_kernel(
 
 
 @triton.jit
+def _transposed_taps(src_ptr, win_ptr, base, pos, LIM, STEP, mask, stride, PAD, K: tl.constexpr, BLOCK: tl.constexpr):
+    """One axis of the gradient's transposed gather, for the four maps q of src: sum over t
+    of w_t src[q * stride + base + (pos + PAD - t) * STEP], zero where pos + PAD - t falls
+    outside [0, LIM)."""
+    dt = win_ptr.dtype.element_ty
+    a0 = tl.zeros((BLOCK,), dtype=dt)
+    a1 = tl.zeros((BLOCK,), dtype=dt)
+    a2 = tl.zeros((BLOCK,), dtype=dt)
+    a3 = tl.zeros((BLOCK,), dtype=dt)
+    for t in tl.static_range(K):
+        wt = tl.load(win_ptr + t)
+        q = pos + PAD - t
+        inb = mask & (q >= 0) & (q < LIM)
+        o = base + q * STEP
+        a0 += wt * tl.load(src_ptr + o, mask=inb, other=0.0)
+        a1 += wt * tl.load(src_ptr + stride + o, mask=inb, other=0.0)
+        a2 += wt * tl.load(src_ptr + 2 * stride + o, mask=inb, other=0.0)
+        a3 += wt * tl.load(src_ptr + 3 * stride + o, mask=inb, other=0.0)
+    return a0, a1, a2, a3
+
+
+@triton.jit
 def _hgrad_kernel(
     pm_ptr,
     win_ptr,
@@ -184,22 +206,8 @@ def _hgrad_kernel(
     mask = offs < HO * W
     oi = offs // W
     pj = offs % W
-    dt = win_ptr.dtype.element_ty
-    a0 = tl.zeros((BLOCK,), dtype=dt)
-    a1 = tl.zeros((BLOCK,), dtype=dt)
-    a2 = tl.zeros((BLOCK,), dtype=dt)
-    a3 = tl.zeros((BLOCK,), dtype=dt)
     n = HO * WO
-    stride = NPLANES * n
-    for t in tl.static_range(K):
-        wt = tl.load(win_ptr + t)
-        oj = pj + PAD - t
-        inb = mask & (oj >= 0) & (oj < WO)
-        o = plane * n + oi * WO + oj
-        a0 += wt * tl.load(pm_ptr + o, mask=inb, other=0.0)
-        a1 += wt * tl.load(pm_ptr + stride + o, mask=inb, other=0.0)
-        a2 += wt * tl.load(pm_ptr + 2 * stride + o, mask=inb, other=0.0)
-        a3 += wt * tl.load(pm_ptr + 3 * stride + o, mask=inb, other=0.0)
+    a0, a1, a2, a3 = _transposed_taps(pm_ptr, win_ptr, plane * n + oi * WO, pj, WO, 1, mask, NPLANES * n, PAD, K, BLOCK)
     m = HO * W
     out = plane * m + offs
     hstride = NPLANES * m
@@ -235,21 +243,8 @@ def _ssim_grad_kernel(
     pi = offs // W
     pj = offs % W
     dt = win_ptr.dtype.element_ty
-    bmx = tl.zeros((BLOCK,), dtype=dt)
-    bmy = tl.zeros((BLOCK,), dtype=dt)
-    bsq = tl.zeros((BLOCK,), dtype=dt)
-    bxy = tl.zeros((BLOCK,), dtype=dt)
     m = HO * W
-    stride = NPLANES * m
-    for t in tl.static_range(K):
-        wt = tl.load(win_ptr + t)
-        oi = pi + PAD - t
-        inb = mask & (oi >= 0) & (oi < HO)
-        o = plane * m + oi * W + pj
-        bmx += wt * tl.load(hor_ptr + o, mask=inb, other=0.0)
-        bmy += wt * tl.load(hor_ptr + stride + o, mask=inb, other=0.0)
-        bsq += wt * tl.load(hor_ptr + 2 * stride + o, mask=inb, other=0.0)
-        bxy += wt * tl.load(hor_ptr + 3 * stride + o, mask=inb, other=0.0)
+    bmx, bmy, bsq, bxy = _transposed_taps(hor_ptr, win_ptr, plane * m + pj, pi, HO, W, mask, NPLANES * m, PAD, K, BLOCK)
     p = plane * H * W + offs
     xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(dt)
     yv = tl.load(y_ptr + p, mask=mask, other=0.0).to(dt)
