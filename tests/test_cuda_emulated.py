@@ -73,6 +73,31 @@ def test_emulator_honours_the_shared_memory_opt_in(emu):
     assert torch.equal(out, (torch.arange(64) + 1).remainder(64).float())
 
 
+def test_emulator_lands_asynchronous_copies_when_waited_for(emu):
+    out = torch.ops.miga_fast_emu_selftest.run(9)
+    assert torch.equal(out, (torch.arange(64) + 1).remainder(64).float())
+
+
+def test_emulator_exposes_a_read_before_the_copy_lands(emu):
+    """cp.async without __pipeline_wait_prior before the barrier: the destination still
+    holds the poison written when the copy was issued (all but the last thread, which reads
+    thread 0's copy after thread 0 has waited for it)."""
+    out = torch.ops.miga_fast_emu_selftest.run(10)
+    assert torch.isnan(out[:-1]).all()
+
+
+@pytest.mark.parametrize(
+    "kind,match",
+    [
+        (11, "1 asynchronous copies never waited for"),
+        (12, "not aligned to its size"),
+    ],
+)
+def test_emulator_reports_bad_asynchronous_copies(emu, kind, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.miga_fast_emu_selftest.run(kind)
+
+
 # ------------------------------------------------------------------------ projection
 
 ACC = {
@@ -213,7 +238,8 @@ def _pair(rng, shape, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("padding", ["valid", "same"])
-@pytest.mark.parametrize("win_size,win_sigma", [(11, 1.5), (7, 1.0)])
+# 11 and 7 taps: the kernels compiled for them; 9: the run-time window length
+@pytest.mark.parametrize("win_size,win_sigma", [(11, 1.5), (7, 1.0), (9, 1.2)])
 def test_ssim_kernels_match_reference(emu, rng, dtype, padding, win_size, win_sigma):
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     for shape in SSIM_SHAPES:

@@ -3,6 +3,8 @@
 // build, and cached device attributes (sm_count(), device_attribute<...>()).
 //   MIGA_FAST_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...)
 //   MIGA_FAST_DYNAMIC_SHARED(name);   // unsigned char* name: the dynamic shared memory
+//   MIGA_FAST_SHARED(name, type);     // a static shared variable (never __shared__ directly:
+//                                     // the emulator must see it to poison it)
 // The macros are defined here unless the <cuda_runtime.h> found first on the include path
 // defines them (the test build's emulator does: csrc/emulation/shim/). This header knows
 // nothing of that build.
@@ -18,6 +20,11 @@
 #endif
 #ifndef MIGA_FAST_DYNAMIC_SHARED
 #define MIGA_FAST_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+#ifndef MIGA_FAST_SHARED
+#define MIGA_FAST_SHARED(name, ...) \
+  using name##_type = __VA_ARGS__;  \
+  __shared__ name##_type name
 #endif
 
 namespace miga_fast {
@@ -45,11 +52,12 @@ inline size_t shared_optin_limit() {
   return static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024));
 }
 
-// Opts `kernel` into `bytes` of dynamic shared memory above the default 48 KiB, once per
-// kernel, device and size (the largest asked for so far): no runtime call on later launches.
+// Opts `kernel` into `bytes` of dynamic shared memory when they and its `static_bytes` of
+// static shared memory exceed the default 48 KiB a block may have in all; once per kernel,
+// device and size (the largest asked for so far): no runtime call on later launches.
 template <typename K>
-cudaError_t allow_shared(K* kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
+cudaError_t allow_shared(K* kernel, size_t bytes, size_t static_bytes = 0) {
+  if (bytes + static_bytes <= 48 * 1024) return cudaSuccess;
   struct Entry {
     const void* kernel;
     int device;

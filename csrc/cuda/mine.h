@@ -9,10 +9,20 @@
 namespace miga_fast {
 namespace cuda {
 
+// The kernels' tiles: the glue pads the batch to a multiple of kMineTile and the hidden
+// units to a multiple of kMineSliceUnits.
+constexpr int kMineTile = 64, kMineSliceUnits = 16;
+
+// What the glue hands the kernels. The [Hp][ld] operands are transposed (hidden unit
+// major) and zero-padded: Hp = hidden rounded up to kMineSliceUnits, ld = batch rounded up
+// to kMineTile; zero weights make the padded hidden units contribute nothing, and padded
+// rows and columns are masked.
 struct MineArgs {
-  const void* u = nullptr;       // [B, H]: U + b1
-  const void* v = nullptr;       // [B, H]
-  const void* w = nullptr;       // [H]: w2
+  const void* a = nullptr;       // [Hp][ld]: the pair scores' row operand: u (ReLU: |w2| u)
+  const void* b = nullptr;       // [Hp][ld]: their column operand: v (ReLU: -|w2| v)
+  const void* w = nullptr;       // [Hp]: w2 (ReLU: sign w2)
+  const void* u = nullptr;       // [Hp][ld]: u = U + b1 itself (backward; = a unless ReLU)
+  const void* v = nullptr;       // [Hp][ld]: v itself (backward; = b unless ReLU)
   const void* colsum = nullptr;  // ReLU: [B] = v @ w2 (the kernels' 2-instruction form needs it)
   const void* grad = nullptr;    // [B]: upstream gradient of lse (backward)
   const void* lse = nullptr;     // [B] (backward)
@@ -23,9 +33,23 @@ struct MineArgs {
   void* gv = nullptr;            // backward, zero-initialised [B, H]: sum_i p_ij act'(z_ijh)
   int64_t batch = 0;
   int64_t hidden = 0;
-  int activation = 0;  // 0 relu, 1 elu, 2 softplus
+  int64_t hidden_padded = 0;  // Hp
+  int64_t ld = 0;             // the operands' row stride
+  int activation = 0;         // 0 relu, 1 elu, 2 softplus
   bool exclude_diag = false;
   bool is_double = false;
+};
+
+// The same, typed, as the kernels take it.
+template <typename T>
+struct MineOperands {
+  const T* a;
+  const T* b;
+  const T* w;
+  const T* u;
+  const T* v;
+  const T* colsum;
+  int64_t batch, hidden, hidden_padded, ld;
 };
 
 // The forward's workspace: the (max, sum) pairs of its column splits (0 bytes for one).

@@ -3,14 +3,16 @@
 //
 // Forward (lse_kernel): register-blocked, 64 x 64 tiles of T per block of 256 threads, 4 x 4
 // pairs per thread, an online log-sum-exp per row; nothing B x B is written.
+// Backward (grad_rows_kernel, grad_cols_kernel): the same tiles rebuilt, p_ij = g_i
+// exp(T_ij - lse_i) in shared memory, then each output (row or column, hidden unit) summed
+// over the tile's 64 partners by one thread; no atomics, deterministic.
 //
-// Backward: a block of 16 x 16 threads owns a 16-row (or 16-column) strip of T and walks
-// the other axis in 16-wide tiles; the u and v slices of a tile sit in shared memory kChunk
-// hidden units at a time and thread (ty, tx) scores pair (ty, tx). It puts p_ij = g_i
-// exp(T_ij - lse_i) in shared memory, and thread (ty, tx) then adds the tile's
-// contribution for hidden units tx, tx + 16, ... of its row (or column) to the output,
-// which only this block writes: no atomics, deterministic. (docs/kernels.md: the
-// flash-style backward that replaces it.)
+// Operands (mine.h, built by the glue): u and v transposed to [Hp][ld], zero-padded to
+// whole tiles (ld a multiple of 64 columns, Hp of 16 hidden units), so a slice of kHc hidden
+// units of 64 rows is kHc runs of 64 contiguous, 16-byte aligned values, loaded by cp.async
+// into a ring of kStages shared buffers kStages - 1 slices ahead of the arithmetic, and no
+// load needs a bounds check.
+#include <cuda_pipeline_primitives.h>
 
 #include <algorithm>
 #include <cmath>
@@ -24,45 +26,80 @@ namespace miga_fast {
 namespace cuda {
 namespace {
 
-// The forward, register-blocked: a block of 256 threads owns a kBlockTile-row strip of T
-// and walks it in kBlockTile-column tiles; thread (ty, tx) = (tid / 16, tid % 16)
-// accumulates the kReg x kReg pairs (r0 + kReg ty + a, c0 + kReg tx + b). Slices of kHc
-// hidden units of u and v sit in shared memory transposed ([h][row], padded against bank
-// conflicts), so per hidden unit a thread reads kReg + kReg values for kReg^2 pair terms
-// (0.5 shared loads per pair-h; 3 in the one-pair-per-thread kernel it replaces). Each
-// thread keeps an online log-sum-exp of its rows over its columns; the 16 threads of a row
-// group merge theirs by shuffles in a fixed order (deterministic).
-constexpr int kBlockTile = 64, kReg = 4, kBlockedThreads = 256;
+constexpr int kBlockTile = kMineTile, kReg = 4, kBlockedThreads = 256, kStages = 3;
+static_assert(kBlockTile == 64, "the thread layout assumes 64 x 64 tiles of 16 x 16 threads");
 
-// Hidden units per shared slice: 16 (8 for double, so the backward's p tile fits beside
-// the slices in 48 KiB of static shared memory).
+// Hidden units per shared slice: 16 floats or 8 doubles (4 KiB of u or v per slice).
 template <typename T>
 constexpr int slice_units() {
   return sizeof(T) == 4 ? 16 : 8;
 }
+static_assert(kMineSliceUnits % slice_units<float>() == 0 && kMineSliceUnits % slice_units<double>() == 0,
+              "the glue pads the hidden units to whole slices");
 
+// One stage of the ring: hidden units [h0, h0 + kHc) of the block's 64 rows (u) and 64
+// columns (v), [h][row], and their weights. Rows are padded by 16 bytes: they stay 16-byte
+// aligned for cp.async and vector reads, and consecutive rows start 4 banks apart (the
+// backward reads 4 rows at one column at once).
 template <typename T>
-struct BlockedSmem {
-  static constexpr int kHc = slice_units<T>();
-  T u[kHc][kBlockTile + 1];
-  T v[kHc][kBlockTile + 1];
-  T w[kHc];
+struct Slice {
+  static constexpr int kHc = slice_units<T>(), kLd = kBlockTile + 16 / static_cast<int>(sizeof(T));
+  alignas(16) T u[kHc][kLd];
+  alignas(16) T v[kHc][kLd];
+  alignas(16) T w[kHc];
 };
 
-// Loads hidden units [h0, h0 + kHc) of rows r0.. and columns c0.. into the slices,
-// transposed (zeros past the ends). Consecutive threads load consecutive h (coalesced).
+// Issues the asynchronous copies of one slice (16 bytes each, consecutive threads on
+// consecutive chunks of a row: coalesced); the caller commits them.
 template <typename T>
-__device__ __forceinline__ void load_slices(BlockedSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
-                                            const T* __restrict__ w, int64_t r0, int64_t c0, int64_t B, int64_t H,
-                                            int64_t h0) {
-  constexpr int kHc = BlockedSmem<T>::kHc;
-  for (int e = threadIdx.x; e < kBlockTile * kHc; e += kBlockedThreads) {
-    const int r = e / kHc, k = e % kHc;
-    const int64_t h = h0 + k;
-    s.u[k][r] = (r0 + r < B && h < H) ? u[(r0 + r) * H + h] : T(0);
-    s.v[k][r] = (c0 + r < B && h < H) ? v[(c0 + r) * H + h] : T(0);
+__device__ __forceinline__ void issue_slice(Slice<T>& s, const T* __restrict__ a, const T* __restrict__ b,
+                                            const T* __restrict__ w, int64_t ld, int64_t r0, int64_t c0, int64_t h0) {
+  constexpr int kHc = Slice<T>::kHc, kVec = 16 / static_cast<int>(sizeof(T)), kPerRow = kBlockTile / kVec;
+  for (int e = threadIdx.x; e < kHc * kPerRow; e += kBlockedThreads) {
+    const int k = e / kPerRow, c = (e % kPerRow) * kVec;
+    __pipeline_memcpy_async(&s.u[k][c], a + (h0 + k) * ld + r0 + c, 16);
+    __pipeline_memcpy_async(&s.v[k][c], b + (h0 + k) * ld + c0 + c, 16);
   }
-  if (threadIdx.x < kHc) s.w[threadIdx.x] = h0 + threadIdx.x < H ? w[h0 + threadIdx.x] : T(0);
+  if (threadIdx.x < kHc / kVec) __pipeline_memcpy_async(&s.w[threadIdx.x * kVec], w + h0 + threadIdx.x * kVec, 16);
+}
+
+// Runs body(slice, h0) over the slices h0 = 0, kHc, ... < Hp of rows r0.. (from a) and columns
+// c0.. (from b), each loaded kStages - 1 slices ahead: while the block computes on slice q,
+// slices q + 1 and q + 2 are in flight. One barrier per slice: it publishes slice q to every
+// thread and tells them all that slice q - 1's buffer, the one refilled next, has been read.
+// Every thread of the block calls it (it synchronises).
+template <typename T, typename Body>
+__device__ __forceinline__ void over_slices(Slice<T>* ring, const T* __restrict__ a, const T* __restrict__ b,
+                                            const T* __restrict__ w, int64_t ld, int64_t Hp, int64_t r0, int64_t c0,
+                                            Body&& body) {
+  constexpr int kHc = Slice<T>::kHc;
+  const int64_t n = Hp / kHc;
+  __syncthreads();  // the ring's previous readers are done with it
+#pragma unroll
+  for (int q = 0; q < kStages - 1; ++q) {
+    if (q < n) issue_slice(ring[q], a, b, w, ld, r0, c0, q * kHc);
+    __pipeline_commit();
+  }
+  for (int64_t q = 0; q < n; ++q) {
+    __pipeline_wait_prior(kStages - 2);  // this thread's copies of slice q have landed
+    __syncthreads();                     // ... and every thread's
+    const int64_t next = q + kStages - 1;
+    if (next < n) issue_slice(ring[next % kStages], a, b, w, ld, r0, c0, next * kHc);
+    __pipeline_commit();  // an empty group past the end keeps the count uniform
+    body(ring[q % kStages], q * kHc);
+  }
+  __pipeline_wait_prior(0);  // only empty groups are left
+}
+
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, T (&o)[4]) {
+  if constexpr (sizeof(T) == 4) {
+    const float4 x = *reinterpret_cast<const float4*>(p);
+    o[0] = x.x, o[1] = x.y, o[2] = x.z, o[3] = x.w;
+  } else {
+    const double2 x = *reinterpret_cast<const double2*>(p), y = *reinterpret_cast<const double2*>(p + 2);
+    o[0] = x.x, o[1] = x.y, o[2] = y.x, o[3] = y.y;
+  }
 }
 
 template <typename T>
@@ -79,45 +116,25 @@ constexpr bool is_relu = false;
 template <typename T>
 constexpr bool is_relu<Relu<T>> = true;
 
-// acc[a][b] = T[r0 + kReg ty + a, c0 + kReg tx + b] over every hidden unit (every thread of
-// the block takes part: it synchronises). ReLU takes 2 instructions per pair-h instead of
-// 3: with a = |w_h| u_ih and b = |w_h| v_jh, w_h relu(u_ih + v_jh) = sign(w_h) (max(a, -b) +
-// b), and the sum over h of sign(w_h) b is colsum_j = sum_h w_h v_jh (computed by the glue):
-// the slices hold a and -b, scaled as they are loaded, and the loop does a max and a fma.
+// acc[a][b] = T[r0 + kReg ty + a, c0 + kReg tx + b], thread (ty, tx) = (tid / 16, tid % 16):
+// per hidden unit a thread reads kReg + kReg values (two 16-byte reads) for kReg^2 pair
+// terms. ReLU takes 2 instructions per pair-h instead of 3: the glue hands a = |w_h| u_ih,
+// b = -|w_h| v_jh and sign(w_h), so w_h relu(u_ih + v_jh) = sign(w_h) max(a, b) - sign(w_h) b
+// and the sum over h of the last term is colsum_j = sum_h w_h v_jh (the glue's v @ w2).
 template <typename Act, typename T>
-__device__ __forceinline__ void blocked_tile(BlockedSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
-                                             const T* __restrict__ w, const T* __restrict__ colsum, int64_t r0,
-                                             int64_t c0, int64_t B, int64_t H, T (&acc)[kReg][kReg]) {
-  constexpr int kHc = BlockedSmem<T>::kHc;
+__device__ __forceinline__ void blocked_tile(Slice<T>* ring, const MineOperands<T>& op, int64_t r0, int64_t c0,
+                                             T (&acc)[kReg][kReg]) {
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int a = 0; a < kReg; ++a)
 #pragma unroll
     for (int b = 0; b < kReg; ++b) acc[a][b] = T(0);
-  for (int64_t h0 = 0; h0 < H; h0 += kHc) {
-    __syncthreads();
-    if constexpr (is_relu<Act>) {
-      for (int e = threadIdx.x; e < kBlockTile * kHc; e += kBlockedThreads) {
-        const int r = e / kHc, k = e % kHc;
-        const int64_t h = h0 + k;
-        const T aw = h < H ? std::fabs(w[h]) : T(0);
-        s.u[k][r] = (r0 + r < B && h < H) ? aw * u[(r0 + r) * H + h] : T(0);
-        s.v[k][r] = (c0 + r < B && h < H) ? -(aw * v[(c0 + r) * H + h]) : T(0);
-      }
-      if (threadIdx.x < kHc)
-        s.w[threadIdx.x] = h0 + threadIdx.x < H ? (w[h0 + threadIdx.x] < T(0) ? T(-1) : T(1)) : T(0);
-    } else {
-      load_slices(s, u, v, w, r0, c0, B, H, h0);
-    }
-    __syncthreads();
+  over_slices(ring, op.a, op.b, op.w, op.ld, op.hidden_padded, r0, c0, [&](const Slice<T>& s, int64_t) {
 #pragma unroll 4
-    for (int k = 0; k < kHc; ++k) {
+    for (int k = 0; k < Slice<T>::kHc; ++k) {
       T av[kReg], bv[kReg];
-#pragma unroll
-      for (int a = 0; a < kReg; ++a) {
-        av[a] = s.u[k][ty * kReg + a];
-        bv[a] = s.v[k][tx * kReg + a];
-      }
+      load4(&s.u[k][ty * kReg], av);
+      load4(&s.v[k][tx * kReg], bv);
       const T wk = s.w[k];
 #pragma unroll
       for (int a = 0; a < kReg; ++a)
@@ -130,12 +147,12 @@ __device__ __forceinline__ void blocked_tile(BlockedSmem<T>& s, const T* __restr
           }
         }
     }
-  }
+  });
   if constexpr (is_relu<Act>) {
 #pragma unroll
     for (int b = 0; b < kReg; ++b) {
       const int64_t j = c0 + tx * kReg + b;
-      const T cs = j < B ? colsum[j] : T(0);
+      const T cs = j < op.batch ? op.colsum[j] : T(0);
 #pragma unroll
       for (int a = 0; a < kReg; ++a) acc[a][b] += cs;
     }
@@ -143,13 +160,13 @@ __device__ __forceinline__ void blocked_tile(BlockedSmem<T>& s, const T* __restr
 }
 
 // Float: 2 blocks per SM (at most 128 registers: 16 accumulators, 8 operands); double
-// needs more, 1 block.
+// needs more, 1 block. The ring (3 stages, ~26 KiB) is static shared memory.
 template <typename Act, typename T>
 __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
-    lse_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w, const T* __restrict__ colsum,
-               T* __restrict__ lse, T* __restrict__ part, int64_t B, int64_t H, bool exclude_diag) {
-  __shared__ BlockedSmem<T> s;
+    lse_kernel(const MineOperands<T> op, T* __restrict__ lse, T* __restrict__ part, bool exclude_diag) {
+  MIGA_FAST_SHARED(ring, Slice<T>[kStages]);
   const T ninf = static_cast<T>(-INFINITY);
+  const int64_t B = op.batch;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
   T m[kReg], sum[kReg];
@@ -163,7 +180,7 @@ __global__ void __launch_bounds__(kBlockedThreads, sizeof(T) == 4 ? 2 : 1)
   for (int64_t c0 = static_cast<int64_t>(blockIdx.y) * kBlockTile; c0 < B;
        c0 += static_cast<int64_t>(splits) * kBlockTile) {
     T acc[kReg][kReg];
-    blocked_tile<Act>(s, u, v, w, colsum, r0, c0, B, H, acc);
+    blocked_tile<Act>(ring, op, r0, c0, acc);
 #pragma unroll
     for (int a = 0; a < kReg; ++a) {  // fold this tile's columns into the rows' online lse
       const int64_t i = r0 + ty * kReg + a;
@@ -222,26 +239,25 @@ int64_t lse_splits(int64_t B) {
   return std::max<int64_t>(1, std::min<int64_t>({wanted, row_blocks, 65535}));
 }
 
-// The backward, register-blocked like the forward. A block owns a 64-row strip (rows
-// kernel) or a 64-column strip (columns kernel) and walks the other axis in 64-wide tiles:
-// it rebuilds the tile of T (blocked_tile), puts p_ij = g_i exp(T_ij - lse_i) in shared
-// memory, then, a slice of hidden units at a time, gives each thread kReg (row or column,
-// h) outputs to sum over the tile's 64 partners, and adds them to the output, which only
-// this block writes (no atomics, deterministic). The outputs are read and written once per
-// 64-wide tile (once per 16-wide tile before: a quarter of the traffic).
+// The backward's dynamic shared memory: the ring, the tile of p, then (SHARED_ACC) the
+// block's output accumulators, [64][H + 1] each (the odd row stride spreads the 8 rows a
+// warp updates at once over the banks).
 template <typename T>
-struct BackwardSmem {
-  BlockedSmem<T> slices;
-  T p[kBlockTile][kBlockTile + 1];
+struct BackwardLayout {
+  static constexpr size_t kRing = sizeof(Slice<T>) * kStages;
+  static constexpr size_t kP = sizeof(T) * kBlockTile * (kBlockTile + 1);
+  static constexpr size_t kStatic = kRing + kP;  // what every launch needs
+  static size_t accumulators(int64_t H, int n) { return sizeof(T) * n * kBlockTile * (H + 1); }
 };
 
+// Rebuilds the tile (r0, c0) of T and puts p_ij = g_i exp(T_ij - lse_i) in shared memory.
 template <typename Act, typename T>
-__device__ __forceinline__ void tile_weights(BackwardSmem<T>& s, const T* __restrict__ u, const T* __restrict__ v,
-                                             const T* __restrict__ w, const T* __restrict__ colsum,
+__device__ __forceinline__ void tile_weights(Slice<T>* ring, T (*p)[kBlockTile + 1], const MineOperands<T>& op,
                                              const T* __restrict__ g, const T* __restrict__ lse, int64_t r0, int64_t c0,
-                                             int64_t B, int64_t H, bool exclude_diag) {
+                                             bool exclude_diag) {
   T acc[kReg][kReg];
-  blocked_tile<Act>(s.slices, u, v, w, colsum, r0, c0, B, H, acc);
+  blocked_tile<Act>(ring, op, r0, c0, acc);
+  const int64_t B = op.batch;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int a = 0; a < kReg; ++a) {
@@ -251,124 +267,124 @@ __device__ __forceinline__ void tile_weights(BackwardSmem<T>& s, const T* __rest
     for (int b = 0; b < kReg; ++b) {
       const int64_t j = c0 + tx * kReg + b;
       const bool valid = i < B && j < B && !(exclude_diag && i == j);
-      s.p[ty * kReg + a][tx * kReg + b] = valid ? gi * std::exp(acc[a][b] - li) : T(0);
+      p[ty * kReg + a][tx * kReg + b] = valid ? gi * std::exp(acc[a][b] - li) : T(0);
     }
   }
 }
 
-// SHARED_ACC: the block's outputs (64 x H for each of gu and gw) accumulate in dynamic
-// shared memory across the column tiles and are written once at the end; otherwise (H
-// too large for shared memory) they are added to global memory once per tile. Each output
-// element belongs to one thread of one block throughout: no atomics, no barriers for it.
+// In the backward's second pass thread tid owns row (or column) tid / 4 of the strip and
+// hidden units t, t + 4, ... (t = tid % 4) of each slice: kPer of them.
+template <typename T>
+constexpr int outputs_per_thread() {
+  return Slice<T>::kHc * kBlockTile / kBlockedThreads;
+}
+
+// The rows kernel: a block owns a 64-row strip and walks the columns in 64-wide tiles; per
+// tile it rebuilds p, then streams the unscaled u and v slices through the ring again and
+// sums du_ih = sum_j p_ij act'(z_ijh) and dw_ih = sum_j p_ij act(z_ijh) over the tile.
+// SHARED_ACC: the outputs accumulate in shared memory across the tiles and are written
+// once; otherwise they are added to global memory once per tile. Each output element
+// belongs to one thread of one block throughout: no atomics, no barriers for it.
 template <typename Act, typename T, bool SHARED_ACC>
 __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
-    grad_rows_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w,
-                     const T* __restrict__ colsum, const T* __restrict__ g, const T* __restrict__ lse,
-                     T* __restrict__ gu, T* __restrict__ gw_rows, int64_t B, int64_t H, bool exclude_diag) {
-  __shared__ BackwardSmem<T> s;
-  MIGA_FAST_DYNAMIC_SHARED(acc_raw);
-  T* acc_u = reinterpret_cast<T*>(acc_raw);  // SHARED_ACC: [64][H], then acc_w [64][H]
-  T* acc_w = acc_u + kBlockTile * H;
-  constexpr int kHc = BlockedSmem<T>::kHc, kPer = kHc * kBlockTile / kBlockedThreads;  // outputs per thread
+    grad_rows_kernel(const MineOperands<T> op, const T* __restrict__ g, const T* __restrict__ lse, T* __restrict__ gu,
+                     T* __restrict__ gw_rows, bool exclude_diag) {
+  MIGA_FAST_DYNAMIC_SHARED(smem);
+  using L = BackwardLayout<T>;
+  Slice<T>* ring = reinterpret_cast<Slice<T>*>(smem);
+  auto p = reinterpret_cast<T(*)[kBlockTile + 1]>(smem + L::kRing);
+  const int64_t B = op.batch, H = op.hidden, acc_ld = H + 1;
+  T* acc_u = reinterpret_cast<T*>(smem + L::kStatic);  // SHARED_ACC: [64][H + 1], then acc_w
+  T* acc_w = acc_u + kBlockTile * acc_ld;
+  constexpr int kPer = outputs_per_thread<T>();
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
-  const int rr = threadIdx.x / (kHc / kPer), k0 = (threadIdx.x % (kHc / kPer)) * kPer;  // row, first h
+  const int rr = threadIdx.x / 4, t = threadIdx.x % 4;
+  const int64_t i = r0 + rr;
   if (SHARED_ACC)
-    for (int64_t h = k0; h < H; h += kHc)
-#pragma unroll
-      for (int q = 0; q < kPer; ++q)
-        if (h + q < H) acc_u[rr * H + h + q] = acc_w[rr * H + h + q] = T(0);
+    for (int64_t h = t; h < H; h += 4) acc_u[rr * acc_ld + h] = acc_w[rr * acc_ld + h] = T(0);
   for (int64_t c0 = 0; c0 < B; c0 += kBlockTile) {
-    tile_weights<Act>(s, u, v, w, colsum, g, lse, r0, c0, B, H, exclude_diag);
-    for (int64_t h0 = 0; h0 < H; h0 += kHc) {
-      __syncthreads();  // p is written; the slices are free
-      load_slices(s.slices, u, v, w, r0, c0, B, H, h0);
-      __syncthreads();
-      T du[kPer], dw[kPer];
+    tile_weights<Act>(ring, p, op, g, lse, r0, c0, exclude_diag);
+    over_slices(ring, op.u, op.v, op.w, op.ld, op.hidden_padded, r0, c0, [&](const Slice<T>& s, int64_t h0) {
+      T du[kPer], dw[kPer], ui[kPer];
 #pragma unroll
-      for (int q = 0; q < kPer; ++q) du[q] = dw[q] = T(0);
+      for (int q = 0; q < kPer; ++q) {
+        du[q] = dw[q] = T(0);
+        ui[q] = s.u[t + 4 * q][rr];
+      }
       for (int j = 0; j < kBlockTile; ++j) {
-        const T pj = s.p[rr][j];
+        const T pj = p[rr][j];
 #pragma unroll
         for (int q = 0; q < kPer; ++q) {
-          const T z = s.slices.u[k0 + q][rr] + s.slices.v[k0 + q][j];
+          const T z = ui[q] + s.v[t + 4 * q][j];
           du[q] += pj * Act::df(z);
           dw[q] += pj * Act::f(z);
         }
       }
-      const int64_t i = r0 + rr;
 #pragma unroll
       for (int q = 0; q < kPer; ++q) {
-        const int64_t h = h0 + k0 + q;
+        const int64_t h = h0 + t + 4 * q;
         if (h >= H) continue;
         if (SHARED_ACC) {
-          acc_u[rr * H + h] += du[q];
-          acc_w[rr * H + h] += dw[q];
+          acc_u[rr * acc_ld + h] += du[q];
+          acc_w[rr * acc_ld + h] += dw[q];
         } else if (i < B) {
           gu[i * H + h] += du[q];
           gw_rows[i * H + h] += dw[q];
         }
       }
-    }
+    });
   }
-  const int64_t i = r0 + rr;
   if (SHARED_ACC && i < B)
-    for (int64_t h = k0; h < H; h += kHc)
-#pragma unroll
-      for (int q = 0; q < kPer; ++q)
-        if (h + q < H) {
-          gu[i * H + h + q] = acc_u[rr * H + h + q];
-          gw_rows[i * H + h + q] = acc_w[rr * H + h + q];
-        }
+    for (int64_t h = t; h < H; h += 4) {
+      gu[i * H + h] = acc_u[rr * acc_ld + h];
+      gw_rows[i * H + h] = acc_w[rr * acc_ld + h];
+    }
 }
 
+// The columns kernel: the same over a 64-column strip, summing dv_jh = sum_i p_ij act'(z_ijh).
 template <typename Act, typename T, bool SHARED_ACC>
 __global__ void __launch_bounds__(kBlockedThreads, 1)  // at 128 registers the Elu instantiation spilled
-    grad_cols_kernel(const T* __restrict__ u, const T* __restrict__ v, const T* __restrict__ w,
-                     const T* __restrict__ colsum, const T* __restrict__ g, const T* __restrict__ lse,
-                     T* __restrict__ gv, int64_t B, int64_t H, bool exclude_diag) {
-  __shared__ BackwardSmem<T> s;
-  MIGA_FAST_DYNAMIC_SHARED(acc_raw);
-  T* acc_v = reinterpret_cast<T*>(acc_raw);  // SHARED_ACC: [64][H]
-  constexpr int kHc = BlockedSmem<T>::kHc, kPer = kHc * kBlockTile / kBlockedThreads;
+    grad_cols_kernel(const MineOperands<T> op, const T* __restrict__ g, const T* __restrict__ lse, T* __restrict__ gv,
+                     bool exclude_diag) {
+  MIGA_FAST_DYNAMIC_SHARED(smem);
+  using L = BackwardLayout<T>;
+  Slice<T>* ring = reinterpret_cast<Slice<T>*>(smem);
+  auto p = reinterpret_cast<T(*)[kBlockTile + 1]>(smem + L::kRing);
+  const int64_t B = op.batch, H = op.hidden, acc_ld = H + 1;
+  T* acc_v = reinterpret_cast<T*>(smem + L::kStatic);  // SHARED_ACC: [64][H + 1]
+  constexpr int kPer = outputs_per_thread<T>();
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kBlockTile;
-  const int cc = threadIdx.x / (kHc / kPer), k0 = (threadIdx.x % (kHc / kPer)) * kPer;  // column, first h
+  const int cc = threadIdx.x / 4, t = threadIdx.x % 4;
+  const int64_t j = c0 + cc;
   if (SHARED_ACC)
-    for (int64_t h = k0; h < H; h += kHc)
-#pragma unroll
-      for (int q = 0; q < kPer; ++q)
-        if (h + q < H) acc_v[cc * H + h + q] = T(0);
+    for (int64_t h = t; h < H; h += 4) acc_v[cc * acc_ld + h] = T(0);
   for (int64_t r0 = 0; r0 < B; r0 += kBlockTile) {
-    tile_weights<Act>(s, u, v, w, colsum, g, lse, r0, c0, B, H, exclude_diag);
-    for (int64_t h0 = 0; h0 < H; h0 += kHc) {
-      __syncthreads();
-      load_slices(s.slices, u, v, w, r0, c0, B, H, h0);
-      __syncthreads();
-      T dv[kPer];
-#pragma unroll
-      for (int q = 0; q < kPer; ++q) dv[q] = T(0);
-      for (int i = 0; i < kBlockTile; ++i) {
-        const T pi = s.p[i][cc];
-#pragma unroll
-        for (int q = 0; q < kPer; ++q) dv[q] += pi * Act::df(s.slices.u[k0 + q][i] + s.slices.v[k0 + q][cc]);
-      }
-      const int64_t j = c0 + cc;
+    tile_weights<Act>(ring, p, op, g, lse, r0, c0, exclude_diag);
+    over_slices(ring, op.u, op.v, op.w, op.ld, op.hidden_padded, r0, c0, [&](const Slice<T>& s, int64_t h0) {
+      T dv[kPer], vj[kPer];
 #pragma unroll
       for (int q = 0; q < kPer; ++q) {
-        const int64_t h = h0 + k0 + q;
+        dv[q] = T(0);
+        vj[q] = s.v[t + 4 * q][cc];
+      }
+      for (int ii = 0; ii < kBlockTile; ++ii) {
+        const T pi = p[ii][cc];
+#pragma unroll
+        for (int q = 0; q < kPer; ++q) dv[q] += pi * Act::df(s.u[t + 4 * q][ii] + vj[q]);
+      }
+#pragma unroll
+      for (int q = 0; q < kPer; ++q) {
+        const int64_t h = h0 + t + 4 * q;
         if (h >= H) continue;
         if (SHARED_ACC)
-          acc_v[cc * H + h] += dv[q];
+          acc_v[cc * acc_ld + h] += dv[q];
         else if (j < B)
           gv[j * H + h] += dv[q];
       }
-    }
+    });
   }
-  const int64_t j = c0 + cc;
   if (SHARED_ACC && j < B)
-    for (int64_t h = k0; h < H; h += kHc)
-#pragma unroll
-      for (int q = 0; q < kPer; ++q)
-        if (h + q < H) gv[j * H + h + q] = acc_v[cc * H + h + q];
+    for (int64_t h = t; h < H; h += 4) gv[j * H + h] = acc_v[cc * acc_ld + h];
 }
 
 template <typename T, typename F>
@@ -384,15 +400,31 @@ cudaError_t with_activation(int code, F&& fn) {
 }
 
 template <typename T>
+MineOperands<T> operands(const MineArgs& a) {
+  MineOperands<T> op;
+  op.a = static_cast<const T*>(a.a);
+  op.b = static_cast<const T*>(a.b);
+  op.w = static_cast<const T*>(a.w);
+  op.u = static_cast<const T*>(a.u);
+  op.v = static_cast<const T*>(a.v);
+  op.colsum = static_cast<const T*>(a.colsum);
+  op.batch = a.batch;
+  op.hidden = a.hidden;
+  op.hidden_padded = a.hidden_padded;
+  op.ld = a.ld;
+  return op;
+}
+
+template <typename T>
 cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
   const int64_t splits = lse_splits(a.batch);
   const dim3 grid(static_cast<unsigned>((a.batch + kBlockTile - 1) / kBlockTile), static_cast<unsigned>(splits));
   T* part = static_cast<T*>(a.workspace);
+  const MineOperands<T> op = operands<T>(a);
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
-    MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, lse_kernel<Act, T>)(
-        static_cast<const T*>(a.u), static_cast<const T*>(a.v), static_cast<const T*>(a.w),
-        static_cast<const T*>(a.colsum), static_cast<T*>(a.out), part, a.batch, a.hidden, a.exclude_diag);
+    MIGA_FAST_LAUNCH(grid, dim3(kBlockedThreads), 0, stream, lse_kernel<Act, T>)(op, static_cast<T*>(a.out), part,
+                                                                                 a.exclude_diag);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || splits == 1) return err;
     const unsigned blocks =
@@ -403,40 +435,40 @@ cudaError_t forward_typed(const MineArgs& a, cudaStream_t stream) {
   });
 }
 
-// Launches kernel<SHARED_ACC = true> with `dynamic` bytes of accumulators when they fit
-// beside the static buffers, else kernel<false> (outputs added in global memory per tile).
+// Launches kernel<SHARED_ACC = true> when its accumulators fit in shared memory beside the
+// ring and p (`base` bytes), else kernel<false> (outputs added in global memory per tile).
 template <typename KTrue, typename KFalse, typename... Args>
-cudaError_t launch_accumulating(KTrue* shared_acc, KFalse* global_acc, size_t static_bytes, size_t dynamic,
-                                unsigned grid, cudaStream_t stream, Args... args) {
-  if (dynamic + static_bytes <= shared_optin_limit()) {
-    const cudaError_t err = allow_shared(shared_acc, dynamic);
+cudaError_t launch_accumulating(KTrue* shared_acc, KFalse* global_acc, size_t base, size_t accumulators, unsigned grid,
+                                cudaStream_t stream, Args... args) {
+  if (base + accumulators <= shared_optin_limit()) {
+    const cudaError_t err = allow_shared(shared_acc, base + accumulators);
     if (err == cudaSuccess) {
-      MIGA_FAST_LAUNCH(dim3(grid), dim3(kBlockedThreads), dynamic, stream, shared_acc)(args...);
+      MIGA_FAST_LAUNCH(dim3(grid), dim3(kBlockedThreads), base + accumulators, stream, shared_acc)(args...);
       return cudaGetLastError();
     }
     (void)cudaGetLastError();  // the opt-in was refused: take the global path
   }
-  MIGA_FAST_LAUNCH(dim3(grid), dim3(kBlockedThreads), 0, stream, global_acc)(args...);
+  const cudaError_t err = allow_shared(global_acc, base);
+  if (err != cudaSuccess) return err;
+  MIGA_FAST_LAUNCH(dim3(grid), dim3(kBlockedThreads), base, stream, global_acc)(args...);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t backward_typed(const MineArgs& a, cudaStream_t stream) {
+  using L = BackwardLayout<T>;
   const unsigned grid = static_cast<unsigned>((a.batch + kBlockTile - 1) / kBlockTile);
-  const size_t row_bytes = static_cast<size_t>(kBlockTile) * a.hidden * sizeof(T);
+  const MineOperands<T> op = operands<T>(a);
   return with_activation<T>(a.activation, [&](auto act) {
     using Act = decltype(act);
-    const T *u = static_cast<const T*>(a.u), *v = static_cast<const T*>(a.v), *w = static_cast<const T*>(a.w);
     const T *g = static_cast<const T*>(a.grad), *lse = static_cast<const T*>(a.lse);
-    const T* colsum = static_cast<const T*>(a.colsum);
-    cudaError_t err =
-        launch_accumulating(&grad_rows_kernel<Act, T, true>, &grad_rows_kernel<Act, T, false>, sizeof(BackwardSmem<T>),
-                            2 * row_bytes, grid, stream, u, v, w, colsum, g, lse, static_cast<T*>(a.gu),
-                            static_cast<T*>(a.gw_rows), a.batch, a.hidden, a.exclude_diag);
+    cudaError_t err = launch_accumulating(&grad_rows_kernel<Act, T, true>, &grad_rows_kernel<Act, T, false>, L::kStatic,
+                                          L::accumulators(a.hidden, 2), grid, stream, op, g, lse, static_cast<T*>(a.gu),
+                                          static_cast<T*>(a.gw_rows), a.exclude_diag);
     if (err != cudaSuccess) return err;
-    return launch_accumulating(&grad_cols_kernel<Act, T, true>, &grad_cols_kernel<Act, T, false>,
-                               sizeof(BackwardSmem<T>), row_bytes, grid, stream, u, v, w, colsum, g, lse,
-                               static_cast<T*>(a.gv), a.batch, a.hidden, a.exclude_diag);
+    return launch_accumulating(&grad_cols_kernel<Act, T, true>, &grad_cols_kernel<Act, T, false>, L::kStatic,
+                               L::accumulators(a.hidden, 1), grid, stream, op, g, lse, static_cast<T*>(a.gv),
+                               a.exclude_diag);
   });
 }
 

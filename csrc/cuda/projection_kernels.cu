@@ -169,7 +169,7 @@ __device__ __forceinline__ double warp_max(double v) {
 // Block-wide reduction into thread 0: sums of v[0..2], maxima of v[3..4] (a fixed tree:
 // deterministic).
 __device__ __forceinline__ void block_reduce(double (&v)[kSlots]) {
-  __shared__ double smem[kThreads / 32][kSlots];
+  MIGA_FAST_SHARED(smem, double[kThreads / 32][kSlots]);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int k = 0; k < kSlots; ++k) v[k] = k < 3 ? warp_sum(v[k]) : warp_max(v[k]);
@@ -230,7 +230,7 @@ template <typename T, int MODE, int PASS, int VEC, bool VECTOR>
 __global__ void __launch_bounds__(kThreads) reduce_kernel(const T* __restrict__ d, const T* __restrict__ g,
                                                           int64_t batch, int64_t n, double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
-  __shared__ double s_scale[2];
+  MIGA_FAST_SHARED(s_scale, double[2]);
   const int nblk = gridDim.x;
   const int64_t runs = (n + VEC - 1) / VEC, stride = static_cast<int64_t>(nblk) * kThreads;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
@@ -306,7 +306,9 @@ __global__ void __launch_bounds__(kThreads)
                   typename AccOf<T>::type direction, int64_t batch, int64_t n, const double* __restrict__ partials) {
   using A = typename AccOf<T>::type;
   constexpr bool kScaled = NeedsScaledSums<T>::value;
-  __shared__ A s_a, s_b, s_gs;
+  MIGA_FAST_SHARED(s_a, A);
+  MIGA_FAST_SHARED(s_b, A);
+  MIGA_FAST_SHARED(s_gs, A);
   const int nblk = gridDim.x;
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     const A e = eps[b * eps_stride];

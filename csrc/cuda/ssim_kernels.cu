@@ -3,10 +3,11 @@
 // channels inside the block (a loop over c), so each block writes one partial sum per
 // sample, and walk the batch along grid.y in a grid-stride loop.
 //
-// value_kernel (SSIM only): a 16 x 16-thread block owns a 16 x 16 tile of output pixels.
-// It stages the (16 + k - 1)^2 input tile of x and y in shared memory (zero padding for
-// "same"), blurs the five moments separably (a horizontal pass into shared memory, then a
-// vertical pass per thread), forms the SSIM map and sums it over the tile.
+// value_kernel (SSIM only): a 32 x 8-thread block owns a 32 x 32 tile of output pixels,
+// each thread 4 of one column. It stages the (32 + k - 1)^2 input tile of x and y in shared
+// memory (zero padding for "same"), blurs the five moments separably (a horizontal pass
+// into shared memory, then a vertical pass sliding down each thread's column in registers),
+// forms the SSIM map and sums it over the tile.
 //
 // value_grad_kernel (SSIM and both gradients, one kernel, nothing per pixel in global
 // memory): a block owns a TILE x TILE tile of *input* pixels P0 .. P0 + TILE - 1. Their
@@ -36,7 +37,10 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kValueTile = 16;  // value_kernel: 16 x 16 threads, one output pixel each
+constexpr int kValueTile = 16;  // ball_moments_kernel: 16 x 16 threads, one output pixel each
+// value_kernel: 32 x 8 threads (a warp per row of threads: no bank conflicts), each owning
+// kValueRowsPerThread outputs of one column: 32 x 32 outputs per block.
+constexpr int kValueCols = 32, kValueRowsPerThread = 4, kValueRows = 8 * kValueRowsPerThread;
 // The static shared memory of value_kernel and value_grad_kernel: block_sum's scratch.
 constexpr size_t kStaticShared = sizeof(double) * (kThreads / 32);
 
@@ -139,20 +143,20 @@ __global__ void __launch_bounds__(kThreads)
     value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1, T c2,
                  int tiles_x, int tiles, double* __restrict__ partials) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
-  __shared__ double red[kThreads / 32];
+  MIGA_FAST_SHARED(red, double[kThreads / 32]);
   const int k = K > 0 ? K : g.k;
   const Taps<T, K> tap(win);
-  const int span = kValueTile + k - 1;
-  T* sx = reinterpret_cast<T*>(smem_raw);  // span x span
-  T* sy = sx + span * span;                // span x span
-  T* hor = sy + span * span;               // 5 x span x kValueTile
+  const int span_x = kValueCols + k - 1, span_y = kValueRows + k - 1;
+  T* sx = reinterpret_cast<T*>(smem_raw);  // span_y x span_x
+  T* sy = sx + span_y * span_x;            // span_y x span_x
+  T* hor = sy + span_y * span_x;           // 5 x span_y x kValueCols
   const int tile = blockIdx.x;
-  const int64_t oy0 = static_cast<int64_t>(tile / tiles_x) * kValueTile;
-  const int64_t ox0 = static_cast<int64_t>(tile % tiles_x) * kValueTile;
-  const int tid = threadIdx.y * kValueTile + threadIdx.x;
-  const int64_t oy = oy0 + threadIdx.y, ox = ox0 + threadIdx.x;
-  const bool valid = oy < g.ho && ox < g.wo;
-  const int hs = span * kValueTile;
+  const int64_t oy0 = static_cast<int64_t>(tile / tiles_x) * kValueRows;
+  const int64_t ox0 = static_cast<int64_t>(tile % tiles_x) * kValueCols;
+  const int tid = threadIdx.y * kValueCols + threadIdx.x;
+  const int row0 = threadIdx.y * kValueRowsPerThread;  // this thread's outputs: rows row0 .. + R - 1
+  const int64_t ox = ox0 + threadIdx.x;
+  const int hs = span_y * kValueCols;
   for (int64_t b = blockIdx.y; b < g.batch; b += gridDim.y) {
     double own = 0.0;
     for (int64_t ch = 0; ch < g.channels; ++ch) {
@@ -160,8 +164,8 @@ __global__ void __launch_bounds__(kThreads)
       const T* xp = x + plane * g.h * g.w;
       const T* yp = y + plane * g.h * g.w;
       // Output o reads inputs o - pad .. o - pad + k - 1.
-      for (int e = tid; e < span * span; e += kThreads) {
-        const int r = e / span, c = e % span;
+      for (int e = tid; e < span_y * span_x; e += kThreads) {
+        const int r = e / span_x, c = e % span_x;
         const int64_t iy = oy0 - g.pad + r, ix = ox0 - g.pad + c;
         const bool in = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
         sx[e] = in ? xp[iy * g.w + ix] : T(0);
@@ -169,20 +173,34 @@ __global__ void __launch_bounds__(kThreads)
       }
       __syncthreads();
       for (int e = tid; e < hs; e += kThreads) {
-        const int r = e / kValueTile, c = e % kValueTile;
-        horizontal_moments<K>(sx + r * span + c, sy + r * span + c, tap, k, hor, hs, e);
+        const int r = e / kValueCols, c = e % kValueCols;
+        horizontal_moments<K>(sx + r * span_x + c, sy + r * span_x + c, tap, k, hor, hs, e);
       }
       __syncthreads();
-      if (valid) {
-        T m[5] = {0, 0, 0, 0, 0};
+      // The vertical pass slides down the thread's column: each of the R + k - 1 rows of
+      // horizontal moments it needs is read from shared memory once and added, with its
+      // tap, to each of the R outputs whose window holds it (k reads per output before).
+      T m[kValueRowsPerThread][5] = {};
 #pragma unroll
-        for (int t = 0; t < k; ++t) {
-          const T wt = tap(t);
-          const int e = (threadIdx.y + t) * kValueTile + threadIdx.x;
-          for (int q = 0; q < 5; ++q) m[q] += wt * hor[q * hs + e];
+      for (int t = 0; t < kValueRowsPerThread + k - 1; ++t) {  // k is a constant for K > 0: unrolled
+        const int e = (row0 + t) * kValueCols + threadIdx.x;
+        T h[5];
+#pragma unroll
+        for (int q = 0; q < 5; ++q) h[q] = hor[q * hs + e];
+#pragma unroll
+        for (int r = 0; r < kValueRowsPerThread; ++r) {
+          const int i = t - r;  // the tap row t is to output r
+          if (i < 0 || i >= k) continue;
+          const T wt = tap(i);
+#pragma unroll
+          for (int q = 0; q < 5; ++q) m[r][q] += wt * h[q];
         }
-        own += static_cast<double>(ssim_pixel<T>(m[0], m[1], m[2], m[3], m[4], c1, c2).s);
       }
+      if (ox < g.wo)
+#pragma unroll
+        for (int r = 0; r < kValueRowsPerThread; ++r)
+          if (oy0 + row0 + r < g.ho)
+            own += static_cast<double>(ssim_pixel<T>(m[r][0], m[r][1], m[r][2], m[r][3], m[r][4], c1, c2).s);
       // The next channel's staging writes sx, sy only: everyone has passed the barrier
       // after their last read; hor is rewritten after the next barrier.
     }
@@ -197,7 +215,7 @@ __global__ void __launch_bounds__(kThreads)
                       T c2, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
                       T* __restrict__ gy) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
-  __shared__ double red[kThreads / 32];
+  MIGA_FAST_SHARED(red, double[kThreads / 32]);
   const int k = K > 0 ? K : g.k;
   const Taps<T, K> tap(win);
   const int s_out = TILE + k - 1, s_in = s_out + k - 1;
@@ -309,16 +327,16 @@ size_t shared_bytes(const Geometry& g, bool with_grad) {
     constexpr int tile = fused_tile<T>();
     return sizeof(T) * static_cast<size_t>(fused_region_a(tile, g.k) + fused_region_b(tile, g.k));
   }
-  const size_t span = kValueTile + g.k - 1;
-  return sizeof(T) * (2 * span * span + 5 * span * kValueTile);
+  const size_t span_x = kValueCols + g.k - 1, span_y = kValueRows + g.k - 1;
+  return sizeof(T) * (2 * span_y * span_x + 5 * span_y * kValueCols);
 }
 
 template <typename T>
 void tile_grid(const Geometry& g, bool with_grad, int64_t* tiles_x, int64_t* tiles) {
-  const int64_t t = with_grad ? fused_tile<T>() : kValueTile;
+  const int64_t tw = with_grad ? fused_tile<T>() : kValueCols, th = with_grad ? fused_tile<T>() : kValueRows;
   const int64_t rows = with_grad ? g.h : g.ho, cols = with_grad ? g.w : g.wo;
-  *tiles_x = (cols + t - 1) / t;
-  *tiles = *tiles_x * ((rows + t - 1) / t);
+  *tiles_x = (cols + tw - 1) / tw;
+  *tiles = *tiles_x * ((rows + th - 1) / th);
 }
 
 template <typename T, int K>
@@ -334,16 +352,16 @@ cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream)
   const size_t smem = shared_bytes<T>(g, with_grad);
   if (with_grad) {
     auto* kernel = &value_grad_kernel<T, fused_tile<T>(), K>;
-    cudaError_t err = allow_shared(kernel, smem);
+    cudaError_t err = allow_shared(kernel, smem, kStaticShared);
     if (err != cudaSuccess) return err;
     MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(x, y, win, g, c1, c2, gs, static_cast<int>(tiles_x),
                                                                  static_cast<int>(tiles), a.partials,
                                                                  static_cast<T*>(a.gx), static_cast<T*>(a.gy));
   } else {
     auto* kernel = &value_kernel<T, K>;
-    cudaError_t err = allow_shared(kernel, smem);
+    cudaError_t err = allow_shared(kernel, smem, kStaticShared);
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, dim3(kValueTile, kValueTile), smem, stream, kernel)(
+    MIGA_FAST_LAUNCH(grid, dim3(kValueCols, kThreads / kValueCols), smem, stream, kernel)(
         x, y, win, g, c1, c2, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials);
   }
   return cudaGetLastError();
@@ -436,7 +454,7 @@ constexpr int kBallGroup = 8;
 __global__ void __launch_bounds__(kThreads)
     ball_sums_kernel(const double* __restrict__ m, const double* __restrict__ bounds, Geometry g, double c1, double c2,
                      int nt, double* __restrict__ partials) {
-  __shared__ double red[kThreads / 32];
+  MIGA_FAST_SHARED(red, double[kThreads / 32]);
   const int64_t ms = g.ho * g.wo, n = g.channels * ms;
   const int chunks = gridDim.x, tid = threadIdx.x;
   for (int64_t b = blockIdx.y; b < g.batch; b += gridDim.y) {
@@ -576,7 +594,7 @@ cudaError_t launch_ball_typed(const BallArgs& a, cudaStream_t stream) {
   const size_t span = kValueTile + g.k - 1;
   const size_t smem = sizeof(double) * (2 * span * span + 5 * span * kValueTile);
   auto* moments = &ball_moments_kernel<S>;
-  cudaError_t err = allow_shared(moments, smem);
+  cudaError_t err = allow_shared(moments, smem, kStaticShared);
   if (err != cudaSuccess) return err;
   const int64_t planes = g.batch * g.channels;
   MIGA_FAST_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min<int64_t>(planes, 65535))),

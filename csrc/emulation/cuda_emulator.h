@@ -5,15 +5,29 @@
 // a fiber (ucontext) on one OS thread; fibers switch only at __syncthreads and warp
 // shuffles, so a run is deterministic and a missing barrier shows: a thread that reads
 // shared memory before the threads meant to write it have run sees the poison (0xFF
-// bytes, NaN as float or double) that fills dynamic shared memory before every block.
+// bytes, NaN as float or double) that fills all shared memory, static and dynamic, before
+// every block.
+//
+// Static shared memory is declared with MIGA_FAST_SHARED(name, type) (csrc/cuda/device.h),
+// not __shared__: here it takes `name` from a per-block arena, the nth declaration a
+// thread executes getting the nth slot, the same in every thread. (A __shared__ function
+// static cannot be found to be poisoned: GCC places the statics of function templates in
+// their own sections whatever section is asked for.) __shared__ itself does not compile.
 //
 // What it checks beyond the results:
 //   - __syncthreads reached by every thread of the block the same number of times
 //     (a barrier in divergent code, or a thread that returned before one, is an error);
 //   - a warp shuffle whose source lane has exited or sits at another barrier (deadlock);
-//   - the launch configuration: block size, grid size, and dynamic shared memory against
-//     48 KiB, or against the limit a kernel opted into with cudaFuncSetAttribute (at most
-//     the H100's 227 KiB, which the emulated device reports).
+//   - the launch configuration: block size, grid size, and static plus dynamic shared
+//     memory against 48 KiB, or against the limit a kernel opted into with
+//     cudaFuncSetAttribute (at most the H100's 227 KiB, which the emulated device reports);
+//     static shared memory alone against 48 KiB; threads declaring different static
+//     shared variables;
+//   - asynchronous copies (<cuda_pipeline.h>, cp.async): each copy poisons its shared
+//     destination when issued and lands only when its thread waits for its group
+//     (__pipeline_wait_prior), the latest a GPU may land it, so a read before the wait (or
+//     before the barrier after it) sees NaN; a copy of a size other than 4, 8 or 16 bytes,
+//     misaligned, or outside shared memory, and a group never waited for, are errors.
 // What it does not model: concurrency between blocks (they run one after another),
 // memory coalescing, timing, fused multiply-add contraction (nvcc fuses by default, so
 // float results differ from a GPU's in the last bits).
@@ -29,6 +43,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -37,10 +52,9 @@
 #include <utility>
 #include <vector>
 
-// Device qualifiers become host C++; __shared__ variables become function statics, which
-// every fiber of the (single running) block shares, as a block shares shared memory. They
-// are placed in one ELF section, which is poisoned (0xFF) before every block as the
-// dynamic shared memory is: stale values from an earlier block cannot hide a race.
+// Device qualifiers become host C++. Static shared variables live in the block's arena
+// (MIGA_FAST_SHARED below), poisoned (0xFF) before every block as the dynamic shared memory
+// is: stale values from an earlier block cannot hide a race.
 #undef __global__
 #undef __device__
 #undef __host__
@@ -53,18 +67,26 @@
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
-#define __shared__ static __attribute__((section("miga_fast_emu_shared")))
-#define __align__(n) alignas(n)
+#define __shared__ miga_fast_emulator_declares_static_shared_memory_with_MIGA_FAST_SHARED
+#define __align__(n) __attribute__((aligned(n)))
 
 namespace miga_fast {
 namespace emu {
 
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kDefaultDynamicShared = 48 * 1024;
-constexpr int kMaxSharedOptIn = 227 * 1024;  // an H100's cudaDevAttrMaxSharedMemoryPerBlockOptin
-constexpr int kEmulatedSms = 2;              // small, so grid-stride loops and partial grids get exercised
+constexpr size_t kMaxStaticShared = 48 * 1024;  // the most static shared memory a kernel may declare
+constexpr int kMaxSharedOptIn = 227 * 1024;     // an H100's cudaDevAttrMaxSharedMemoryPerBlockOptin
+constexpr int kEmulatedSms = 2;                 // small, so grid-stride loops and partial grids get exercised
 
 enum class State { kRunnable, kAtSyncthreads, kAtShuffle, kDone };
+
+// One asynchronous copy in flight: the source bytes (read when issued) and where they land.
+struct AsyncCopy {
+  unsigned char* dst = nullptr;
+  unsigned char bytes[16] = {};
+  size_t size = 0;
+};
 
 struct Fiber {
   ucontext_t context{};
@@ -73,6 +95,9 @@ struct Fiber {
   int lane = 0;
   State state = State::kRunnable;
   int64_t syncs = 0;
+  size_t shared_decls = 0;                       // static shared variables declared so far
+  std::vector<AsyncCopy> open;                   // issued since the last commit
+  std::deque<std::vector<AsyncCopy>> committed;  // committed groups, oldest first
 };
 
 struct Runtime {
@@ -83,6 +108,14 @@ struct Runtime {
   void* body_data = nullptr;
   std::vector<uint64_t> slots;  // one shuffle slot per thread of the block
   std::vector<unsigned char> dynamic_shared;
+  size_t dynamic_limit = kDefaultDynamicShared;  // the running kernel's dynamic shared memory limit
+  bool opted_in = false;                         // ... raised with cudaFuncSetAttribute
+  // The block's static shared memory: a fixed arena (addresses handed out stay valid), and
+  // the (offset, size) of each variable in declaration order.
+  std::vector<unsigned char> static_shared = std::vector<unsigned char>(kMaxStaticShared);
+  std::vector<std::pair<size_t, size_t>> static_decls;
+  size_t static_top = 0;
+  std::vector<std::unique_ptr<unsigned char[]>> overflow;  // variables past 48 KiB (an error)
   uint3 thread{}, block{};
   dim3 block_dim{}, grid_dim{};
   cudaError_t last_error = cudaSuccess;
@@ -92,16 +125,6 @@ struct Runtime {
   // launch after (address space only until touched: a fiber uses a few KiB of its stack).
   std::vector<std::unique_ptr<char[]>> stacks;
 };
-
-// The bounds of the section holding every static __shared__ variable (GNU ld defines them).
-extern "C" unsigned char __start_miga_fast_emu_shared[] __attribute__((weak));
-extern "C" unsigned char __stop_miga_fast_emu_shared[] __attribute__((weak));
-
-inline void poison_static_shared() {
-  unsigned char* begin = __start_miga_fast_emu_shared;
-  unsigned char* end = __stop_miga_fast_emu_shared;
-  if (begin != nullptr && end > begin) std::memset(begin, 0xFF, static_cast<size_t>(end - begin));
-}
 
 inline uint3 index3(unsigned x, unsigned y, unsigned z) {
   uint3 v;
@@ -186,9 +209,14 @@ inline void run_block() {
     makecontext(&f.context, trampoline, 0);
     f.state = State::kRunnable;
     f.syncs = 0;
+    f.shared_decls = 0;
+    f.open.clear();
+    f.committed.clear();
   }
   std::memset(r.dynamic_shared.data(), 0xFF, r.dynamic_shared.size());
-  poison_static_shared();
+  std::memset(r.static_shared.data(), 0xFF, r.static_shared.size());
+  r.static_decls.clear();
+  r.static_top = 0;
   for (;;) {
     for (int i = 0; i < n; ++i) {
       if (r.fibers[i].state != State::kRunnable) continue;
@@ -229,12 +257,102 @@ inline void run_block() {
       return;  // the fibers are abandoned; their stacks are reset by the next block
     }
   }
+  for (const Fiber& f : r.fibers) {
+    size_t pending = f.open.size();
+    for (const auto& group : f.committed) pending += group.size();
+    if (pending > 0) {
+      fail("thread (" + std::to_string(f.index.x) + ", " + std::to_string(f.index.y) + ") of " + where(r) +
+           " ended with " + std::to_string(pending) +
+           " asynchronous copies never waited for (__pipeline_commit, then __pipeline_wait_prior)");
+      return;
+    }
+  }
   for (const Fiber& f : r.fibers)
     if (f.syncs != r.fibers[0].syncs) {
       fail("__syncthreads in " + where(r) + " called " + std::to_string(f.syncs) + " times by one thread and " +
            std::to_string(r.fibers[0].syncs) + " times by thread 0");
       return;
     }
+}
+
+// The calling thread's next static shared variable: the slot every thread's declaration of
+// the same rank shares (the first thread to reach it allocates it).
+inline void* static_shared(size_t size, size_t align) {
+  Runtime& r = runtime();
+  Fiber& f = r.fibers[r.current];
+  const size_t rank = f.shared_decls++;
+  if (rank == r.static_decls.size()) {
+    const size_t offset = (r.static_top + align - 1) / align * align;
+    if (offset + size > kMaxStaticShared) {
+      fail("static shared memory of " + std::to_string(offset + size) + " bytes exceeds 48 KiB");
+      r.overflow.emplace_back(new unsigned char[size]);  // somewhere to run on until the block ends
+      return r.overflow.back().get();
+    }
+    r.static_decls.emplace_back(offset, size);
+    r.static_top = offset + size;
+    // Without an opt-in a block has 48 KiB in all; with one, cudaFuncSetAttribute would have
+    // refused a dynamic limit that leaves too little room for the static variables.
+    const size_t dynamic = r.dynamic_shared.size() > 16 ? r.dynamic_shared.size() : 0;
+    if (!r.opted_in && r.static_top + dynamic > kDefaultDynamicShared)
+      fail("static (" + std::to_string(r.static_top) + " bytes) and dynamic (" + std::to_string(dynamic) +
+           " bytes) shared memory exceed 48 KiB without cudaFuncSetAttribute");
+    if (r.opted_in && r.static_top + r.dynamic_limit > static_cast<size_t>(kMaxSharedOptIn))
+      fail("static shared memory (" + std::to_string(r.static_top) + " bytes) and the dynamic limit opted into (" +
+           std::to_string(r.dynamic_limit) + " bytes) exceed " + std::to_string(kMaxSharedOptIn) + " bytes");
+  } else if (rank > r.static_decls.size() || r.static_decls[rank].second != size) {
+    fail("threads of " + where(r) + " declare different static shared variables (declaration " + std::to_string(rank) +
+         ")");
+    r.overflow.emplace_back(new unsigned char[size]);
+    return r.overflow.back().get();
+  }
+  return r.static_shared.data() + r.static_decls[rank].first;
+}
+
+// Whether [p, p + n) lies in the block's shared memory (static or dynamic).
+inline bool in_shared(const void* p, size_t n) {
+  Runtime& r = runtime();
+  const auto* b = static_cast<const unsigned char*>(p);
+  const unsigned char* d = r.dynamic_shared.data();
+  const unsigned char* st = r.static_shared.data();
+  return (b >= d && b + n <= d + r.dynamic_shared.size()) || (b >= st && b + n <= st + r.static_top);
+}
+
+// cp.async: the source is read now; the destination holds poison until the copy lands.
+inline void memcpy_async(void* dst, const void* src, size_t size) {
+  Runtime& r = runtime();
+  if (size != 4 && size != 8 && size != 16) {
+    fail("asynchronous copy of " + std::to_string(size) + " bytes (4, 8 or 16 only)");
+    return;
+  }
+  if (reinterpret_cast<uintptr_t>(dst) % size != 0 || reinterpret_cast<uintptr_t>(src) % size != 0) {
+    fail("asynchronous copy of " + std::to_string(size) + " bytes from or to an address not aligned to its size");
+    return;
+  }
+  if (!in_shared(dst, size)) {
+    fail("asynchronous copy to an address outside shared memory");
+    return;
+  }
+  AsyncCopy c;
+  c.dst = static_cast<unsigned char*>(dst);
+  c.size = size;
+  std::memcpy(c.bytes, src, size);
+  std::memset(dst, 0xFF, size);
+  r.fibers[r.current].open.push_back(c);
+}
+
+inline void pipeline_commit() {
+  Fiber& f = runtime().fibers[runtime().current];
+  f.committed.push_back(std::move(f.open));
+  f.open.clear();
+}
+
+// Lands every committed group of the calling thread but the newest `prior`.
+inline void pipeline_wait_prior(size_t prior) {
+  Fiber& f = runtime().fibers[runtime().current];
+  while (f.committed.size() > prior) {
+    for (const AsyncCopy& c : f.committed.front()) std::memcpy(c.dst, c.bytes, c.size);
+    f.committed.pop_front();
+  }
 }
 
 template <typename Tuple, typename Kernel>
@@ -268,6 +386,7 @@ class Launcher {
     size_t limit = kDefaultDynamicShared;
     const auto opted = r.shared_opt_in.find(reinterpret_cast<const void*>(kernel_));
     if (opted != r.shared_opt_in.end()) limit = static_cast<size_t>(opted->second);
+    r.opted_in = opted != r.shared_opt_in.end();
     if (shared_ > limit) {
       fail("dynamic shared memory of " + std::to_string(shared_) + " bytes exceeds the kernel's limit of " +
            std::to_string(limit) + " (48 KiB unless raised with cudaFuncSetAttribute)");
@@ -283,6 +402,7 @@ class Launcher {
     r.fibers.resize(threads);
     r.slots.assign(threads, 0);
     r.dynamic_shared.assign(shared_ > 0 ? shared_ : 16, 0xFF);
+    r.dynamic_limit = limit;
     while (r.stacks.size() < threads) r.stacks.emplace_back(new char[kStackBytes]);
     for (uint64_t t = 0; t < threads; ++t) {
       Fiber& f = r.fibers[t];

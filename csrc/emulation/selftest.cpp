@@ -4,8 +4,11 @@
 // only half the block reaches, 3: threads returning before a barrier, 4: a warp shuffle
 // reading a lane that has exited, 5: a block of 2048 threads, 6: 64 KiB of dynamic shared
 // memory without opting in, 7: the same after cudaFuncSetAttribute (runs), 8: 300 KiB
-// (more than any opt-in allows).
+// (more than any opt-in allows), 9: asynchronous copies (cp.async) waited for, then a
+// barrier, 10: the same read before the wait (a race), 11: a copy group never waited for,
+// 12: a misaligned asynchronous copy.
 #include <ATen/ATen.h>
+#include <cuda_pipeline_primitives.h>
 #include <torch/library.h>
 
 #include "../cuda/device.h"
@@ -15,7 +18,7 @@ namespace {
 constexpr int kThreads = 64;
 
 __global__ void shift_kernel(float* out, int kind) {
-  __shared__ float s[kThreads];
+  MIGA_FAST_SHARED(s, float[kThreads]);
   const int t = threadIdx.x;
   if (kind == 3 && t >= 48) return;
   s[t] = static_cast<float>(t);
@@ -37,12 +40,36 @@ __global__ void dynamic_shared_kernel(float* out) {
   out[threadIdx.x] = s[(threadIdx.x + 1) % kThreads];
 }
 
+// Each thread copies element t of `in` into shared memory asynchronously, then reads
+// element t + 1 (another thread's copy).
+__global__ void async_copy_kernel(const float* in, float* out, int kind) {
+  struct alignas(16) Buffer {
+    float x[kThreads + 4];
+  };
+  MIGA_FAST_SHARED(buffer, Buffer);
+  float* s = buffer.x;
+  const int t = threadIdx.x;
+  if (kind == 12)
+    __pipeline_memcpy_async(&s[t + 1], in + t, 16);
+  else
+    __pipeline_memcpy_async(&s[t], in + t, 4);
+  __pipeline_commit();
+  if (kind == 9) __pipeline_wait_prior(0);
+  __syncthreads();
+  out[t] = s[(t + 1) % kThreads];
+  if (kind == 10) __pipeline_wait_prior(0);
+}
+
 at::Tensor run(int64_t kind) {
   at::Tensor out = at::full({kThreads}, -1.0f);
   float* o = out.data_ptr<float>();
   cudaError_t err = cudaSuccess;
   if (kind <= 4) {
     MIGA_FAST_LAUNCH(dim3(1), dim3(kThreads), 0, nullptr, shift_kernel)(o, static_cast<int>(kind));
+  } else if (kind >= 9) {
+    const at::Tensor in = at::arange(kThreads + 4, at::kFloat);
+    MIGA_FAST_LAUNCH(dim3(1), dim3(kThreads), 0, nullptr, async_copy_kernel)(in.data_ptr<float>(), o,
+                                                                             static_cast<int>(kind));
   } else if (kind == 5) {
     MIGA_FAST_LAUNCH(dim3(1), dim3(2048), 0, nullptr, shift_kernel)(o, 0);
   } else {
