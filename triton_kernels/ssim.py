@@ -11,6 +11,10 @@ order: deterministic); with WITH_GRAD it also writes the four partial maps of th
 window, separably too: _hgrad_kernel along rows, _ssim_grad_kernel along columns, combined
 with x and y into d value / d x and d value / d y.
 
+Every pass works on 2-D tiles of BH x BW pixels (rows x columns, _tile): a row of a tile
+is BW contiguous values (coalesced), the vertical taps of neighbouring rows hit the same
+cache lines, and no per-pixel integer division locates a pixel.
+
 _ball_moments_kernel / _ball_sums_kernel: the SSIM ball's scale search (the moments of
 (x, delta) once in float64, then per round every candidate scale of every sample scored
 from them).
@@ -28,7 +32,22 @@ import triton.language as tl
 
 from ._launch import DEVICE_TYPES, POISON, check_int32, chunks, on_tensor_device
 
-BLOCK = 256
+BLOCK = 256  # _ball_sums_kernel: pixels per program
+BH, BW = 8, 32  # the 2-D tiles of every other kernel
+
+
+@triton.jit
+def _tile(pid, ROWS, COLS, BH: tl.constexpr, BW: tl.constexpr):
+    """Tile pid of a ROWS x COLS plane, row-major: its rows [BH, 1], columns [1, BW] and
+    mask [BH, BW]."""
+    tiles_c = tl.cdiv(COLS, BW)
+    r = (pid // tiles_c) * BH + tl.arange(0, BH)[:, None]
+    c = (pid % tiles_c) * BW + tl.arange(0, BW)[None, :]
+    return r, c, (r < ROWS) & (c < COLS)
+
+
+def _tiles(rows: int, cols: int) -> int:
+    return triton.cdiv(rows, BH) * triton.cdiv(cols, BW)
 
 
 @triton.jit
@@ -44,23 +63,20 @@ def _hmoments_kernel(
     PLANE0: tl.int64,
     NPLANES: tl.int64,
     K: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """The horizontal pass of the separable blur: for every input row and output column of
     plane PLANE0 + program_id(1), the k-tap sums of x, y, x^2, y^2, xy (zero padding), in the
     window's dtype, into hor[5, NPLANES, H * WO]."""
-    pid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < H * WO
-    i = offs // WO
-    oj = offs % WO
+    i, oj, mask = _tile(tl.program_id(0), H, WO, BH, BW)
     dt = win_ptr.dtype.element_ty
-    m0 = tl.zeros((BLOCK,), dtype=dt)
-    m1 = tl.zeros((BLOCK,), dtype=dt)
-    m2 = tl.zeros((BLOCK,), dtype=dt)
-    m3 = tl.zeros((BLOCK,), dtype=dt)
-    m4 = tl.zeros((BLOCK,), dtype=dt)
+    m0 = tl.zeros((BH, BW), dtype=dt)
+    m1 = tl.zeros((BH, BW), dtype=dt)
+    m2 = tl.zeros((BH, BW), dtype=dt)
+    m3 = tl.zeros((BH, BW), dtype=dt)
+    m4 = tl.zeros((BH, BW), dtype=dt)
     base = plane * H * W + i * W
     for t in tl.static_range(K):
         wt = tl.load(win_ptr + t)
@@ -74,7 +90,7 @@ def _hmoments_kernel(
         m3 += wt * yv * yv
         m4 += wt * xv * yv
     n = H * WO
-    o = plane * n + offs
+    o = plane * n + i * WO + oj
     stride = NPLANES * n
     tl.store(hor_ptr + o, m0, mask=mask)
     tl.store(hor_ptr + stride + o, m1, mask=mask)
@@ -84,15 +100,17 @@ def _hmoments_kernel(
 
 
 @triton.jit
-def _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K: tl.constexpr, BLOCK: tl.constexpr):
+def _window_moments(
+    hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr
+):
     """The vertical pass: mu_x, mu_y, E[x^2], E[y^2], E[xy] over the k x k window at output
     pixels (oi, oj), from the horizontal sums (rows outside the plane are zero padding)."""
     dt = win_ptr.dtype.element_ty
-    mx = tl.zeros((BLOCK,), dtype=dt)
-    my = tl.zeros((BLOCK,), dtype=dt)
-    exx = tl.zeros((BLOCK,), dtype=dt)
-    eyy = tl.zeros((BLOCK,), dtype=dt)
-    exy = tl.zeros((BLOCK,), dtype=dt)
+    mx = tl.zeros((BH, BW), dtype=dt)
+    my = tl.zeros((BH, BW), dtype=dt)
+    exx = tl.zeros((BH, BW), dtype=dt)
+    eyy = tl.zeros((BH, BW), dtype=dt)
+    exy = tl.zeros((BH, BW), dtype=dt)
     n = H * WO
     stride = NPLANES * n
     for t in tl.static_range(K):
@@ -125,18 +143,16 @@ def _ssim_kernel(
     NPLANES: tl.int64,
     K: tl.constexpr,
     WITH_GRAD: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """A tile of output pixels of plane PLANE0 + program_id(1) (of NPLANES): its SSIM sum
     into part[plane, pid]; WITH_GRAD: the four partial maps pm[4, NPLANES, HO * WO]."""
     pid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
     nprog = tl.num_programs(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HO * WO
-    oi = offs // WO
-    oj = offs % WO
-    mx, my, exx, eyy, exy = _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K, BLOCK)
+    oi, oj, mask = _tile(pid, HO, WO, BH, BW)
+    mx, my, exx, eyy, exy = _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K, BH, BW)
     dt = win_ptr.dtype.element_ty
     c1 = tl.full((), c1, dt)  # float scalars in the compute dtype (_launch.py)
     c2 = tl.full((), c2, dt)
@@ -147,13 +163,14 @@ def _ssim_kernel(
     c = mx * mx + my * my + c1
     d = (exx - mx * mx) + (eyy - my * my) + c2
     s = (a / c) * (b / d)
-    tl.store(part_ptr + plane * nprog + pid, tl.sum(tl.where(mask, s, 0.0).to(tl.float64), axis=0))
+    tile_sum = tl.sum(tl.sum(tl.where(mask, s, 0.0).to(tl.float64), axis=1), axis=0)
+    tl.store(part_ptr + plane * nprog + pid, tile_sum)
     if WITH_GRAD:
         inv_cd = 1.0 / (c * d)
         common = 2 * (b - a) * inv_cd
         s_cd = 2 * s * (1.0 / c - 1.0 / d)
         n = HO * WO
-        out = plane * n + offs
+        out = plane * n + oi * WO + oj
         stride = NPLANES * n  # int64: the maps may hold 2**31 elements or more
         tl.store(pm_ptr + out, gs * (my * common - mx * s_cd), mask=mask)
         tl.store(pm_ptr + stride + out, gs * (mx * common - my * s_cd), mask=mask)
@@ -162,15 +179,17 @@ def _ssim_kernel(
 
 
 @triton.jit
-def _transposed_taps(src_ptr, win_ptr, base, pos, LIM, STEP, mask, stride, PAD, K: tl.constexpr, BLOCK: tl.constexpr):
+def _transposed_taps(
+    src_ptr, win_ptr, base, pos, LIM, STEP, mask, stride, PAD, K: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr
+):
     """One axis of the gradient's transposed gather, for the four maps q of src: sum over t
     of w_t src[q * stride + base + (pos + PAD - t) * STEP], zero where pos + PAD - t falls
     outside [0, LIM)."""
     dt = win_ptr.dtype.element_ty
-    a0 = tl.zeros((BLOCK,), dtype=dt)
-    a1 = tl.zeros((BLOCK,), dtype=dt)
-    a2 = tl.zeros((BLOCK,), dtype=dt)
-    a3 = tl.zeros((BLOCK,), dtype=dt)
+    a0 = tl.zeros((BH, BW), dtype=dt)
+    a1 = tl.zeros((BH, BW), dtype=dt)
+    a2 = tl.zeros((BH, BW), dtype=dt)
+    a3 = tl.zeros((BH, BW), dtype=dt)
     for t in tl.static_range(K):
         wt = tl.load(win_ptr + t)
         q = pos + PAD - t
@@ -195,21 +214,20 @@ def _hgrad_kernel(
     PLANE0: tl.int64,
     NPLANES: tl.int64,
     K: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """The transposed horizontal pass of the gradient: input column pj gathers the partial
     maps of the outputs pj + PAD - t with weight w_t, per output row, into hor[4, NPLANES,
     HO * W]."""
-    pid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HO * W
-    oi = offs // W
-    pj = offs % W
+    oi, pj, mask = _tile(tl.program_id(0), HO, W, BH, BW)
     n = HO * WO
-    a0, a1, a2, a3 = _transposed_taps(pm_ptr, win_ptr, plane * n + oi * WO, pj, WO, 1, mask, NPLANES * n, PAD, K, BLOCK)
+    a0, a1, a2, a3 = _transposed_taps(
+        pm_ptr, win_ptr, plane * n + oi * WO, pj, WO, 1, mask, NPLANES * n, PAD, K, BH, BW
+    )
     m = HO * W
-    out = plane * m + offs
+    out = plane * m + oi * W + pj
     hstride = NPLANES * m
     tl.store(hor_ptr + out, a0, mask=mask)
     tl.store(hor_ptr + hstride + out, a1, mask=mask)
@@ -232,20 +250,19 @@ def _ssim_grad_kernel(
     PLANE0: tl.int64,
     NPLANES: tl.int64,
     K: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """The transposed vertical pass (input row pi gathers rows pi + PAD - t of the
     horizontal pass) and the combination with x, y into d value / d x, d value / d y."""
-    pid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < H * W
-    pi = offs // W
-    pj = offs % W
+    pi, pj, mask = _tile(tl.program_id(0), H, W, BH, BW)
     dt = win_ptr.dtype.element_ty
     m = HO * W
-    bmx, bmy, bsq, bxy = _transposed_taps(hor_ptr, win_ptr, plane * m + pj, pi, HO, W, mask, NPLANES * m, PAD, K, BLOCK)
-    p = plane * H * W + offs
+    bmx, bmy, bsq, bxy = _transposed_taps(
+        hor_ptr, win_ptr, plane * m + pj, pi, HO, W, mask, NPLANES * m, PAD, K, BH, BW
+    )
+    p = plane * H * W + pi * W + pj
     xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(dt)
     yv = tl.load(y_ptr + p, mask=mask, other=0.0).to(dt)
     tl.store(gx_ptr + p, bmx + 2 * xv * bsq + yv * bxy, mask=mask)
@@ -265,9 +282,7 @@ def _horizontal(x, y, window, h, w, wo, pad, k, planes):
     if POISON:
         hor.fill_(float("nan"))
     for lo, hi in chunks(planes):
-        _hmoments_kernel[(triton.cdiv(h * wo, BLOCK), hi - lo)](
-            x, y, window, hor, h, w, wo, pad, lo, planes, K=k, BLOCK=BLOCK
-        )
+        _hmoments_kernel[(_tiles(h, wo), hi - lo)](x, y, window, hor, h, w, wo, pad, lo, planes, K=k, BH=BH, BW=BW)
     return hor
 
 
@@ -276,9 +291,9 @@ def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
     # compute in float32 (float64 for float64 data), whatever the storage dtype
     window = window.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
     b, c, h, w, k, pad, ho, wo = _geometry(x, window, same_padding)
-    check_int32("pixels per plane", h * w + BLOCK)  # offsets within a plane stay int32
+    check_int32("pixels per plane", (h + BH) * (w + BW))  # offsets within a plane stay int32
     planes = b * c
-    nprog = triton.cdiv(ho * wo, BLOCK)
+    nprog = _tiles(ho, wo)
     part = torch.empty((planes, nprog), dtype=torch.float64, device=x.device)
     pm = torch.empty((4, planes, ho * wo) if with_grad else (1,), dtype=window.dtype, device=x.device)
     if POISON:
@@ -289,7 +304,7 @@ def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
     hor = _horizontal(x, y, window, h, w, wo, pad, k, planes)
     for lo, hi in chunks(planes):  # grid axis 1 holds 65535 programs at most
         _ssim_kernel[(nprog, hi - lo)](
-            hor, window, part, pm, h, ho, wo, pad, c1, c2, 1.0 / n, lo, planes, K=k, WITH_GRAD=with_grad, BLOCK=BLOCK
+            hor, window, part, pm, h, ho, wo, pad, c1, c2, 1.0 / n, lo, planes, K=k, WITH_GRAD=with_grad, BH=BH, BW=BW
         )
     value = (part.sum(1).reshape(b, c).sum(1) / n).to(x.dtype)
     if not with_grad:
@@ -299,11 +314,9 @@ def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
         hor2.fill_(float("nan"))
     gx, gy = torch.empty_like(x), torch.empty_like(y)
     for lo, hi in chunks(planes):
-        _hgrad_kernel[(triton.cdiv(ho * w, BLOCK), hi - lo)](
-            pm, window, hor2, ho, wo, w, pad, lo, planes, K=k, BLOCK=BLOCK
-        )
-        _ssim_grad_kernel[(triton.cdiv(h * w, BLOCK), hi - lo)](
-            x, y, window, hor2, gx, gy, h, w, ho, pad, lo, planes, K=k, BLOCK=BLOCK
+        _hgrad_kernel[(_tiles(ho, w), hi - lo)](pm, window, hor2, ho, wo, w, pad, lo, planes, K=k, BH=BH, BW=BW)
+        _ssim_grad_kernel[(_tiles(h, w), hi - lo)](
+            x, y, window, hor2, gx, gy, h, w, ho, pad, lo, planes, K=k, BH=BH, BW=BW
         )
     return value, gx, gy
 
@@ -350,20 +363,17 @@ def _ball_moments_kernel(
     PLANE0: tl.int64,
     NPLANES: tl.int64,
     K: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """The ball moments of a tile of output pixels in float64 (the vertical pass over the
     horizontal sums of (x, delta)): mu_x, mu_d, var_x, var_d, cov_xd, stored as
     mom[5, NPLANES, HO * WO]."""
-    pid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < HO * WO
-    oi = offs // WO
-    oj = offs % WO
-    mx, md, exx, edd, exd = _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K, BLOCK)
+    oi, oj, mask = _tile(tl.program_id(0), HO, WO, BH, BW)
+    mx, md, exx, edd, exd = _window_moments(hor_ptr, win_ptr, plane, oi, oj, mask, H, WO, PAD, NPLANES, K, BH, BW)
     n = HO * WO
-    o = plane * n + offs
+    o = plane * n + oi * WO + oj
     stride = NPLANES * n
     tl.store(mom_ptr + o, mx, mask=mask)
     tl.store(mom_ptr + stride + o, md, mask=mask)
@@ -433,7 +443,7 @@ def ssim_ball_scale(
     x, delta = x.contiguous(), delta.contiguous()
     window = window.to(torch.float64).contiguous()
     b, c, h, w, k, pad, ho, wo = _geometry(x, window, same_padding)
-    check_int32("pixels per plane", h * w + BLOCK)
+    check_int32("pixels per plane", (h + BH) * (w + BW))
     planes, n = b * c, ho * wo
     mom = torch.empty((5, planes, n), dtype=torch.float64, device=x.device)
     if POISON:
@@ -441,7 +451,9 @@ def ssim_ball_scale(
     nprog = triton.cdiv(n, BLOCK)
     hor = _horizontal(x, delta, window, h, w, wo, pad, k, planes)
     for lo_p, hi_p in chunks(planes):
-        _ball_moments_kernel[(nprog, hi_p - lo_p)](hor, window, mom, h, ho, wo, pad, lo_p, planes, K=k, BLOCK=BLOCK)
+        _ball_moments_kernel[(_tiles(ho, wo), hi_p - lo_p)](
+            hor, window, mom, h, ho, wo, pad, lo_p, planes, K=k, BH=BH, BW=BW
+        )
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     tau = tau.to(device=x.device, dtype=torch.float64).reshape(-1, 1)
     lo = torch.zeros(b, 1, dtype=torch.float64, device=x.device)
