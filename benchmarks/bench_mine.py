@@ -1,8 +1,9 @@
 """Benchmark of the MINE bound (DV, all i != j pairs, ReLU critic head): forward, and
 forward + backward (gradients in u, v, b1, w2, b2), with peak memory.
 
-Compared in one run: the plain-PyTorch reference (eager; it materialises the B x B x H
-hidden tensor, so large B does not fit) and every miga_fast backend with a mine kernel
+Compared in one run: the plain-PyTorch reference (it materialises the B x B x H hidden
+tensor, so large B does not fit), eager and under torch.compile (compiled before timing),
+and every miga_fast backend with a mine kernel
 that runs here (C++ on CPU; CUDA and Triton on a GPU). Interleaved rounds, medians,
 NVTX ranges per impl/pass/size; the peak memory each call adds (CUDA: the allocator's
 peak; CPU: the process's peak RSS, reset before each measurement).
@@ -22,6 +23,7 @@ import torch
 import miga_fast
 from miga_fast import ops
 from miga_fast.nvtx import nvtx_range
+from miga_fast.reference import mine as ref_mine
 
 from _common import bench_parser, compiled_backends, finish, parse_sizes, result_record, sync, time_call
 
@@ -31,7 +33,7 @@ QUICK_SIZES = [(1024, 128)]
 
 
 def implementations(device):
-    impls = {"reference (eager)": "reference"}
+    impls = {"reference (eager)": "reference", "reference (torch.compile)": "compiled"}
     for backend in compiled_backends("mine_row_lse", device):
         impls[f"miga_fast {backend}"] = backend
     return impls
@@ -93,28 +95,41 @@ def run(args) -> dict:
             torch.zeros(()),
         ]
         params = [p.to(device).requires_grad_() for p in params]
-        impls = {k: v for k, v in implementations(device).items() if v != "reference" or reference_fits(b, h, device)}
+        impls = {
+            k: v
+            for k, v in implementations(device).items()
+            if v not in ("reference", "compiled") or reference_fits(b, h, device)
+        }
         skipped = [k for k in implementations(device) if k not in impls]
         times = {(name, p): [] for name in impls for p in ("forward", "forward+backward")}
         memory = {}
 
+        compiled_bound = torch.compile(ref_mine.bound)
+
         def calls(backend):
+            def bound():
+                if backend == "compiled":
+                    return compiled_bound(*params)
+                with miga_fast.set_backend(backend):
+                    return ops.mine_bound(*params)
+
             def forward():
-                with torch.no_grad(), miga_fast.set_backend(backend):
-                    ops.mine_bound(*params)
+                with torch.no_grad():
+                    bound()
 
             def forward_backward():
-                with miga_fast.set_backend(backend):
-                    out = ops.mine_bound(*params)
-                torch.autograd.grad(out, params)
+                torch.autograd.grad(bound(), params)
 
             return (("forward", forward), ("forward+backward", forward_backward))
 
-        for _ in range(args.rounds):
+        for rnd in range(args.rounds + 1):  # round 0 warms up (compiles), untimed
             for name, backend in impls.items():
                 for pass_name, f in calls(backend):
                     with miga_fast.value_checks(False), nvtx_range(f"{name}/{pass_name}/B{b}xH{h}"):
-                        times[(name, pass_name)].append(time_call(f, device, 1, 1, args.min_time))
+                        if rnd == 0:
+                            f()
+                        else:
+                            times[(name, pass_name)].append(time_call(f, device, 1, 1, args.min_time))
         for name, backend in impls.items():
             for pass_name, f in calls(backend):
                 with miga_fast.value_checks(False):
@@ -125,6 +140,8 @@ def run(args) -> dict:
                 if ("reference (eager)", pass_name) in times
                 else None
             )
+            peers = {n: statistics.median(times[(n, pass_name)]) for n in impls if not n.startswith("miga_fast")}
+            strongest = min(peers, key=peers.get) if peers else None
             for name in impls:
                 t = statistics.median(times[(name, pass_name)])
                 mem = memory[(name, pass_name)]
@@ -137,6 +154,8 @@ def run(args) -> dict:
                         "ms": t * 1e3,
                         "peak_extra_mib": None if mem is None else mem / 2**20,
                         "speedup_vs_eager": (eager / t) if eager else None,
+                        "strongest_peer": strongest,
+                        "speedup_vs_strongest_peer": (peers[strongest] / t) if strongest else None,
                     }
                 )
             for name in skipped:
@@ -149,6 +168,7 @@ def run(args) -> dict:
                         "ms": None,
                         "peak_extra_mib": 3 * b * b * h * 4 / 2**20,
                         "speedup_vs_eager": None,
+                        "speedup_vs_strongest_peer": None,
                         "note": "does not fit (estimated memory shown)",
                     }
                 )
@@ -160,12 +180,16 @@ def print_table(result: dict) -> None:
         f"MINE DV bound, all pairs, ReLU head, on {result['device']}; torch {result['torch']}; "
         f"median of {result['rounds']} interleaved rounds"
     )
-    print(f"{'B':>6} {'H':>4} {'pass':<17} {'implementation':<20} {'ms':>10} {'peak MiB':>10} {'vs eager':>9}")
+    print(
+        f"{'B':>6} {'H':>4} {'pass':<17} {'implementation':<26} {'ms':>10} {'peak MiB':>10} {'vs eager':>9} "
+        f"{'vs best peer':>12}"
+    )
     for r in result["rows"]:
         ms = f"{r['ms']:10.2f}" if r["ms"] is not None else f"{'-':>10}"
         mem = f"{r['peak_extra_mib']:10.1f}" if r["peak_extra_mib"] is not None else f"{'?':>10}"
         sp = f"{r['speedup_vs_eager']:.1f}x" if r["speedup_vs_eager"] else ("no fit" if r.get("note") else "-")
-        print(f"{r['B']:>6} {r['H']:>4} {r['pass']:<17} {r['impl']:<20} {ms} {mem} {sp:>9}")
+        best = f"{r['speedup_vs_strongest_peer']:.1f}x" if r.get("speedup_vs_strongest_peer") else "-"
+        print(f"{r['B']:>6} {r['H']:>4} {r['pass']:<17} {r['impl']:<26} {ms} {mem} {sp:>9} {best:>12}")
 
 
 def main(argv=None) -> int:
