@@ -24,6 +24,28 @@ T critic_score(const T* __restrict__ a, const T* __restrict__ b, const T* __rest
   return s;
 }
 
+// critic_score for kRowBlock rows of u at once (u: the first row, rows H apart) against one
+// b: each chunk of b is loaded once for all the rows (the forward's inner loop loaded a row
+// of u and a row of v per pair: now 1 + 1 / kRowBlock loads per pair-h). Each pair's sum
+// is formed in critic_score's order (the same lanes, the same reduction of the lanes).
+constexpr int kRowBlock = 4;
+
+template <typename Act, typename T = typename Act::type>
+void critic_scores_block(const T* __restrict__ u, const T* __restrict__ b, const T* __restrict__ w, int64_t H,
+                         T* __restrict__ out) {
+  T acc[kRowBlock][kLanes] = {};
+  int64_t h = 0;
+  for (; h + kLanes <= H; h += kLanes)
+    for (int r = 0; r < kRowBlock; ++r)
+      for (int k = 0; k < kLanes; ++k) acc[r][k] += w[h + k] * Act::f(u[r * H + h + k] + b[h + k]);
+  for (int r = 0; r < kRowBlock; ++r) {
+    T s = T(0);
+    for (int k = 0; k < kLanes; ++k) s += acc[r][k];
+    for (int64_t t = h; t < H; ++t) s += w[t] * Act::f(u[r * H + t] + b[t]);
+    out[r] = s;
+  }
+}
+
 // log sum_j exp(t[j]) over the n entries of t (entries of -inf are left out).
 template <typename T>
 T log_sum_exp(const T* t, int64_t n) {
@@ -39,8 +61,21 @@ T log_sum_exp(const T* t, int64_t n) {
 template <typename Act, typename T = typename Act::type>
 void row_lse(const T* u, const T* v, const T* w, int64_t B, int64_t H, bool exclude_diag, int64_t i0, int64_t i1,
              T* lse, std::vector<T>& row) {
-  row.resize(B);
-  for (int64_t i = i0; i < i1; ++i) {
+  row.resize(kRowBlock * B);
+  int64_t i = i0;
+  for (; i + kRowBlock <= i1; i += kRowBlock) {  // kRowBlock rows at a time
+    T t[kRowBlock];
+    for (int64_t j = 0; j < B; ++j) {
+      critic_scores_block<Act>(u + i * H, v + j * H, w, H, t);
+      for (int r = 0; r < kRowBlock; ++r) row[r * B + j] = t[r];
+    }
+    for (int r = 0; r < kRowBlock; ++r) {
+      T* ri = row.data() + r * B;
+      if (exclude_diag) ri[i + r] = -std::numeric_limits<T>::infinity();
+      lse[i + r] = log_sum_exp(ri, B);
+    }
+  }
+  for (; i < i1; ++i) {
     const T* ui = u + i * H;
     for (int64_t j = 0; j < B; ++j) row[j] = critic_score<Act>(ui, v + j * H, w, H);
     if (exclude_diag) row[i] = -std::numeric_limits<T>::infinity();
