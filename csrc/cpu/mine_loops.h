@@ -11,39 +11,33 @@
 
 constexpr int kLanes = 16;
 
-// sum_h w[h] * act(a[h] + b[h]).
-template <typename Act, typename T = typename Act::type>
-T critic_score(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w, int64_t H) {
-  T acc[kLanes] = {};
-  int64_t h = 0;
-  for (; h + kLanes <= H; h += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += w[h + k] * Act::f(a[h + k] + b[h + k]);
-  T s = T(0);
-  for (int k = 0; k < kLanes; ++k) s += acc[k];
-  for (; h < H; ++h) s += w[h] * Act::f(a[h] + b[h]);
-  return s;
-}
-
-// critic_score for kRowBlock rows of u at once (u: the first row, rows H apart) against one
-// b: each chunk of b is loaded once for all the rows (the forward's inner loop loaded a row
-// of u and a row of v per pair: now 1 + 1 / kRowBlock loads per pair-h). Each pair's sum
-// is formed in critic_score's order (the same lanes, the same reduction of the lanes).
+// out[r] = sum_h w[h] * act(u[r H + h] + b[h]) for R rows of u (u: the first row, rows H
+// apart): each chunk of b is loaded once for all R rows (the forward takes R = kRowBlock:
+// 1 + 1 / R loads per pair-h instead of 2). Each sum is formed the same way whatever R.
 constexpr int kRowBlock = 4;
 
-template <typename Act, typename T = typename Act::type>
-void critic_scores_block(const T* __restrict__ u, const T* __restrict__ b, const T* __restrict__ w, int64_t H,
-                         T* __restrict__ out) {
-  T acc[kRowBlock][kLanes] = {};
+template <typename Act, int R, typename T = typename Act::type>
+void critic_scores(const T* __restrict__ u, const T* __restrict__ b, const T* __restrict__ w, int64_t H,
+                   T* __restrict__ out) {
+  T acc[R][kLanes] = {};
   int64_t h = 0;
   for (; h + kLanes <= H; h += kLanes)
-    for (int r = 0; r < kRowBlock; ++r)
+    for (int r = 0; r < R; ++r)
       for (int k = 0; k < kLanes; ++k) acc[r][k] += w[h + k] * Act::f(u[r * H + h + k] + b[h + k]);
-  for (int r = 0; r < kRowBlock; ++r) {
+  for (int r = 0; r < R; ++r) {
     T s = T(0);
     for (int k = 0; k < kLanes; ++k) s += acc[r][k];
     for (int64_t t = h; t < H; ++t) s += w[t] * Act::f(u[r * H + t] + b[t]);
     out[r] = s;
   }
+}
+
+// sum_h w[h] * act(a[h] + b[h]).
+template <typename Act, typename T = typename Act::type>
+T critic_score(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ w, int64_t H) {
+  T s;
+  critic_scores<Act, 1>(a, b, w, H, &s);
+  return s;
 }
 
 // log sum_j exp(t[j]) over the n entries of t (entries of -inf are left out).
@@ -66,7 +60,7 @@ void row_lse(const T* u, const T* v, const T* w, int64_t B, int64_t H, bool excl
   for (; i + kRowBlock <= i1; i += kRowBlock) {  // kRowBlock rows at a time
     T t[kRowBlock];
     for (int64_t j = 0; j < B; ++j) {
-      critic_scores_block<Act>(u + i * H, v + j * H, w, H, t);
+      critic_scores<Act, kRowBlock>(u + i * H, v + j * H, w, H, t);
       for (int r = 0; r < kRowBlock; ++r) row[r * B + j] = t[r];
     }
     for (int r = 0; r < kRowBlock; ++r) {

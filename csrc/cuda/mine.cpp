@@ -1,6 +1,6 @@
 // Torch glue of the CUDA MINE kernels (mine_kernels.cu): checks, the operands in the
-// kernels' padded transposed layout, the current stream, zeroed accumulators, the final scaling by w2 and the sum over
-// rows of d/dw.
+// kernels' padded transposed layout, the current stream, zeroed accumulators, the final
+// scaling by w2 and the sum over rows of d/dw.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
