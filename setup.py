@@ -87,6 +87,13 @@ def _extension():
     # torch sets -std (C++20 from torch 2.13). -fno-trapping-math lets gcc if-convert selects
     # (ReLU, clamps) so loops vectorise; it changes no result (nothing reads the FP flags).
     cxx = ["-O3", "-fno-trapping-math", "-fvisibility=hidden"]
+    # at::parallel_for is a header template: without -fopenmp (and torch built on OpenMP)
+    # it compiles to a serial loop, and every CPU kernel runs on one thread. The runtime is
+    # torch's own libgomp.so.1 (same soname, already loaded when the extension is).
+    link = []
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if with_cuda:
         sources += sorted(rel(p) for p in (csrc / "cuda").glob("*.cpp"))
         sources += sorted(rel(p) for p in (csrc / "cuda").glob("*.cu"))
@@ -96,10 +103,11 @@ def _extension():
             sources,
             include_dirs=[str(csrc)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link,
         )
     print(f"miga_fast: building without CUDA ({reason}): CPU kernels only")
     return cpp_extension.CppExtension(
-        "miga_fast._C", sources, include_dirs=[str(csrc)], extra_compile_args={"cxx": cxx}
+        "miga_fast._C", sources, include_dirs=[str(csrc)], extra_compile_args={"cxx": cxx}, extra_link_args=link
     )
 
 

@@ -1,6 +1,7 @@
 """Backend selection, build reporting and the `miga-fast backends` command."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,59 @@ def test_the_tables_without_a_cuda_build(monkeypatch):
         assert table["cuda"]["built"] is False and table["cuda"]["reasons"]
     with pytest.raises(BackendUnavailableError, match="backend 'cuda' is not available"):
         miga_fast.set_backend("cuda")
+
+
+# ------------------------------------------------------------------ CPU threads
+needs_cpp = pytest.mark.skipif(miga_fast._extension.load() is None, reason="needs the built extension")
+
+
+@needs_cpp
+@pytest.mark.skipif(
+    not torch.backends.openmp.is_available() or (os.cpu_count() or 1) < 2, reason="needs OpenMP torch and 2 CPUs"
+)
+def test_cpu_kernels_run_on_every_intra_op_thread():
+    """The CPU kernels' at::parallel_for really forks (a build without -fopenmp runs it
+    serially on one thread, silently)."""
+    from miga_fast import _C
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _C.cpu_parallel_threads() == 2
+        torch.set_num_threads(1)
+        assert _C.cpu_parallel_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_cpp
+def test_cpu_results_do_not_depend_on_the_thread_count(rng):
+    """Bit for bit the same results on 1 and 2 threads: every reduction runs in a fixed
+    order inside one task (projection l2 and MI-FGSM, SSIM, the MINE bound)."""
+    x = torch.rand(5, 3, 41, 37, generator=rng)
+    g = torch.randn(5, 3, 41, 37, generator=rng)
+    d = (torch.rand(5, 3, 41, 37, generator=rng) - 0.5) * 0.1
+    y = (x + 0.1 * torch.randn(5, 3, 41, 37, generator=rng)).clamp(0, 1)
+    u, v, w = (torch.randn(300, 16, generator=rng) for _ in range(3))
+
+    def outputs():
+        with miga_fast.set_backend("cpu"):
+            l2 = ops.pgd_step_(d.clone(), g, x, 0.5, 0.1, "l2")
+            m = torch.zeros_like(d)
+            mi = ops.mi_fgsm_step_(d.clone(), m, g, x, 8 / 255, 2 / 255)
+            xx = x.clone().requires_grad_(True)
+            s = ops.ssim(xx, y)
+            (gs,) = torch.autograd.grad(s.sum(), xx)
+            lse = torch.ops.miga_fast.mine_row_lse(u, v, w[0], 0, True)
+        return [l2, mi, m, s.detach(), gs, lse]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = outputs()
+        torch.set_num_threads(2)
+        two = outputs()
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
