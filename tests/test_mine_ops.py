@@ -53,10 +53,12 @@ def test_float32_matches_reference(backend, device, activation, rng):
     for bound in ("dv", "infonce"):
         with miga_fast.set_backend(backend):
             out = ops.mine_bound(*args, bound=bound, activation=activation)
-        want = ref.bound(*args, bound, "all", None, activation)
-        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
-        for g, w in zip(torch.autograd.grad(out, args), torch.autograd.grad(want, args)):
-            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+        # against the float64 reference (the truth), not the float32 one (its own rounding)
+        args64 = [a.detach().double().requires_grad_() for a in args]
+        want = ref.bound(*args64, bound, "all", None, activation)
+        torch.testing.assert_close(out, want.float(), rtol=1e-5, atol=1e-5)
+        for g, w in zip(torch.autograd.grad(out, args), torch.autograd.grad(want, args64)):
+            torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
@@ -236,3 +238,30 @@ def test_softplus_keeps_its_tail(rng):
             importlib.import_module("miga_fast.triton_kernels")
         got = ops_.mine_row_lse(u, v, w2, 2, True)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("signs", ["positive", "negative", "some zero", "all zero"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relu_bound_for_every_sign_pattern_of_w2(backend, device, signs, dtype, rng):
+    """The ReLU forward splits the hidden units by the sign of w2 (units of w2 = 0 dropped,
+    each group padded to whole vectors): every pattern, against the reference."""
+    for b, h in [(2, 1), (3, 9), (7, 17), (10, 24)]:
+        u, v, b1, w2, b2 = _critic(rng, b, h, dtype=dtype, device=device)
+        with torch.no_grad():
+            if signs == "positive":
+                w2.abs_()
+            elif signs == "negative":
+                w2.copy_(-w2.abs())
+            elif signs == "some zero":
+                w2[::2] = 0
+            else:
+                w2.zero_()
+        args = [u, v, b1, w2, b2]
+        with miga_fast.set_backend(backend):
+            out = ops.mine_bound(*args, bound="dv", activation="relu")
+        want = ref.bound(*args, "dv", "all", None, "relu")
+        tol = 1e-10 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(out, want, rtol=tol, atol=tol)
+        for g, w in zip(torch.autograd.grad(out, args), torch.autograd.grad(want, args)):
+            torch.testing.assert_close(g, w, rtol=100 * tol, atol=tol)

@@ -23,16 +23,22 @@
 #define MIGA_FAST_PRAGMA_(text) _Pragma(#text)
 #define MIGA_FAST_TARGET_PRAGMA_(isa) MIGA_FAST_PRAGMA_(GCC target(isa))
 
+// MIGA_FAST_ISA_AVX2: 1 in the AVX2 build of the loops, 0 in the generic one (gcc's target
+// pragma does not define __AVX2__), for loops that pick their vector width themselves.
+#define MIGA_FAST_ISA_AVX2 0
 namespace generic {
 #include MIGA_FAST_LOOPS
 }  // namespace generic
+#undef MIGA_FAST_ISA_AVX2
 
 #ifdef MIGA_FAST_HAVE_AVX2_PATH
 #pragma GCC push_options
 MIGA_FAST_TARGET_PRAGMA_(MIGA_FAST_AVX2_TARGET)
+#define MIGA_FAST_ISA_AVX2 1
 namespace avx2 {
 #include MIGA_FAST_LOOPS
 }  // namespace avx2
+#undef MIGA_FAST_ISA_AVX2
 #pragma GCC pop_options
 #endif
 
