@@ -186,6 +186,30 @@ class Limit:
         self.backends, self.text, self.holds = tuple(backends), text, holds
 
 
+# A constant to torch.compile: the first call of an op may come inside a compiled function
+# (fullgraph too), and the probe's dispatcher query would otherwise break the graph.
+@torch.compiler.assume_constant_result
+def _probe_build(kernel: str, kernels: tuple, backend: str) -> tuple[str, ...]:
+    """Why `backend` has no runnable kernel `kernel` in this process (() when it has)."""
+    if backend not in kernels:
+        return (f"no {backend} kernel for this op yet",)
+    if backend == "cpu":
+        if not _cpu_built():
+            return (f"miga_fast._C did not load ({_extension.load_error()})",)
+        if not _extension.has_kernel(kernel, "CPU"):
+            return (f"the built extension has no CPU kernel for {kernel} (rebuild it)",)
+    elif backend == "cuda":
+        if not _cuda_built():
+            return (_cuda_build_note(),)
+        if not _extension.has_kernel(kernel, "CUDA"):
+            return (f"the built extension has no CUDA kernel for {kernel} (rebuild it)",)
+    elif backend == "triton":
+        err = _triton_error()
+        if err is not None:
+            return (err,)
+    return ()
+
+
 class Op:
     """The dispatch table of one op: which backends have a kernel for it (the CPU and CUDA
     kernels are probed in the built extension as torch.ops.miga_fast.<kernel>), the dtypes
@@ -205,32 +229,16 @@ class Op:
         self.dtypes = {"cuda": FLOAT, "triton": ANY_FLOAT, "cpu": FLOAT, **(dtypes or {})}
         self.limits = tuple(limits)
         self._built = {"reference": ()}
+        # (selected name, device, dtype, interpreter on, build table) -> backend, for calls
+        # with no facts: the answer depends on nothing else
+        self._chosen: dict = {}
 
     def build_reasons(self, backend: str) -> tuple[str, ...]:
         """Why `backend` cannot run this op whatever the inputs (not built): () when it can
         run on some input. Probed once per process (what was built never changes)."""
         if backend not in self._built:
-            self._built[backend] = tuple(self._probe(backend))
+            self._built[backend] = _probe_build(self.kernel, self.kernels, backend)
         return self._built[backend]
-
-    def _probe(self, backend: str) -> list[str]:
-        if backend not in self.kernels:
-            return [f"no {backend} kernel for this op yet"]
-        if backend == "cpu":
-            if not _cpu_built():
-                return [f"miga_fast._C did not load ({_extension.load_error()})"]
-            if not _extension.has_kernel(self.kernel, "CPU"):
-                return [f"the built extension has no CPU kernel for {self.kernel} (rebuild it)"]
-        elif backend == "cuda":
-            if not _cuda_built():
-                return [_cuda_build_note()]
-            if not _extension.has_kernel(self.kernel, "CUDA"):
-                return [f"the built extension has no CUDA kernel for {self.kernel} (rebuild it)"]
-        elif backend == "triton":
-            err = _triton_error()
-            if err is not None:
-                return [err]
-        return []
 
     def not_supported_reasons(
         self, backend: str, device: torch.device, dtype: torch.dtype, auto: bool = False, **facts
@@ -267,13 +275,16 @@ class Op:
         """The backend that runs a call: the selected one, or under "auto" the first in
         AUTO_ORDER that can. Raises BackendUnavailableError when the selected one cannot."""
         name = _BACKEND.get()
+        key = None if facts else (name, device, dtype, triton_interpret(), id(self._built))
+        chosen = self._chosen.get(key) if key is not None else None
+        if chosen is not None:
+            return chosen
         auto = name == "auto"
-        if auto:
-            for backend in AUTO_ORDER:
-                if not self.not_supported_reasons(backend, device, dtype, True, **facts):
-                    return backend
-        elif not self.not_supported_reasons(name, device, dtype, **facts):
-            return name
+        chosen = self._select(name, auto, device, dtype, **facts)
+        if chosen is not None:
+            if key is not None:
+                self._chosen[key] = chosen
+            return chosen
         # only "auto" with every backend refused (cannot happen: the reference runs all) or a named one
         lines = []
         for backend in AUTO_ORDER:
@@ -285,6 +296,15 @@ class Op:
             + "\n".join(lines)
             + "\nuse set_backend('auto') to take the first backend that can, or name one that can run"
         )
+
+    def _select(self, name: str, auto: bool, device, dtype, **facts) -> str | None:
+        if auto:
+            for backend in AUTO_ORDER:
+                if not self.not_supported_reasons(backend, device, dtype, True, **facts):
+                    return backend
+        elif not self.not_supported_reasons(name, device, dtype, **facts):
+            return name
+        return None
 
     def table(self) -> dict:
         """Per backend: built (the build reasons, empty when built) and the conditions its

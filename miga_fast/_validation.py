@@ -158,14 +158,28 @@ def check_no_overlap(outputs: dict, inputs: dict) -> None:
                 f"`{name}` overlaps itself (an expanded or stride-0 tensor): it is written in place; "
                 f"pass `{name}.clone()` or a tensor of its own"
             )
-    items = list(outputs.items()) + list(inputs.items())
-    for i, (name, t) in enumerate(outputs.items()):
-        for other, u in items[i + 1 :]:
-            if u is not None and _shares_memory(t, u):
+    items = [(k, v) for k, v in list(outputs.items()) + list(inputs.items()) if v is not None]
+    # one storage address per tensor, read once (the pairs below compare them)
+    storages = [_storage_ptr(t) for _, t in items]
+    for i in range(len(outputs)):
+        name, t = items[i]
+        for j in range(i + 1, len(items)):
+            if storages[i] is not None and storages[i] == storages[j] and _shares_memory(t, items[j][1]):
+                other = items[j][0]
                 raise ValueError(
                     f"`{name}` and `{other}` share memory: `{name}` is written in place, so "
                     f"`{other}` would change under the op; pass separate tensors"
                 )
+
+
+def _storage_ptr(t: torch.Tensor):
+    """The address of t's storage, or None for a tensor with no memory of its own (meta,
+    fake, empty); None never counts as shared."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    if type(t) is not torch.Tensor and is_fake(t):
+        return None
+    return (t.device, t.untyped_storage().data_ptr())
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
@@ -183,7 +197,8 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     their data pointers are all 0) share none."""
     if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
         return False
-    if is_fake(a) or is_fake(b):
+    # exact torch.Tensor cannot be fake: skip is_fake's subclass walk (most of this check's cost)
+    if not (type(a) is torch.Tensor and type(b) is torch.Tensor) and (is_fake(a) or is_fake(b)):
         return False
     if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
         return False
@@ -304,7 +319,33 @@ def per_sample(value, name: str, like: torch.Tensor, *, minimum: float = 0.0) ->
             f"`{name}` = {v:.4g} is beyond {dtype}'s range (max {torch.finfo(dtype).max:.4g}), "
             "the dtype the kernels compute in"
         )
-    return torch.full((1,), v, dtype=dtype, device=like.device)
+    if torch.compiler.is_compiling():
+        return torch.full((1,), v, dtype=dtype, device=like.device)
+    return _constant(v, dtype, like.device)
+
+
+# One read-only [1] tensor per (value, dtype, device, CUDA stream): a float eps or alpha
+# would otherwise cost a fill per op call (a kernel launch on a GPU). The kernels never
+# write them. Per stream, because the fill is queued on the stream that first asked (a
+# read from another stream could overtake it); never cached during CUDA-graph capture
+# (the fill would run only when the graph replays).
+_CONSTANTS: dict = {}
+_CONSTANTS_MAX = 256
+
+
+def _constant(v: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    stream = None
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.full((1,), v, dtype=dtype, device=device)
+        stream = torch.cuda.current_stream(device).cuda_stream
+    key = (v, dtype, device, stream)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) >= _CONSTANTS_MAX:
+            _CONSTANTS.clear()
+        t = _CONSTANTS[key] = torch.full((1,), v, dtype=dtype, device=device)
+    return t
 
 
 def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None, *, odd: bool = False) -> int:

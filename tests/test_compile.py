@@ -54,3 +54,64 @@ def test_bad_arguments():
         compile_denoiser(lambda x: x)
     with pytest.raises(ValueError, match="`mode`"):
         compile_denoiser(DnCNN(), mode="fastest")
+
+
+def test_first_call_of_every_op_family_inside_fullgraph_compile(tmp_path):
+    """The backend probe (a dispatcher query, done once per op) must not break the graph
+    when an op's first call in the process is inside torch.compile(fullgraph=True): a
+    fresh interpreter, no eager call before."""
+    import subprocess
+    import sys
+
+    code = """
+import torch, miga_fast
+from miga_fast import ops
+x = torch.rand(2, 3, 16, 16); g = torch.randn_like(x); u = torch.randn(6, 4); w = torch.randn(4)
+def f(d, m, g, x):
+    ops.pgd_step_(d, g, x, 0.03, 0.01, "linf")
+    ops.pgd_step_(d, g, x, 0.5, 0.1, "l2")
+    ops.mi_fgsm_step_(d, m, g, x, 0.03, 0.01)
+    ops.project_(d, x, 0.03)
+    s = ops.ssim(x, (x + d).clamp(0, 1))
+    return s, ops.mine_bound(u, u + 1, torch.zeros(4), w, torch.zeros(()))
+d = torch.zeros_like(x)
+s, b = torch.compile(f, fullgraph=True)(d, torch.zeros_like(x), g, x)
+d2 = torch.zeros_like(x)
+s2, b2 = f(d2, torch.zeros_like(x), g, x)
+torch.testing.assert_close(d, d2); torch.testing.assert_close(s, s2); torch.testing.assert_close(b, b2)
+print("ok")
+"""
+    # -P and a neutral working directory: the installed package, not the source tree
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_compiled_attack_step_has_no_graph_break_and_no_recompile_across_batches(rng):
+    """The attack's compiled loss (denoiser and classifier, forward and backward) with the
+    fused update: one graph with no break, reused by a second batch of the same shape
+    (a recompile would raise); trainable weights are frozen during the attack (their
+    gradients would be computed and dropped) and handed back as they were."""
+    from torch._dynamo.utils import counters
+
+    from miga_fast.attacks import MIGA
+    from miga_fast.models.classifiers import SmallCNN
+
+    torch.manual_seed(0)
+    D, F = DnCNN(3, 4, 8).eval(), SmallCNN(3, 10, 8).eval()
+    F.head[-1].weight.requires_grad_(False)  # one frozen by the caller: stays frozen
+    torch._dynamo.reset()
+    counters.clear()
+    attack = MIGA(D, F, eps=8 / 255, steps=3, compile=True)
+    x = torch.rand(2, 4, 3, 16, 16, generator=rng)
+    y = torch.randint(0, 10, (2, 4), generator=rng)
+    first = attack(x[0], y[0])
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1 and not counters["graph_break"], dict(counters["graph_break"])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        second = attack(x[1], y[1])
+    assert counters["stats"]["unique_graphs"] == graphs and not counters["graph_break"]
+    assert attack.compile and attack.denoiser.compiled
+    assert first.losses and second.losses
+    assert F.head[-1].weight.requires_grad is False
+    assert all(p.requires_grad for n, p in F.named_parameters() if n != "head.2.weight")
+    assert all(p.requires_grad for p in D.parameters())

@@ -342,3 +342,22 @@ def test_compiled_ops_reject_bad_input_from_cpp(backend, device, rng):
         torch.ops.miga_fast.project_l2_(d, x, torch.ones(2))
     with pytest.raises(RuntimeError, match="float32 or float64"):
         torch.ops.miga_fast.project_linf_(d.half(), x.half(), e)
+
+
+def test_float_budgets_are_cached_per_value_dtype_device_and_never_written(rng):
+    """A float eps / alpha becomes one cached [1] tensor (no fill per call); the kernels
+    only read it, so after many steps it still holds the value."""
+    from miga_fast._validation import per_sample
+
+    x, d, g = _inputs(rng, (3, 2, 9, 9), torch.float32, "cpu")
+    e32 = per_sample(8 / 255, "eps", d)
+    assert per_sample(8 / 255, "eps", d) is e32
+    assert per_sample(8 / 255, "eps", d.double()) is not e32
+    assert per_sample(4 / 255, "eps", d) is not e32
+    for backend in ["reference"] + (["cpu"] if miga_fast.backends()["cpu"]["built"] else []):
+        with miga_fast.set_backend(backend):
+            for norm in ("linf", "l2"):
+                ops.pgd_step_(d, g, x, 8 / 255, 8 / 255, norm)
+            ops.mi_fgsm_step_(d, torch.zeros_like(d), g, x, 8 / 255, 8 / 255)
+    assert per_sample(8 / 255, "eps", d) is e32
+    assert e32.item() == torch.tensor(8 / 255, dtype=torch.float32).item() and e32.shape == (1,)

@@ -78,10 +78,37 @@ def _check_images(delta, x, outputs=("delta",), **others):
     check_unit_range(x, "x")
 
 
+# Inside a graph torch.compile traces, with the backend left on "auto": whether each op
+# runs our kernel (an opaque call: inductor cannot fuse it with the ops around it) or is
+# traced as the plain-PyTorch reference (a decomposition inductor fuses with the gradient
+# that feeds it and the ops that read delta after it). Measured on CPU in
+# benchmarks/bench_projection.py ("inside a compiled graph"; docs/architecture.md, "Ops
+# inside compiled graphs"): the l-inf step is element-wise, so fusion saves whole passes
+# over memory and the traced reference wins; the l2 and MI-FGSM steps need a per-sample
+# reduction first, where our kernel is faster than inductor's code, and torch 2.14.1's
+# inductor fails to compile the traced l2 reference inside a larger graph and the in-place
+# MI-FGSM reference on its own. GPU: the same rule until the GPU benchmark says
+# otherwise. A backend named with set_backend() is always obeyed.
+COMPILE_RULE = {
+    "pgd_step_linf_": "decompose",
+    "project_linf_": "decompose",
+    "pgd_step_l2_": "kernel",
+    "project_l2_": "kernel",
+    "mi_fgsm_step_": "kernel",
+}
+
+
 def _dispatch(op: str, reference, delta: torch.Tensor, *args) -> None:
     """Run torch.ops.<namespace>.<op>(delta, *args) on the selected backend, or
-    `reference(delta, *args)` on the reference backend."""
+    `reference(delta, *args)` on the reference backend (and, under torch.compile with
+    backend "auto", where COMPILE_RULE says "decompose")."""
     backend = TABLES[op].select(delta.device, delta.dtype)
+    if backend != "reference" and torch.compiler.is_compiling():
+        if COMPILE_RULE[op] == "decompose" and _backend.get_backend() == "auto":
+            backend = "reference"
+    if backend != "reference" and not torch.is_grad_enabled():  # the attacks' loops: no context to enter
+        getattr(_ops_for(backend), op)(delta, *args)
+        return
     with torch.no_grad():
         if backend == "reference":
             reference(delta, *args)

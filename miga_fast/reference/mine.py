@@ -43,9 +43,11 @@ def marginal_log_mean_exp(t: torch.Tensor, pairs: str, perm) -> torch.Tensor:
     b = t.shape[0]
     if pairs == "shuffle":
         marg = t[torch.arange(b, device=t.device), perm]
-    else:
-        marg = t[~torch.eye(b, dtype=torch.bool, device=t.device)]
-    return torch.logsumexp(marg, 0) - math.log(marg.numel())
+        return torch.logsumexp(marg, 0) - math.log(marg.numel())
+    # every i != j: the diagonal masked out (a boolean index would give a data-dependent
+    # shape, which torch.compile(fullgraph=True) cannot trace)
+    off = t.masked_fill(torch.eye(b, dtype=torch.bool, device=t.device), float("-inf"))
+    return torch.logsumexp(off.reshape(-1), 0) - math.log(b * (b - 1))
 
 
 def combine(bound: str, joint_mean, log_mean_exp_marginal):
