@@ -35,7 +35,7 @@ from .._validation import (
 from ..compile import compile_denoiser
 from ..nvtx import nvtx_range
 from . import run_folder
-from ._common import DEFAULT_EPS, check_model_mode, model_device, model_mode
+from ._common import DEFAULT_EPS, check_model_mode, frozen_weights, model_device, model_mode
 from .result import AttackResult
 
 NORMS = ("linf", "l2", "ssim")
@@ -178,7 +178,8 @@ class DenoiserAttack:
             if device is not None:
                 x_noisy = x_noisy.to(device)
                 x_clean = x_clean.to(device) if isinstance(x_clean, torch.Tensor) else x_clean
-            with model_mode([self.denoiser_eager, self.classifier], self.model_mode):
+            models = [self.denoiser_eager, self.classifier]
+            with model_mode(models, self.model_mode), frozen_weights(models):
                 result = self._forward(x_noisy, labels, x_clean)
         check_deferred()  # anything an earlier call of this thread deferred: its verdict now
         return result

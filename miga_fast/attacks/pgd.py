@@ -19,7 +19,7 @@ from .._validation import (
     value_checks,
 )
 from ..nvtx import nvtx_range
-from ._common import DEFAULT_ALPHA, DEFAULT_EPS, check_model_mode, model_device, model_mode
+from ._common import DEFAULT_ALPHA, DEFAULT_EPS, check_model_mode, frozen_weights, model_device, model_mode
 
 
 class PGD:
@@ -99,7 +99,7 @@ class PGD:
         x = images.detach()
         if device is not None:
             x, labels = x.to(device), labels.to(device)
-        with model_mode([self.model], self.model_mode):
+        with model_mode([self.model], self.model_mode), frozen_weights([self.model]):
             adv = self._attack(x, labels)
         check_deferred()  # anything an earlier call of this thread deferred: its verdict now
         return adv
