@@ -220,8 +220,9 @@ def goals(bench: dict) -> list[dict]:
     out = []
     proj = bench.get("projection")
     for row in _rows(proj, impl="miga_fast cuda"):
-        comp = _rows(proj, impl="reference (torch.compile)", norm=row["norm"], shape=row["shape"])
-        shape = "x".join(map(str, row["shape"]))
+        cache = row.get("cache", "warm")
+        comp = _rows(proj, impl="reference (torch.compile)", norm=row["norm"], shape=row["shape"], cache=cache)
+        shape = "x".join(map(str, row["shape"])) + f" ({cache} cache)"
         if comp:
             out.append(
                 {

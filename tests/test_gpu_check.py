@@ -27,18 +27,34 @@ def _bench():
                     "norm": "linf",
                     "shape": shape,
                     "impl": "reference (torch.compile)",
+                    "cache": "warm",
                     "ms": 0.30,
                     "fraction_of_copy_bw": 0.5,
                 },
-                {"norm": "linf", "shape": shape, "impl": "miga_fast cuda", "ms": 0.20, "fraction_of_copy_bw": 0.8},
+                {
+                    "norm": "linf",
+                    "shape": shape,
+                    "impl": "miga_fast cuda",
+                    "cache": "warm",
+                    "ms": 0.20,
+                    "fraction_of_copy_bw": 0.8,
+                },
                 {
                     "norm": "l2",
                     "shape": shape,
                     "impl": "reference (torch.compile)",
+                    "cache": "warm",
                     "ms": 0.30,
                     "fraction_of_copy_bw": 0.5,
                 },
-                {"norm": "l2", "shape": shape, "impl": "miga_fast cuda", "ms": 0.40, "fraction_of_copy_bw": 0.6},
+                {
+                    "norm": "l2",
+                    "shape": shape,
+                    "impl": "miga_fast cuda",
+                    "cache": "warm",
+                    "ms": 0.40,
+                    "fraction_of_copy_bw": 0.6,
+                },
             ]
         },
         "ssim": {
@@ -71,8 +87,9 @@ def _bench():
 
 def test_goals_are_derived_from_the_benchmark_rows(gpu_check):
     goals = {g["goal"]: g for g in gpu_check.goals(_bench())}
-    assert goals["projection linf 64x3x224x224: CUDA step no slower than the torch.compile'd reference"]["met"]
-    assert not goals["projection l2 64x3x224x224: CUDA step no slower than the torch.compile'd reference"]["met"]
+    goal = "64x3x224x224 (warm cache): CUDA step no slower than the torch.compile'd reference"
+    assert goals[f"projection linf {goal}"]["met"]
+    assert not goals[f"projection l2 {goal}"]["met"]
     assert goals["SSIM value+gradient: CUDA vs pytorch-msssim (>= 3x)"]["met"]
     assert goals["SSIM value+gradient: CUDA vs fused-ssim (>= 2x)"]["met"] is None  # not installed: said so
     assert goals["MINE all-pairs bound B=4096 H=256 forward+backward: >= 10x eager"]["met"]
