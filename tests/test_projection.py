@@ -361,3 +361,39 @@ def test_float_budgets_are_cached_per_value_dtype_device_and_never_written(rng):
             ops.mi_fgsm_step_(d, torch.zeros_like(d), g, x, 8 / 255, 8 / 255)
     assert per_sample(8 / 255, "eps", d) is e32
     assert e32.item() == torch.tensor(8 / 255, dtype=torch.float32).item() and e32.shape == (1,)
+
+
+@pytest.mark.skipif(not miga_fast.backends()["cpu"]["built"], reason="C++ kernels not built")
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_compile_rule_decomposes_the_linf_step_and_keeps_the_l2_kernel(backend, rng):
+    """Under torch.compile with backend "auto", the l-inf step is traced as the reference
+    (no miga_fast op left in the graph, so inductor can fuse it) and the l2 and MI-FGSM
+    steps stay our kernel (ops.projection.COMPILE_RULE); a backend named explicitly is
+    obeyed. The results equal the eager kernel's."""
+    from miga_fast.ops.projection import COMPILE_RULE
+
+    x, d0, g = _inputs(rng, (3, 2, 10, 10), torch.float32, "cpu")
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return gm.forward
+
+    steps = {
+        "pgd_step_linf_": lambda d, m: ops.pgd_step_(d, g, x, 0.05, 0.01, "linf"),
+        "pgd_step_l2_": lambda d, m: ops.pgd_step_(d, g, x, 0.5, 0.1, "l2"),
+        "mi_fgsm_step_": lambda d, m: ops.mi_fgsm_step_(d, m, g, x, 0.05, 0.01),
+    }
+    for op, step in steps.items():
+
+        def f(d, m, step=step):
+            step(d, m)
+            return d * 1.0
+
+        with miga_fast.set_backend(backend):
+            eager = f(d0.clone(), torch.zeros_like(d0))
+            torch._dynamo.reset()
+            compiled = torch.compile(f, backend=record, fullgraph=True)(d0.clone(), torch.zeros_like(d0))
+        kernel_in_graph = any(op in t for t in graphs[-1])
+        assert kernel_in_graph == (backend == "cpu" or COMPILE_RULE[op] == "kernel"), (op, graphs[-1])
+        _close(compiled, eager, torch.float32)
