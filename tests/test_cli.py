@@ -79,6 +79,16 @@ def test_attack_command_runs_and_resumes(tmp_path):
     assert (tmp_path / "results.jsonl").read_text().splitlines() == lines
 
 
+def test_attack_command_bfloat16_precision_is_recorded(tmp_path):
+    out = _cli(
+        "attack", "--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--data", "digits", "--n", "8",
+        "--steps", "1", "--precision", "bfloat16", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["parameters"]["precision"] == "bfloat16"
+
+
 def test_attack_command_users_own_models_and_folders(tmp_path):
     """A user's TorchScript denoiser, a user's state dict with a named architecture, and an
     image folder."""

@@ -156,3 +156,29 @@ def test_bad_input(natural):
         attack(xn * 2, y)
     with pytest.raises(ValueError, match="empty"):
         attack.run((x[:0], y[:0]), "/tmp/never-written", progress=False)
+
+
+def test_bfloat16_precision_runs_the_models_in_bfloat16_and_keeps_delta_float32(rng):
+    """precision="bfloat16": the models' convolutions run under autocast (a hook sees
+    bfloat16 activations); delta, its budget and the box stay exact float32; the weights
+    are untouched; any other precision is refused by name."""
+    from miga_fast.models import DnCNN
+    from miga_fast.models.classifiers import SmallCNN
+
+    torch.manual_seed(0)
+    D, F = DnCNN(3, 3, 8).eval(), SmallCNN(3, 10, 8).eval()
+    seen = []
+    D.body[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.rand(4, 3, 16, 16, generator=rng)
+    y = torch.randint(0, 10, (4,), generator=rng)
+    eps = 8 / 255
+    res = MIGA(D, F, eps=eps, steps=3, compile=False, precision="bfloat16")(x, y)
+    assert torch.bfloat16 in seen
+    assert res.delta.dtype == torch.float32 and float(res.delta.abs().max()) <= eps + 1e-7
+    assert float(res.adversarial.min()) >= 0 and float(res.adversarial.max()) <= 1
+    assert all(p.dtype == torch.float32 for p in list(D.parameters()) + list(F.parameters()))
+    seen.clear()
+    MIGA(D, F, eps=eps, steps=1, compile=False)(x, y)
+    assert torch.bfloat16 not in seen
+    with pytest.raises(ValueError, match="precision"):
+        MIGA(D, F, eps=eps, precision="float16")

@@ -297,7 +297,9 @@ def _attack(args) -> int:
                 "classes: name the class folders by class index (0, 1, ...) or pass --class-map"
             )
     try:
-        kw = dict(eps=eps, norm=args.norm, steps=args.steps, compile=args.compile, tau=args.tau)
+        kw = dict(
+            eps=eps, norm=args.norm, steps=args.steps, compile=args.compile, tau=args.tau, precision=args.precision
+        )
         if args.attack == "miga":
             attack = MIGA(denoiser, classifier, task=args.task, **kw)
         elif args.attack == "degradation":
@@ -390,6 +392,12 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=None, help="attack only the first n images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="the models' arithmetic inside the attack (bfloat16: autocast, about 2x faster on CPUs with AVX-512 BF16)",
+    )
     p.add_argument("--out", default="miga-fast-attack")
     args = parser.parse_args(argv)
     return args.func(args)

@@ -53,6 +53,7 @@ class MIGA(DenoiserAttack):
         random_start=False,
         generator=None,
         model_mode="eval",
+        precision="float32",
     ):
         task = task or ("known" if classifier is not None else "unknown")
         self.task = check_choice(task, "task", TASKS)
@@ -83,6 +84,7 @@ class MIGA(DenoiserAttack):
             random_start=random_start,
             generator=generator,
             model_mode=model_mode,
+            precision=precision,
         )
         # the unknown task's MI bound pairs samples within the batch: it needs two
         self.min_batch = 2 if self.task == "unknown" else 1
