@@ -45,8 +45,8 @@ def frozen_weights(models):
     """The models' parameters with requires_grad off while the attack runs (restored
     afterwards, each as it was). An attack needs gradients in the input only; with
     trainable weights, torch.compile's backward (AOTAutograd) computes and drops their
-    gradients too: about 1.5x the backward time of the shipped models on a CPU
-    (benchmarks/profile_attack.py)."""
+    gradients too: 1.9x the backward time, 1.46x the whole step, of the shipped models on
+    a CPU (benchmarks/profile_attack.py)."""
     params = {id(p): p for m in models if isinstance(m, torch.nn.Module) for p in m.parameters()}
     saved = [(p, p.requires_grad) for p in params.values()]
     try:
