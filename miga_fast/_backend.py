@@ -190,7 +190,10 @@ class Limit:
 # (fullgraph too), and the probe's dispatcher query would otherwise break the graph.
 @torch.compiler.assume_constant_result
 def _probe_build(kernel: str, kernels: tuple, backend: str) -> tuple[str, ...]:
-    """Why `backend` has no runnable kernel `kernel` in this process (() when it has)."""
+    """Why `backend` has no runnable kernel `kernel` in this process (() when it has; the
+    reference runs every op)."""
+    if backend == "reference":
+        return ()
     if backend not in kernels:
         return (f"no {backend} kernel for this op yet",)
     if backend == "cpu":
@@ -228,14 +231,18 @@ class Op:
         self.kernels = tuple(kernels)
         self.dtypes = {"cuda": FLOAT, "triton": ANY_FLOAT, "cpu": FLOAT, **(dtypes or {})}
         self.limits = tuple(limits)
-        self._built = {"reference": ()}
+        self._built: dict = {}
         # (selected name, device, dtype, interpreter on, build table) -> backend, for calls
         # with no facts: the answer depends on nothing else
         self._chosen: dict = {}
 
     def build_reasons(self, backend: str) -> tuple[str, ...]:
         """Why `backend` cannot run this op whatever the inputs (not built): () when it can
-        run on some input. Probed once per process (what was built never changes)."""
+        run on some input. Probed once per process (what was built never changes). While
+        torch.compile traces, the answer is a compile-time constant read around the cache:
+        a graph that read or filled it would guard on its contents and recompile later."""
+        if torch.compiler.is_compiling():
+            return _probe_build(self.kernel, self.kernels, backend)
         if backend not in self._built:
             self._built[backend] = _probe_build(self.kernel, self.kernels, backend)
         return self._built[backend]
@@ -275,7 +282,10 @@ class Op:
         """The backend that runs a call: the selected one, or under "auto" the first in
         AUTO_ORDER that can. Raises BackendUnavailableError when the selected one cannot."""
         name = _BACKEND.get()
-        key = None if facts else (name, device, dtype, triton_interpret(), id(self._built))
+        # No cache while torch.compile traces: reading it would make the compiled graph guard
+        # on the cache's contents, so any later call that fills an entry would recompile it.
+        cache = not facts and not torch.compiler.is_compiling()
+        key = (name, device, dtype, triton_interpret(), id(self._built)) if cache else None
         chosen = self._chosen.get(key) if key is not None else None
         if chosen is not None:
             return chosen

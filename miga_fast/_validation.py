@@ -159,12 +159,12 @@ def check_no_overlap(outputs: dict, inputs: dict) -> None:
                 f"pass `{name}.clone()` or a tensor of its own"
             )
     items = [(k, v) for k, v in list(outputs.items()) + list(inputs.items()) if v is not None]
-    # one storage address per tensor, read once (the pairs below compare them)
+    # one storage address per tensor, read once; only tensors of one storage can overlap
     storages = [_storage_ptr(t) for _, t in items]
     for i in range(len(outputs)):
         name, t = items[i]
         for j in range(i + 1, len(items)):
-            if storages[i] is not None and storages[i] == storages[j] and _shares_memory(t, items[j][1]):
+            if storages[i] is not None and storages[i] == storages[j] and _spans_overlap(t, items[j][1]):
                 other = items[j][0]
                 raise ValueError(
                     f"`{name}` and `{other}` share memory: `{name}` is written in place, so "
@@ -173,10 +173,11 @@ def check_no_overlap(outputs: dict, inputs: dict) -> None:
 
 
 def _storage_ptr(t: torch.Tensor):
-    """The address of t's storage, or None for a tensor with no memory of its own (meta,
-    fake, empty); None never counts as shared."""
+    """(device, address of t's storage), or None for a tensor with no memory of its own
+    (empty, meta, fake: their data pointers are all 0); None never counts as shared."""
     if t.numel() == 0 or t.device.type == "meta":
         return None
+    # an exact torch.Tensor cannot be fake: skip is_fake's subclass walk (most of the cost)
     if type(t) is not torch.Tensor and is_fake(t):
         return None
     return (t.device, t.untyped_storage().data_ptr())
@@ -184,24 +185,14 @@ def _storage_ptr(t: torch.Tensor):
 
 def _span(t: torch.Tensor) -> tuple[int, int]:
     """The byte range [lo, hi) a tensor's elements occupy."""
-    if t.numel() == 0:
-        return (0, 0)
     lo = t.data_ptr()
     extent = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if stride > 0)
     low = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if stride < 0)
     return (lo + low * t.element_size(), lo + (extent + 1) * t.element_size())
 
 
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether a and b may touch the same bytes. Tensors with no memory (empty, meta, fake:
-    their data pointers are all 0) share none."""
-    if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
-        return False
-    # exact torch.Tensor cannot be fake: skip is_fake's subclass walk (most of this check's cost)
-    if not (type(a) is torch.Tensor and type(b) is torch.Tensor) and (is_fake(a) or is_fake(b)):
-        return False
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
+def _spans_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two non-empty tensors of one storage may touch the same bytes."""
     (a0, a1), (b0, b1) = _span(a), _span(b)
     return a0 < b1 and b0 < a1
 

@@ -4,6 +4,7 @@ falls back to eager with a warning instead of killing the attack."""
 import pytest
 import torch
 
+import miga_fast
 from miga_fast.compile import compile_denoiser
 from miga_fast.models import DnCNN, UNetDenoiser
 
@@ -115,3 +116,36 @@ def test_compiled_attack_step_has_no_graph_break_and_no_recompile_across_batches
     assert F.head[-1].weight.requires_grad is False
     assert all(p.requires_grad for n, p in F.named_parameters() if n != "head.2.weight")
     assert all(p.requires_grad for p in D.parameters())
+
+
+def test_miga_fast_caches_do_not_make_compiled_graphs_recompile(rng):
+    """The backend choice is read around miga_fast's caches while torch.compile traces:
+    a compiled graph guards on the selected backend only, so eager calls that fill the
+    caches (another dtype, another backend) do not recompile it, and coming back to a
+    backend reuses its graph."""
+    from miga_fast import ops
+
+    x = torch.rand(2, 3, 8, 8, generator=rng)
+    g = torch.randn(2, 3, 8, 8, generator=rng)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def f(d):
+        ops.pgd_step_(d, g, x, 0.03, 0.01, "l2")
+        return d + 0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend=record, fullgraph=True)
+    with miga_fast.set_backend("auto"):
+        compiled(torch.zeros_like(x))
+    for backend in ("reference", "auto"):  # eager calls that fill the caches
+        with miga_fast.set_backend(backend):
+            ops.pgd_step_(torch.zeros_like(x).double(), g.double(), x.double(), 0.03, 0.01, "l2")
+    with miga_fast.set_backend("reference"):
+        compiled(torch.zeros_like(x))
+    with miga_fast.set_backend("auto"):
+        compiled(torch.zeros_like(x))
+    assert len(graphs) == 2  # one per backend, none for the caches

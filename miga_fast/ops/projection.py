@@ -106,14 +106,12 @@ def _dispatch(op: str, reference, delta: torch.Tensor, *args) -> None:
     if backend != "reference" and torch.compiler.is_compiling():
         if COMPILE_RULE[op] == "decompose" and _backend.get_backend() == "auto":
             backend = "reference"
-    if backend != "reference" and not torch.is_grad_enabled():  # the attacks' loops: no context to enter
-        getattr(_ops_for(backend), op)(delta, *args)
+    run = reference if backend == "reference" else getattr(_ops_for(backend), op)
+    if not torch.is_grad_enabled():  # the attacks' loops: no context to enter
+        run(delta, *args)
         return
     with torch.no_grad():
-        if backend == "reference":
-            reference(delta, *args)
-        else:
-            getattr(_ops_for(backend), op)(delta, *args)
+        run(delta, *args)
 
 
 def pgd_step_(delta, grad, x, eps, alpha, norm="linf", direction=1.0):
