@@ -4,6 +4,7 @@ record and its JSON output."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 import miga_fast
+from miga_fast.nvtx import nvtx_range
 
 ROOT = Path(__file__).resolve().parent
 
@@ -69,6 +71,39 @@ def time_call(fn, device, warmup: int, reps: int, min_time: float) -> float:
                 fn()
             samples.append((time.perf_counter() - t0) / inner)
     return statistics.median(samples)
+
+
+@contextlib.contextmanager
+def call_context(backend, checks, range_name: str):
+    """A timed call's context: its miga_fast backend ("auto" for None), value checks on or
+    off, and an NVTX range for Nsight."""
+    with miga_fast.set_backend(backend or "auto"), miga_fast.value_checks(checks), nvtx_range(range_name):
+        yield
+
+
+def interleaved_times(cases: dict, device, rounds: int, min_time: float) -> dict:
+    """Times several implementations in interleaved rounds, so a noisy machine slows them
+    alike. cases: key -> (fn, context), where context() gives the context manager a call
+    runs in (backend, value checks, NVTX range). Round 0 calls each once, untimed (warm-up,
+    compilation); each later round times each once (time_call, min_time seconds), in the
+    order of `cases`. Returns key -> the list of seconds per call. A context is usually
+    functools.partial(call_context, backend, checks, range_name)."""
+    times = {key: [] for key in cases}
+    for rnd in range(rounds + 1):
+        for key, (fn, context) in cases.items():
+            with context():
+                if rnd == 0:
+                    fn()
+                else:
+                    times[key].append(time_call(fn, device, 1, 1, min_time))
+    return times
+
+
+def strongest_peer(medians: dict) -> str | None:
+    """The fastest implementation not miga_fast's own, from name -> seconds (None when
+    there is none)."""
+    peers = {n: t for n, t in medians.items() if not n.startswith("miga_fast")}
+    return min(peers, key=peers.get) if peers else None
 
 
 def write_json(result: dict, family: str, out: str | None, quick: bool) -> Path:

@@ -14,6 +14,7 @@ peak; CPU: the process's peak RSS, reset before each measurement).
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import sys
@@ -22,10 +23,19 @@ import torch
 
 import miga_fast
 from miga_fast import ops
-from miga_fast.nvtx import nvtx_range
 from miga_fast.reference import mine as ref_mine
 
-from _common import bench_parser, compiled_backends, finish, parse_sizes, result_record, sync, time_call
+from _common import (
+    bench_parser,
+    call_context,
+    compiled_backends,
+    finish,
+    interleaved_times,
+    parse_sizes,
+    result_record,
+    strongest_peer,
+    sync,
+)
 
 CPU_SIZES = [(256, 64), (1024, 128), (4096, 128), (4096, 256)]
 GPU_SIZES = [(256, 64), (1024, 128), (4096, 256), (16384, 256), (16384, 512)]
@@ -101,7 +111,6 @@ def run(args) -> dict:
             if v not in ("reference", "compiled") or reference_fits(b, h, device)
         }
         skipped = [k for k in implementations(device) if k not in impls]
-        times = {(name, p): [] for name in impls for p in ("forward", "forward+backward")}
         memory = {}
 
         compiled_bound = torch.compile(ref_mine.bound)
@@ -122,14 +131,13 @@ def run(args) -> dict:
 
             return (("forward", forward), ("forward+backward", forward_backward))
 
-        for rnd in range(args.rounds + 1):  # round 0 warms up (compiles), untimed
-            for name, backend in impls.items():
-                for pass_name, f in calls(backend):
-                    with miga_fast.value_checks(False), nvtx_range(f"{name}/{pass_name}/B{b}xH{h}"):
-                        if rnd == 0:
-                            f()
-                        else:
-                            times[(name, pass_name)].append(time_call(f, device, 1, 1, args.min_time))
+        # bound() selects each call's backend itself ("compiled" is no miga_fast backend)
+        cases = {
+            (name, pass_name): (f, functools.partial(call_context, None, False, f"{name}/{pass_name}/B{b}xH{h}"))
+            for name, backend in impls.items()
+            for pass_name, f in calls(backend)
+        }
+        times = interleaved_times(cases, device, args.rounds, args.min_time)
         for name, backend in impls.items():
             for pass_name, f in calls(backend):
                 with miga_fast.value_checks(False):
@@ -140,8 +148,8 @@ def run(args) -> dict:
                 if ("reference (eager)", pass_name) in times
                 else None
             )
-            peers = {n: statistics.median(times[(n, pass_name)]) for n in impls if not n.startswith("miga_fast")}
-            strongest = min(peers, key=peers.get) if peers else None
+            medians = {n: statistics.median(times[(n, pass_name)]) for n in impls}
+            strongest = strongest_peer(medians)
             for name in impls:
                 t = statistics.median(times[(name, pass_name)])
                 mem = memory[(name, pass_name)]
@@ -155,7 +163,7 @@ def run(args) -> dict:
                         "peak_extra_mib": None if mem is None else mem / 2**20,
                         "speedup_vs_eager": (eager / t) if eager else None,
                         "strongest_peer": strongest,
-                        "speedup_vs_strongest_peer": (peers[strongest] / t) if strongest else None,
+                        "speedup_vs_strongest_peer": (medians[strongest] / t) if strongest else None,
                     }
                 )
             for name in skipped:

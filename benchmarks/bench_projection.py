@@ -25,18 +25,27 @@ in an NVTX range named impl/norm/shape/cache, for Nsight (see benchmarks/README.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-import miga_fast
 from miga_fast import ops
-from miga_fast.nvtx import nvtx_range
 from miga_fast.reference import projection as ref
 
-from _common import bench_parser, compiled_backends, finish, parse_sizes, result_record, time_call
+from _common import (
+    bench_parser,
+    call_context,
+    compiled_backends,
+    finish,
+    interleaved_times,
+    parse_sizes,
+    result_record,
+    strongest_peer,
+    time_call,
+)
 
 SIZES = [(64, 3, 32, 32), (64, 3, 64, 64), (64, 3, 128, 128), (64, 3, 224, 224)]
 QUICK_SIZES = [(64, 3, 32, 32), (64, 3, 224, 224)]
@@ -182,31 +191,22 @@ def run(args) -> dict:
             warm = [make_state(shape, device, 0)]
             cold = warm + [make_state(shape, device, i) for i in range(1, n_cold)]
             conditions = {"warm": warm, "cold": cold}
-            times = {}
-            for rnd in range(args.rounds + 1):  # round 0 warms up (compiles), untimed
-                for cache, states in conditions.items():
-                    for name, (backend, step, checks) in impls.items():
-                        if checks and cache == "cold":
-                            continue
-                        cursor = [0]
+            cases = {}
+            for cache, states in conditions.items():
+                for name, (backend, step, checks) in impls.items():
+                    if checks and cache == "cold":
+                        continue
 
-                        def call(states=states, step=step, cursor=cursor):
-                            step(states[cursor[0] % len(states)])
-                            cursor[0] += 1
+                    def call(states=states, step=step, cursor=[0]):  # noqa: B006 - the rotation's position
+                        step(states[cursor[0] % len(states)])
+                        cursor[0] += 1
 
-                        with (
-                            miga_fast.set_backend(backend or "auto"),
-                            miga_fast.value_checks(checks),
-                            nvtx_range(f"{name}/{norm}/{'x'.join(map(str, shape))}/{cache}"),
-                        ):
-                            if rnd == 0:
-                                call()
-                            else:
-                                times.setdefault((name, cache), []).append(time_call(call, device, 1, 1, args.min_time))
+                    where = f"{name}/{norm}/{'x'.join(map(str, shape))}/{cache}"
+                    cases[(name, cache)] = (call, functools.partial(call_context, backend, checks, where))
+            times = interleaved_times(cases, device, args.rounds, args.min_time)
             for cache in conditions:
                 med = {n: statistics.median(v) for (n, c), v in times.items() if c == cache}
-                peers = {n: t for n, t in med.items() if not n.startswith("miga_fast")}
-                strongest = min(peers, key=peers.get)
+                strongest = strongest_peer(med)
                 for name, t in med.items():
                     rows.append(
                         {
@@ -220,7 +220,7 @@ def run(args) -> dict:
                             "fraction_of_copy_bw": nbytes / t / bw,
                             "speedup_vs_reference_eager": med["reference (eager)"] / t,
                             "strongest_peer": strongest,
-                            "speedup_vs_strongest_peer": peers[strongest] / t,
+                            "speedup_vs_strongest_peer": med[strongest] / t,
                         }
                     )
             del warm, cold, conditions
@@ -262,23 +262,19 @@ def in_graph_rows(device, sizes, norms, args) -> list:
         for shape in sizes:
             s = make_state(shape, device, 0)
             mask = (torch.rand(shape, generator=torch.Generator().manual_seed(1)) > 0.1).float().to(device)
-            fns, errors = {}, {}
+            # one compiled function: its graphs guard on the selected backend, so both live in its cache
+            fn = torch.compile(f, fullgraph=True, dynamic=False)
+            cases, errors = {}, {}
             for name, backend in (("kernel", kernel[0]), ("decomposition", "reference")):
-                torch._dynamo.reset()
-                fn = torch.compile(f, fullgraph=True, dynamic=False)
+                d, m = s["delta"].clone(), s["momentum"].clone()
+                context = functools.partial(call_context, backend, False, f"in graph {name}/{norm}/{shape}")
                 try:
-                    with miga_fast.set_backend(backend), miga_fast.value_checks(False):
-                        fn(s["delta"].clone(), s["momentum"].clone(), s["grad"], mask, s["x"])
-                    fns[name] = (backend, fn, s["delta"].clone(), s["momentum"].clone())
+                    with context():
+                        fn(d.clone(), m.clone(), s["grad"], mask, s["x"])  # compiles
+                    cases[name] = (lambda d=d, m=m: fn(d, m, s["grad"], mask, s["x"]), context)
                 except Exception as exc:  # noqa: BLE001 - an inductor failure is a result
                     errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            times = {n: [] for n in fns}
-            for _ in range(args.rounds):
-                for name, (backend, fn, d, m) in fns.items():
-                    with miga_fast.set_backend(backend), miga_fast.value_checks(False):
-                        times[name].append(
-                            time_call(lambda: fn(d, m, s["grad"], mask, s["x"]), device, 1, 1, args.min_time)
-                        )
+            times = interleaved_times(cases, device, args.rounds, args.min_time)
             for name in ("kernel", "decomposition"):
                 row = {"norm": norm, "shape": list(shape), "in_graph": name}
                 if name in times:

@@ -18,6 +18,7 @@ eager pytorch-msssim. NVTX ranges name impl/pass/shape.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 
@@ -25,10 +26,17 @@ import torch
 
 import miga_fast
 from miga_fast import ops
-from miga_fast.nvtx import nvtx_range
 from miga_fast.reference import ssim as ref_ssim
 
-from _common import bench_parser, compiled_backends, finish, result_record, time_call
+from _common import (
+    bench_parser,
+    call_context,
+    compiled_backends,
+    finish,
+    interleaved_times,
+    result_record,
+    strongest_peer,
+)
 
 SIZES = [(64, 3, 32, 32), (16, 3, 128, 128), (8, 3, 256, 256), (8, 3, 512, 512)]
 QUICK_SIZES = [(16, 3, 128, 128)]
@@ -92,46 +100,35 @@ def run(args) -> dict:
         y = (x + 0.1 * torch.randn(shape, generator=gen).to(device)).clamp(0, 1)
         impls = implementations(device)
         gap = same_semantics_gap(impls, x, y)
-        times = {(name, p): [] for name in impls for p in ("forward", "forward+backward")}
-        for rnd in range(args.rounds + 1):  # round 0 warms up (compiles), untimed
-            for name, (backend, fn) in impls.items():
+        cases = {}
+        for name, (backend, fn) in impls.items():
 
-                def forward():
-                    with torch.no_grad():
-                        fn(x, y)
+            def forward(fn=fn):
+                with torch.no_grad():
+                    fn(x, y)
 
-                def forward_backward():
-                    xx = x.detach().requires_grad_(True)
-                    fn(xx, y).sum().backward()
+            def forward_backward(fn=fn):
+                xx = x.detach().requires_grad_(True)
+                fn(xx, y).sum().backward()
 
-                for pass_name, f in (("forward", forward), ("forward+backward", forward_backward)):
-                    with (
-                        miga_fast.set_backend(backend or "auto"),
-                        miga_fast.value_checks(False),
-                        nvtx_range(f"{name}/{pass_name}/{'x'.join(map(str, shape))}"),
-                    ):
-                        if rnd == 0:
-                            f()
-                        else:
-                            times[(name, pass_name)].append(time_call(f, device, 1, 1, args.min_time))
+            for pass_name, f in (("forward", forward), ("forward+backward", forward_backward)):
+                where = f"{name}/{pass_name}/{'x'.join(map(str, shape))}"
+                cases[(name, pass_name)] = (f, functools.partial(call_context, backend, False, where))
+        times = interleaved_times(cases, device, args.rounds, args.min_time)
         # The SSIM ball: the largest step t back into SSIM(x, x + t delta) >= 0.95 (16 candidates, 5 rounds).
         # Up to 256 x 256: beyond, the reference's [B, 16, C, H, W] float64 maps take gigabytes.
         ball_impls = {"reference (eager)": "reference"} if shape[-1] <= 256 else {}
         for backend in compiled_backends("ssim_ball_scale", device) if ball_impls else ():
             ball_impls[f"miga_fast {backend}"] = backend
         delta = y - x
-        for name in ball_impls:
-            times[(name, "ball_scale")] = []
-        for _ in range(args.rounds):
-            for name, backend in ball_impls.items():
-                with (
-                    miga_fast.set_backend(backend),
-                    miga_fast.value_checks(False),
-                    nvtx_range(f"{name}/ball_scale/{'x'.join(map(str, shape))}"),
-                ):
-                    times[(name, "ball_scale")].append(
-                        time_call(lambda: ops.ssim_ball_scale(delta, x, 0.95), device, 1, 1, args.min_time)
-                    )
+        ball_cases = {
+            (name, "ball_scale"): (
+                lambda: ops.ssim_ball_scale(delta, x, 0.95),
+                functools.partial(call_context, backend, False, f"{name}/ball_scale/{'x'.join(map(str, shape))}"),
+            )
+            for name, backend in ball_impls.items()
+        }
+        times.update(interleaved_times(ball_cases, device, args.rounds, args.min_time))
         ref_ball = statistics.median(times[("reference (eager)", "ball_scale")]) if ball_impls else None
         for name in ball_impls:
             t = statistics.median(times[(name, "ball_scale")])
@@ -154,9 +151,8 @@ def run(args) -> dict:
                 if ("fused-ssim (same)", pass_name) in times
                 else None
             )
-            peers = {n: statistics.median(times[(n, pass_name)]) for n in impls if not n.startswith("miga_fast")}
-            peers = {n: t for n, t in peers.items() if not n.endswith("(same)")}
-            strongest = min(peers, key=peers.get)
+            medians = {n: statistics.median(times[(n, pass_name)]) for n in impls if not n.endswith("(same)")}
+            strongest = strongest_peer(medians)
             for name in impls:
                 t = statistics.median(times[(name, pass_name)])
                 same = name.endswith("(same)")
@@ -169,7 +165,7 @@ def run(args) -> dict:
                         "images_per_s": shape[0] / t,
                         "speedup_vs_pytorch_msssim": (peer / t) if peer and not same else None,
                         "strongest_peer": None if same else strongest,
-                        "speedup_vs_strongest_peer": None if same else peers[strongest] / t,
+                        "speedup_vs_strongest_peer": None if same else medians[strongest] / t,
                         "speedup_vs_fused_ssim": (fused / t) if fused and same else None,
                         "max_abs_diff_vs_fused_ssim": gap if same else None,
                     }
