@@ -27,11 +27,13 @@ $(VENV)/.deps: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.deps
 	$(BIN)/pip install -q --no-build-isolation ".[test]"
+	$(BIN)/pip install -q "diffusers>=0.30"  # apart from .[test]: see pyproject.toml
 
 # Contributors: an editable install into .venv (Python edits take effect at once; rerun
 # after editing csrc/). `make install` puts a regular install back.
 dev: $(VENV)/.deps
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	$(BIN)/pip install -q "diffusers>=0.30"
 
 demo: install
 	$(BIN)/miga-fast backends

@@ -58,6 +58,21 @@ inline void define_ops(torch::Library& m) {
   m.def(
       "mine_row_lse_backward(Tensor grad, Tensor u, Tensor v, Tensor w2, Tensor lse, int activation, "
       "bool exclude_diag) -> (Tensor, Tensor, Tensor)");
+
+  // Sampler family (docs/algorithms.md §5): every update of a diffusion purifier outside
+  // its model, element-wise in one pass (csrc/common/sampler_math.h): stage A by `mode`
+  // (0 identity, 1 jump a_from -> a_to, 2 DDIM a_from -> a_to), then with `mask` the
+  // combine with the noised known image at a_known, then with `noise_jump` a jump
+  // a_to -> a_jump. The a_* are 1-D tensors of 1 or B alpha-bars; clip <= 0: no clip.
+  // The backward returns d/dx, d/deps, d/dknown for the need_* flags set, in that order.
+  m.def(
+      "sampler_step(Tensor x, Tensor? eps, Tensor? known, Tensor? mask, Tensor? noise, Tensor? noise_known, "
+      "Tensor? noise_jump, Tensor a_from, Tensor a_to, Tensor a_known, Tensor a_jump, int mode, float eta, "
+      "float clip) -> Tensor");
+  m.def(
+      "sampler_step_backward(Tensor grad, Tensor x, Tensor? eps, Tensor? mask, Tensor a_from, Tensor a_to, "
+      "Tensor a_known, Tensor a_jump, int mode, float eta, float clip, bool has_jump, bool need_x, bool need_eps, "
+      "bool need_known) -> Tensor[]");
 }
 
 }  // namespace miga_fast

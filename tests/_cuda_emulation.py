@@ -17,7 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-FAMILIES = ("projection", "ssim", "mine")
+FAMILIES = ("projection", "ssim", "mine", "sampler")
 
 
 def cuda_include() -> Path | None:
@@ -59,7 +59,7 @@ def prebuilt() -> Path | None:
 def load() -> None:
     """Loads the library into torch.ops.miga_fast_emu (building it first, ~2 min on 2 cores,
     when CMake has not)."""
-    if hasattr(torch.ops, "miga_fast_emu") and hasattr(torch.ops.miga_fast_emu, "ssim"):
+    if hasattr(torch.ops, "miga_fast_emu") and hasattr(torch.ops.miga_fast_emu, "sampler_step"):
         return
     library = prebuilt()
     if library is not None:
@@ -100,6 +100,6 @@ def register_python_parts() -> None:
     import importlib
 
     # the modules (miga_fast.ops.ssim and .mine are also functions)
-    for family in ("projection", "ssim", "mine"):
+    for family in FAMILIES:
         importlib.import_module(f"miga_fast.ops.{family}")._register_cpp("miga_fast_emu")
     _python_parts_registered = True

@@ -35,6 +35,23 @@ AOT = {
     "_lse_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 64, "BJ": 64}),
     "_grad_rows_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 64, "BJ": 64}, {"num_warps": 16}),
     "_grad_cols_kernel": ({}, {"ACT": 2, "EXCL": True, "BI": 64, "BJ": 64}, {"num_warps": 16}),
+    "_sampler_forward_kernel": (
+        {},
+        {"MODE": 2, "HAS_MASK": True, "HAS_JUMP": True, "CLIP": True, "HAS_NOISE": True, "BLOCK": 1024},
+    ),
+    "_sampler_backward_kernel": (
+        {},
+        {
+            "MODE": 2,
+            "HAS_MASK": True,
+            "HAS_JUMP": True,
+            "CLIP": True,
+            "NEED_X": True,
+            "NEED_E": True,
+            "NEED_K": True,
+            "BLOCK": 1024,
+        },
+    ),
 }
 
 
@@ -77,7 +94,7 @@ def main() -> int:
         return 3
     kernels = importlib.import_module("miga_fast.triton_kernels")
     found = {}
-    for family in ("projection", "ssim", "mine"):
+    for family in ("projection", "ssim", "mine", "sampler"):
         for name, obj in vars(getattr(kernels, family)).items():
             if name.endswith("_kernel") and isinstance(obj, triton.runtime.jit.JITFunction):
                 found[name] = obj

@@ -135,6 +135,7 @@ OP_NAMES = {
     "ssim_ball_scale",
     "ssim_window_ball_project_",
     "mine_row_lse",
+    "sampler_step",
 }
 
 

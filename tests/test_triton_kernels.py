@@ -19,7 +19,7 @@ triton = pytest.importorskip("triton")  # noqa: F841 - the whole file is about T
 
 kernels = importlib.import_module("miga_fast.triton_kernels")
 launch = importlib.import_module("miga_fast.triton_kernels._launch")
-FAMILIES = ("projection", "ssim", "mine")
+FAMILIES = ("projection", "ssim", "mine", "sampler")
 
 
 def _jit_kernels():
@@ -100,7 +100,12 @@ def test_chunked_launches_give_the_same_bits(monkeypatch, rng):
             d = torch.zeros_like(x)
             miga_fast.ops.pgd_step_(d, g, x, 0.1, 0.03, norm="l2")
             lse = torch.ops.miga_fast_triton.mine_row_lse(u, v, torch.ones(4, dtype=u.dtype, device=dev), 0, True)
-        return [value, gx, t, w, d, lse]
+            abar = torch.linspace(0.3, 0.6, 3, dtype=x.dtype, device=dev)
+            mask = (y[:, :1] > 0.5).to(x.dtype)
+            s = miga_fast.ops.sampler_step(
+                x, mode="ddim", eps=g, a_from=abar, a_to=abar + 0.2, mask=mask, known=y, generator=0
+            )
+        return [value, gx, t, w, d, lse, s]
 
     whole = run_all()
     monkeypatch.setattr(launch, "MAX_GRID_Y", 4)

@@ -2,6 +2,6 @@
 Importing registers the `torch.ops.miga_fast_triton.*` custom ops (for CUDA tensors, and
 for CPU tensors under TRITON_INTERPRET=1)."""
 
-from . import mine, projection, ssim
+from . import mine, projection, sampler, ssim
 
-__all__ = ["mine", "projection", "ssim"]
+__all__ = ["mine", "projection", "sampler", "ssim"]

@@ -2,6 +2,7 @@
 
 from .mine import mine_bound, mine_pair_scores, mine_terms
 from .projection import mi_fgsm_step_, pgd_step_, project_, random_init_
+from .sampler import ddim_step, heterogeneous_noise, inpaint_combine, resample_forward, sampler_step
 from .ssim import ssim, ssim_ball_project_, ssim_ball_scale, ssim_window_ball_project_
 
 __all__ = [
@@ -16,4 +17,9 @@ __all__ = [
     "mine_pair_scores",
     "mine_bound",
     "mine_terms",
+    "heterogeneous_noise",
+    "ddim_step",
+    "inpaint_combine",
+    "resample_forward",
+    "sampler_step",
 ]

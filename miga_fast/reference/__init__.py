@@ -1,5 +1,5 @@
 """Plain-PyTorch implementations of every op: the oracle for tests and the last fallback."""
 
-from . import mine, projection, ssim
+from . import mine, projection, sampler, ssim
 
-__all__ = ["mine", "projection", "ssim"]
+__all__ = ["mine", "projection", "sampler", "ssim"]
