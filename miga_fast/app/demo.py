@@ -19,7 +19,7 @@ import torch
 
 from .. import data, metrics
 from ..attacks import MIGA, DenoiserDegradation, EndToEndPGD
-from ..defenses import DiffusionPurifier, FeatureSqueeze, NonLocalMeans
+from ..defenses import FeatureSqueeze, NonLocalMeans, UniformPurifier
 from ..mine import estimate_mi
 from ..models import registry
 from ..progress import progress_bar
@@ -39,10 +39,20 @@ ATTACKS = (
 )
 
 
+class _Seeded:
+    """A purifier called with a fixed seed: the demo's defenses are deterministic functions."""
+
+    def __init__(self, purifier, seed: int = 0):
+        self.purifier, self.seed = purifier, seed
+
+    def __call__(self, x):
+        return self.purifier(x, generator=self.seed, gradient="none")
+
+
 def _defenses(setup: Setup) -> dict:
     out = {"none": None, "squeeze": FeatureSqueeze(bits=5, median=2), "nlm": NonLocalMeans(sigma=0.04)}
     if setup.diffusion:
-        out["diffusion"] = DiffusionPurifier(registry.load(setup.diffusion), t_star=100, steps=10)
+        out["diffusion"] = _Seeded(UniformPurifier(registry.load(setup.diffusion), t_star=100, stride=10))
     return out
 
 

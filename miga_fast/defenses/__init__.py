@@ -1,8 +1,9 @@
 """Input-transformation defenses that the attacks are evaluated against (as the MIGA paper's
-Figure 5 does): feature squeezing, non-local means, and diffusion purification. Each maps
-images [B, C, H, W] in [0, 1] to images in [0, 1]; in an evaluation they sit in front of
-the classifier (on the denoiser's output)."""
+Figure 5 does): feature squeezing, non-local means, and diffusion purification
+(miga_fast.purify, re-exported here). Each maps images [B, C, H, W] in [0, 1] to images
+in [0, 1]; in an evaluation they sit in front of the classifier (on the denoiser's output)."""
 
-from .transforms import DiffusionPurifier, FeatureSqueeze, NonLocalMeans
+from ..purify import HeterogeneousPurifier, UniformPurifier
+from .transforms import FeatureSqueeze, NonLocalMeans
 
-__all__ = ["FeatureSqueeze", "NonLocalMeans", "DiffusionPurifier"]
+__all__ = ["FeatureSqueeze", "NonLocalMeans", "UniformPurifier", "HeterogeneousPurifier"]

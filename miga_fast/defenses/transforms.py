@@ -1,5 +1,5 @@
-"""Feature squeezing (Xu et al. 2018), non-local means (Buades et al. 2005) and DDPM
-purification with uniform noise (Nie et al. 2022, DiffPure), in plain PyTorch."""
+"""Feature squeezing and non-local means, in plain PyTorch (the diffusion purifiers are
+in miga_fast.purify)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_batch, check_int, check_scalar, check_tensor, check_unit_range
-from ..purify.schedules import LinearSchedule
 
 
 def _check_images(x):
@@ -78,44 +77,3 @@ class NonLocalMeans:
                 num += wgt * shifted[..., p : p + h, p : p + w]
                 den += wgt
         return num / den
-
-
-class DiffusionPurifier:
-    """DDPM purification with uniform noise: diffuse x (scaled to [-1, 1]) to step
-    `t_star` of the model's linear schedule, then run deterministic DDIM back to 0 in
-    `steps` steps. `model(x_t, t)` returns an object with `.sample` (the predicted noise),
-    as miga_fast.models.DiffusionUNet does; the shipped `ddpm_digits` fits 1 x 32 x 32.
-    generator: a seed or torch.Generator for the forward noise (reproducible runs)."""
-
-    name = "diffusion"
-
-    def __init__(self, model, t_star: int = 100, steps: int = 10, schedule: LinearSchedule | None = None, generator=0):
-        self.model = model
-        self.schedule = schedule or LinearSchedule()
-        check_int(t_star, "t_star", 1, self.schedule.T - 1)
-        check_int(steps, "steps", 1, t_star)
-        self.t_star, self.steps, self.generator = t_star, steps, generator
-
-    @torch.no_grad()
-    def __call__(self, x):
-        _check_images(x)
-        gen = self.generator
-        if gen is None or isinstance(gen, int):
-            gen = torch.Generator(device=x.device).manual_seed(gen or 0)
-        x0 = 2 * x - 1
-        b = x.shape[0]
-        noise = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
-        t = torch.full((b,), self.t_star, dtype=torch.long, device=x.device)
-        xt = self.schedule.q_sample(x0, t, noise)
-        ts = torch.linspace(self.t_star, 0, self.steps + 1, dtype=torch.float64).round().long().tolist()
-        for i in range(self.steps):
-            tt = torch.full((b,), ts[i], dtype=torch.long, device=x.device)
-            eps = self.model(xt, tt).sample
-            a = self.schedule.abar(tt, xt)
-            pred = ((xt - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
-            if ts[i + 1] > 0:
-                a_next = self.schedule.abar(torch.full_like(tt, ts[i + 1]), xt)
-                xt = a_next.sqrt() * pred + (1 - a_next).sqrt() * eps
-            else:
-                xt = pred
-        return ((xt + 1) / 2).clamp(0, 1)

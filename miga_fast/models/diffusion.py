@@ -68,7 +68,7 @@ class DiffusionUNet(nn.Module):
             t = torch.tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        temb = self.time(timestep_embedding(t.to(x.device), self.tdim))
+        temb = self.time(timestep_embedding(t.to(x.device), self.tdim).to(self.time[0].weight.dtype))
         h1 = self.down1(self.inc(x), temb)
         h2 = self.down2(self.pool(h1), temb)
         m = self.mid(self.pool(h2), temb)
