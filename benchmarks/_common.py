@@ -99,6 +99,39 @@ def interleaved_times(cases: dict, device, rounds: int, min_time: float) -> dict
     return times
 
 
+def _cpu_peak_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_peak() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_extra_bytes(fn, device):
+    """Memory the call needs beyond what was allocated before it (None if unmeasurable)."""
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    if not _cpu_peak_reset():
+        return None
+    base = _cpu_peak()
+    fn()
+    return max(0, _cpu_peak() - base)
+
+
 def strongest_peer(medians: dict) -> str | None:
     """The fastest implementation not miga_fast's own, from name -> seconds (None when
     there is none)."""

@@ -32,9 +32,9 @@ from _common import (
     finish,
     interleaved_times,
     parse_sizes,
+    peak_extra_bytes,
     result_record,
     strongest_peer,
-    sync,
 )
 
 CPU_SIZES = [(256, 64), (1024, 128), (4096, 128), (4096, 256)]
@@ -56,39 +56,6 @@ def reference_fits(b, h, device) -> bool:
     if device.type == "cuda":
         return need < 0.8 * torch.cuda.mem_get_info(device)[0]
     return need < 6 * 2**30
-
-
-def _cpu_peak_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _cpu_peak() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def peak_extra_bytes(fn, device):
-    """Memory the call needs beyond what was allocated before it (None if unmeasurable)."""
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    if not _cpu_peak_reset():
-        return None
-    base = _cpu_peak()
-    fn()
-    return max(0, _cpu_peak() - base)
 
 
 def run(args) -> dict:

@@ -185,6 +185,12 @@ def test_bpda_and_none_gradients():
     assert torch.equal(g, torch.ones_like(x))  # straight through
     torch.testing.assert_close(out, p(x, generator=0, gradient="none"))
     assert p(x, generator=0, gradient="none").grad_fn is None
+    # the surrogate: the real purification's values, a two-call stand-in's gradient
+    sur = p(x, generator=0, gradient="surrogate")
+    torch.testing.assert_close(sur, out)
+    (gs,) = torch.autograd.grad(sur, x, torch.ones_like(sur))
+    (gf,) = torch.autograd.grad(p(x, generator=0), x, torch.ones_like(sur))
+    assert gs.abs().sum() > 0 and not torch.allclose(gs, gf) and not torch.allclose(gs, g)
 
 
 def test_bfloat16_model_runs_close_to_float32(digits):

@@ -37,6 +37,7 @@ SETUPS = {
         denoiser="dncnn_natural",
         classifier="resnet_natural",
         eps=8 / 255,
+        diffusion="ddpm_natural",
         cam_classifier="resnet_natural",
         cam_layer="stages.2",
     ),

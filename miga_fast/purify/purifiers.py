@@ -14,7 +14,10 @@ returning the prediction (or an object with `.sample`).
 Gradients (`gradient=`): "full" differentiates through every step (memory grows with the
 steps); "checkpoint" gives the same gradient, recomputing each model call in the backward
 (memory near one model call); "bpda" purifies without a graph and passes the gradient
-straight through (the identity); "none" gives no gradient. Randomness comes from
+straight through (the identity); "surrogate" returns the real purification with the
+gradient of a two-model-call stand-in (the method's forward noise, then two long DDIM
+steps: what the method's authors attacked, for memory's sake); "none" gives no
+gradient. Randomness comes from
 `generator` (a torch.Generator or an int seed): the same seed gives the same purified image.
 """
 
@@ -32,7 +35,7 @@ from ..ops.projection import _as_generator
 from .mask import AttentionMask
 from .schedules import LinearSchedule
 
-GRADIENTS = ("full", "checkpoint", "bpda", "none")
+GRADIENTS = ("full", "checkpoint", "bpda", "surrogate", "none")
 PRECISIONS = ("float32", "bfloat16")
 RESAMPLING = ("single", "multi", "none")
 
@@ -152,10 +155,17 @@ class _DiffusionPurifier(nn.Module):
             gen.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
         prepared = self._prepare(x, **kwargs)
         self.model_calls = 0
-        if mode in ("bpda", "none"):
+        if mode in ("bpda", "none", "surrogate"):
+            state = gen.get_state()
             with torch.no_grad():
                 y = self._purify(x, gen, self._caller(False), prepared)
-            return x + (y - x).detach() if mode == "bpda" else y
+            if mode == "none" or not torch.is_grad_enabled():
+                return y
+            if mode == "bpda":
+                return x + (y - x).detach()
+            gen.set_state(state)  # the stand-in sees the same forward noise
+            stand_in = self._surrogate(x, gen, self._caller(False), prepared)
+            return y + (stand_in - stand_in.detach())
         return self._purify(x, gen, self._caller(mode == "checkpoint"), prepared)
 
     def _prepare(self, x, **kwargs):
@@ -165,6 +175,10 @@ class _DiffusionPurifier(nn.Module):
 
     def _purify(self, x, gen, call, prepared) -> torch.Tensor:
         y = self._run(2 * x - 1, gen, call, prepared)
+        return ((y + 1) / 2).clamp(0, 1)
+
+    def _surrogate(self, x, gen, call, prepared) -> torch.Tensor:
+        y = self._stand_in(2 * x - 1, gen, call, prepared)
         return ((y + 1) / 2).clamp(0, 1)
 
 
@@ -186,6 +200,13 @@ class UniformPurifier(_DiffusionPurifier):
     def _run(self, x0, gen, call, prepared):
         x = ops.resample_forward(x0, 1.0, self.a(self.t_star), generator=gen)  # q(x_t* | x0)
         return self._reverse(x, call, self.t_star, self.stride)
+
+    def _stand_in(self, x0, gen, call, prepared):
+        """Two DDIM steps: t* -> t*/2 -> the clean image."""
+        x = ops.resample_forward(x0, 1.0, self.a(self.t_star), generator=gen)
+        half = self.t_star // 2
+        x = self._ddim(x, call(x, self.t_star), self.t_star, half)
+        return self._ddim(x, call(x, half), half, -1)
 
     def extra_repr(self) -> str:
         return f"t_star={self.t_star}, stride={self.stride}, gradient={self.gradient!r}"
@@ -274,6 +295,12 @@ class HeterogeneousPurifier(_DiffusionPurifier):
             else:
                 x = self._ddim(x, call(x, t), t, t_next, generator=gen, **known)
         return self._reverse(x, call, self.t_s, self.stride_2)
+
+    def _stand_in(self, x0, gen, call, mask):
+        """Two DDIM steps: t_l -> t_s with the known pixels combined, then t_s -> the clean image."""
+        x = ops.heterogeneous_noise(x0, mask, self.a(self.t_l), self.a(self.t_s), generator=gen)
+        x = self._ddim(x, call(x, self.t_l), self.t_l, self.t_s, mask=mask, known=x0, generator=gen)
+        return self._ddim(x, call(x, self.t_s), self.t_s, -1)
 
     def extra_repr(self) -> str:
         return (
