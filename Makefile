@@ -75,6 +75,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_mine.py
 	$(BIN)/python benchmarks/bench_attack.py
 	$(BIN)/python benchmarks/profile_attack.py
+	$(BIN)/python benchmarks/bench_purify.py
 
 # One prepared command for a GPU session (benchmarks/gpu_check.py): build for the visible
 # GPU, every CUDA test, compute-sanitizer, short benchmarks against the peers, a JSON and a

@@ -29,6 +29,8 @@ def test_ssim_attack_bad_input():
 
 def test_demo_command(tmp_path):
     """The main job, small: both data sets, every attack and defense, the report files."""
+    from miga_fast.app import demo
+
     out = _cli("demo", "--n", "8", "--steps", "2", "--out", str(tmp_path), timeout=600)
     assert out.returncode == 0, out.stderr
     for name in (
@@ -37,12 +39,14 @@ def test_demo_command(tmp_path):
         "MIGA (unknown task, reference)",
         "denoiser degradation",
         "end-to-end PGD",
+        "MIGA (known task) through the purifier",
     ):
         assert name in out.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["data"] for r in results] == ["natural", "digits"]
-    defenses = {row["defense"] for row in results[1]["rows"]}
-    assert defenses == {"none", "squeeze", "nlm", "diffusion"}
+    for r in results:
+        assert {row["defense"] for row in r["rows"]} == {"none", "squeeze", "nlm", "diffusion", "heterogeneous"}
+        assert {row["attack"] for row in r["rows"]} == set(demo.ATTACKS)
     report = (tmp_path / "report.md").read_text()
     assert "| attack | defense | ASR |" in report and "MI estimate" in report and "Reference variant" in report
     assert (tmp_path / "grid_natural.png").stat().st_size > 1000
