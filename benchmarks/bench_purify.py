@@ -253,7 +253,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=0.1, help="seconds per timed sample of a step")
     p.add_argument("--stride", type=int, default=10, help="the purifiers' DDIM step (the method's: 2)")
-    p.add_argument("--multi-u", type=int, default=10, help="RePaint passes per step of the multi-step loop")
+    p.add_argument(
+        "--multi-u", type=int, default=20, help="RePaint passes per step of the multi-step loop (20: the paper's)"
+    )
     p.add_argument("--grad-batch", type=int, default=8, help="images per attack step")
     args = p.parse_args(argv)
     return finish(run(args), "purify", args, print_table)
