@@ -9,6 +9,12 @@
 // vectorise. The stages and the inputs present are template flags: no branch per element.
 // SamplerPtrs and coef_of come from sampler.cpp (one type for both instantiations).
 
+// p + offset, or null for an absent input (no arithmetic on a null pointer).
+template <typename T>
+const T* at(const T* p, int64_t offset) {
+  return p != nullptr ? p + offset : nullptr;
+}
+
 // Calls f(b, j0, j1) (sample b, offsets [j0, j1) within it) on ranges of the flattened
 // [B, n] tensor, spread over the intra-op threads.
 template <typename F>
@@ -49,17 +55,17 @@ void sampler_forward_loop(const SamplerPtrs<T>& p, T eta, T clip, int64_t batch,
     const int64_t base = b * n;
     mask_runs(j0, j1, MASK ? mask_n : 0, [&](int64_t r0, int64_t r1, int64_t m0) {
       const T* __restrict__ x = p.x + base;
-      const T* __restrict__ e = p.eps + base;
-      const T* __restrict__ nz = p.noise + base;
-      const T* __restrict__ kn = p.known + base;
-      const T* __restrict__ nk = p.noise_known + base;
-      const T* __restrict__ nj = p.noise_jump + base;
-      const T* __restrict__ m = MASK ? p.mask + b * mask_n + m0 - r0 : nullptr;
+      const T* __restrict__ e = at(p.eps, base);
+      const T* __restrict__ nz = at(p.noise, base);
+      const T* __restrict__ kn = at(p.known, base);
+      const T* __restrict__ nk = at(p.noise_known, base);
+      const T* __restrict__ nj = at(p.noise_jump, base);
+      const T* __restrict__ m = MASK ? p.mask + b * mask_n + m0 : nullptr;  // m[j - r0]
       T* __restrict__ out = p.out + base;
       for (int64_t j = r0; j < r1; ++j) {
         const T ej = MODE == kSamplerDdim ? e[j] : T(0);
         const T nzj = (MODE == kSamplerJump || NOISE) ? nz[j] : T(0);
-        const T mj = MASK ? m[j] : T(0);
+        const T mj = MASK ? m[j - r0] : T(0);
         const T kj = MASK ? kn[j] : T(0);
         const T nkj = MASK ? nk[j] : T(0);
         const T njj = JUMP ? nj[j] : T(0);
@@ -79,12 +85,12 @@ void sampler_backward_loop(const SamplerPtrs<T>& p, const T* grad, T* gx, T* gep
     mask_runs(j0, j1, MASK ? mask_n : 0, [&](int64_t r0, int64_t r1, int64_t m0) {
       const T* __restrict__ g = grad + base;
       const T* __restrict__ x = p.x + base;
-      const T* __restrict__ e = p.eps + base;
-      const T* __restrict__ m = MASK ? p.mask + b * mask_n + m0 - r0 : nullptr;
+      const T* __restrict__ e = at(p.eps, base);
+      const T* __restrict__ m = MASK ? p.mask + b * mask_n + m0 : nullptr;  // m[j - r0]
       for (int64_t j = r0; j < r1; ++j) {
         const T xj = CLIP ? x[j] : T(0);
         const T ej = CLIP ? e[j] : T(0);
-        const T mj = MASK ? m[j] : T(0);
+        const T mj = MASK ? m[j - r0] : T(0);
         const SamplerPartials<T> d = sampler_partials<T>(c, MODE, MASK, JUMP, cl, xj, ej, mj);
         const T gj = g[j];
         if (gx != nullptr) gx[base + j] = d.dx * gj;
