@@ -11,7 +11,7 @@ from miga_fast.app import purify_eval
 from miga_fast.models import registry
 from miga_fast.purify import UniformPurifier
 
-TINY = dict(n=4, votes=1, pgd_steps=1, eot=1, stride=50, multi_u=2, autoattack=False)
+TINY = dict(n=4, votes=1, pgd_steps=1, eot=1, stride=50, multi_u=2, autoattack=False, gradient="checkpoint")
 
 
 def test_purify_eval_runs_resumes_and_reports(tmp_path):
@@ -60,3 +60,19 @@ def test_cli_rejects_bad_settings(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 2 and "--n must be >= 1" in out.stderr
+
+
+def test_autoattack_path_runs_on_the_classifier_alone():
+    """torchattacks' AutoAttack (rand) through the evaluation's adapter, on the bare classifier
+    (the purified models take the same path; on a CPU they are run with --autoattack only)."""
+    import pytest
+
+    pytest.importorskip("torchattacks")
+    from miga_fast import data
+
+    classifier = registry.load("cnn_digits").eval()
+    x, y = data.load_digits("test")
+    adv = purify_eval._autoattack(None, classifier, x[:4], y[:4], {}, 0, print)
+    assert adv.shape == x[:4].shape and (adv - x[:4]).abs().max() <= 8 / 255 + 1e-6
+    with torch.no_grad():
+        assert (classifier(adv).argmax(1) == y[:4]).float().mean() < 1

@@ -176,7 +176,7 @@ def _purify_eval(args) -> int:
         results = purify_eval.evaluate(
             Path(args.out), datasets, quick=args.quick, seed=args.seed, log=lambda m: print(m, flush=True),
             n=args.n, votes=args.votes, pgd_steps=args.pgd_steps, eot=args.eot, stride=args.stride,
-            autoattack=True if args.autoattack else None,
+            autoattack=True if args.autoattack else None, gradient=args.gradient,
         )  # fmt: skip
     except ValueError as exc:
         print(f"miga-fast: {exc}", file=sys.stderr)
@@ -383,6 +383,9 @@ def main(argv=None) -> int:
     p.add_argument("--eot", type=int, default=None, help="draws averaged per PGD step")
     p.add_argument("--stride", type=int, default=None, help="DDIM step of the purifiers")
     p.add_argument("--autoattack", action="store_true", help="also torchattacks' AutoAttack (rand), when installed")
+    p.add_argument(
+        "--gradient", choices=["full", "checkpoint"], default=None, help="how the full-gradient attack differentiates"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="miga-fast-purify", help="folder for report.md, results.json, grids (resumable)")
     p = sub.add_parser("attack", help="any attack configuration on shipped or your own models and images")
