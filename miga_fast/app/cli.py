@@ -83,6 +83,12 @@ def _quality_line(info) -> str:
             line += f", {q.get('denoiser')}(noisy(25)) {q['accuracy_denoised_sigma25']:.1%}"
         return line
     line = f"eps-prediction MSE {q.get('test_eps_mse', float('nan')):.4f}"
+    if "test_eps_mse_t_le_210" in q:
+        line += f" (t <= 210: {q['test_eps_mse_t_le_210']:.4f})"
+    if "test_psnr_purified_t100" in q:
+        line += (
+            f"; purified PSNR t100 {q['test_psnr_purified_t100']:.1f} dB, t200 {q['test_psnr_purified_t200']:.1f} dB"
+        )
     return line + (f"; samples: {q['samples']}" if "samples" in q else "")
 
 
@@ -97,7 +103,7 @@ def _evaluate(info, train) -> dict:
         den = models.load(info.quality["denoiser"]) if "denoiser" in info.quality else None
         return {**train.evaluate_classifier(model, x, y, den), "denoiser": info.quality.get("denoiser")}
     samples = {"samples": info.quality["samples"]} if "samples" in info.quality else {}
-    return {**train.evaluate_diffusion(model, x), **samples}
+    return {**train.evaluate_diffusion(model, x, t_max=info.train.get("t_max")), **samples}
 
 
 def _ssim_attack(args) -> int:
