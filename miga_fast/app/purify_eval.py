@@ -104,22 +104,30 @@ def pgd_eot(model, x, y, steps: int, eot: int, eps: float = EPS, step: float = S
     return (x + delta).detach()
 
 
-def _peak_bytes(fn) -> int | None:
-    """The peak memory fn() needs beyond what is allocated (CUDA) or the process's peak RSS
-    growth (CPU, Linux); None when it cannot be measured."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
+def graph_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for the backward while fn() runs (the
+    memory a full-gradient attack step holds beyond the model)."""
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        seen[(t.device, storage.data_ptr())] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def _cuda_peak_bytes(fn, device) -> int | None:
+    if device.type != "cuda":
         return None
-
-    def hwm():
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-    base = hwm()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
     fn()
-    return max(0, hwm() - base)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
 
 
 def _load(path: Path) -> dict:
@@ -181,7 +189,7 @@ def evaluate(
                             purifier(x, generator=g, gradient="none")
                         row["purify_s_per_image"] = (time.time() - t1) / len(x)
                         row["model_calls"] = purifier.model_calls
-                        peak = _peak_bytes(lambda: purifier(x, generator=g, gradient="none"))
+                        peak = _cuda_peak_bytes(lambda: purifier(x, generator=g, gradient="none"), x.device)
                         row["purify_peak_mib_per_image"] = None if peak is None else peak / 2**20 / len(x)
                 elif attack.startswith("pgd-eot"):
                     gradient = {"full gradient": s["gradient"], "bpda": "bpda", "surrogate": "surrogate"}[
@@ -190,6 +198,9 @@ def evaluate(
                     g = torch.Generator().manual_seed(seed + 3)
                     model = _Single(purifier, classifier, gradient, g)
                     eot = 1 if purifier is None else s["eot"]
+                    if attack == "pgd-eot full gradient":
+                        saved = graph_bytes(lambda: F.cross_entropy(model(x.clone().requires_grad_(True)), y))
+                        row["graph_mib_per_image"] = saved / 2**20 / len(x)
                     adv = pgd_eot(model, x, y, s["pgd_steps"], eot)
                 else:
                     adv = _autoattack(purifier, classifier, x, y, s, seed, log)
@@ -246,16 +257,22 @@ def report(results: dict) -> str:
         "the top 15% of the classifier's attention. One seed: with this many images a difference of a few "
         "points is within the noise (one image is 1/n).",
         "",
-        "| data | purifier | attack | accuracy | model calls | s / image (purify) | MiB / image (purify) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "Columns: model calls and seconds per image of one purification (the clean row); the MiB per image",
+        "autograd keeps for the backward of one full-gradient attack step (its row); on a GPU also the",
+        "allocator's peak per image of one purification.",
+        "",
+        "| data | purifier | attack | accuracy | model calls | s / image | graph MiB / image | peak MiB / image |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def num(value, fmt):
+        return format(value, fmt) if isinstance(value, (int, float)) else ""
+
     for r in results["rows"]:
-        calls = r.get("model_calls", "")
-        sec = f"{r['purify_s_per_image']:.3f}" if "purify_s_per_image" in r else ""
-        mib = r.get("purify_peak_mib_per_image")
-        mib = f"{mib:.2f}" if isinstance(mib, float) else ""
         lines.append(
-            f"| {r['data']} | {r['purifier']} | {r['attack']} | {r['accuracy']:.3f} | {calls} | {sec} | {mib} |"
+            f"| {r['data']} | {r['purifier']} | {r['attack']} | {r['accuracy']:.3f} | {num(r.get('model_calls'), 'd')} "
+            f"| {num(r.get('purify_s_per_image'), '.3f')} | {num(r.get('graph_mib_per_image'), '.2f')} "
+            f"| {num(r.get('purify_peak_mib_per_image'), '.2f')} |"
         )
     lines += ["", *(f"![{Path(g).stem}]({Path(g).name})" for g in results.get("grids", []))]
     return "\n".join(lines) + "\n"
