@@ -285,3 +285,36 @@ def test_bad_input_gets_a_clear_error(rng):
         ops.sampler_step(x, mode="ddpm")
     with pytest.raises(ValueError, match="re-noising jump adds noise"):
         ops.sampler_step(x, mode="ddim", eps=eps, a_from=a_t, a_to=a_prev, a_jump=0.99)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_a_sampler_step_captures_in_a_cuda_graph(backend):
+    """No host synchronisation: a whole fused step (noise drawn from a CUDA generator)
+    captures in a CUDA graph and replays to the eager result."""
+    if not miga_fast.backends()[backend]["runs_here"]:
+        pytest.skip(f"{backend} cannot run here")
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    x, eps, known = (torch.randn(4, 3, 16, 16, device=dev, generator=g) for _ in range(3))
+    mask = (torch.rand(4, 1, 16, 16, device=dev, generator=g) > 0.5).float()
+    n_k, n_j = (torch.randn(4, 3, 16, 16, device=dev, generator=g) for _ in range(2))
+    a_t = torch.linspace(0.3, 0.5, 4, device=dev)
+
+    def step():
+        return ops.sampler_step(x, mode="ddim", eps=eps, a_from=a_t, a_to=a_t + 0.2, mask=mask, known=known,
+                                noise_known=n_k, a_jump=a_t, noise_jump=n_j)  # fmt: skip
+
+    with miga_fast.set_backend(backend), miga_fast.value_checks(False):
+        want = step()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            step()  # warm-up on the side stream
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        graph.replay()
+        torch.cuda.synchronize()
+    torch.testing.assert_close(out, want)
