@@ -193,6 +193,22 @@ def test_bpda_and_none_gradients():
     assert gs.abs().sum() > 0 and not torch.allclose(gs, gf) and not torch.allclose(gs, g)
 
 
+def test_stochastic_reverse_steps(digits, classifier):
+    """eta = 1: DDPM-like reverse steps, their noise from the same generator (same seed, same
+    image), different from the deterministic purification and still keeping the digits."""
+    x, y = digits
+    unet = registry.load("ddpm_digits")
+    p = HeterogeneousPurifier(unet, classifier=classifier, stride=25, eta=1.0, mask_options=dict(top=0.2))
+    a, b = p(x, generator=1), p(x, generator=1)
+    assert torch.equal(a, b)
+    det = HeterogeneousPurifier(unet, classifier=classifier, stride=25, mask_options=dict(top=0.2))(x, generator=1)
+    assert not torch.allclose(a, det)
+    with torch.no_grad():
+        assert float((classifier(a).argmax(1) == y).float().mean()) >= 0.85
+    with pytest.raises(ValueError, match="`eta` must lie in"):
+        UniformPurifier(unet, eta=2.0)
+
+
 def test_bfloat16_model_runs_close_to_float32(digits):
     x, _ = digits
     unet = registry.load("ddpm_digits")

@@ -2,8 +2,9 @@
 DiffPure-style uniform baseline, and a classifier behind either.
 
 A purifier maps images in [0, 1] to images in [0, 1]: it scales them to the model's
-[-1, 1], noises them, runs the reverse process with deterministic DDIM steps (the x0
-prediction clipped to [-1, 1]) and scales back. Every update outside the model is a
+[-1, 1], noises them, runs the reverse process with DDIM steps (deterministic at the
+default eta = 0; eta = 1 is DDPM-like; the x0 prediction clipped to [-1, 1]) and scales
+back. Every update outside the model is a
 sampler op (miga_fast.ops.sampler: fused, differentiable, on every backend).
 
 The model: the project's DiffusionUNet, or a diffusers UNet2DModel with its scheduler as
@@ -74,7 +75,7 @@ def _grid(start: int, stop: int, stride: int) -> list[int]:
 
 
 class _DiffusionPurifier(nn.Module):
-    def __init__(self, unet, schedule, stride, clip, gradient, precision):
+    def __init__(self, unet, schedule, stride, clip, gradient, precision, eta=0.0):
         super().__init__()
         if not callable(unet):
             raise TypeError(f"`unet` must be a callable model, got {type(unet).__name__}")
@@ -85,6 +86,9 @@ class _DiffusionPurifier(nn.Module):
         self.clip = None if clip is None else check_scalar(clip, "clip")
         self.gradient = check_choice(gradient, "gradient", GRADIENTS)
         self.precision = check_choice(precision, "precision", PRECISIONS)
+        self.eta = check_scalar(eta, "eta")
+        if self.eta > 1:
+            raise ValueError(f"`eta` must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta}")
         self.model_calls = 0  # model calls of the last purification (per batch)
 
     def a(self, t: int) -> float:
@@ -120,17 +124,19 @@ class _DiffusionPurifier(nn.Module):
 
         return call
 
-    def _ddim(self, x, eps, t_from: int, t_to: int, **fused):
+    def _ddim(self, x, eps, t_from: int, t_to: int, gen, **fused):
+        """One reverse step (eta > 0: stochastic, its noise drawn from gen) and the fused stages."""
         return ops.sampler_step(
-            x, mode="ddim", eps=eps, a_from=self.a(t_from), a_to=self.a(t_to), clip=self.clip, **fused
-        )
+            x, mode="ddim", eps=eps, a_from=self.a(t_from), a_to=self.a(t_to), eta=self.eta, clip=self.clip,
+            generator=gen, **fused,
+        )  # fmt: skip
 
-    def _reverse(self, x, call, start: int, stride: int) -> torch.Tensor:
-        """Plain DDIM from step `start` to the clean image."""
+    def _reverse(self, x, call, start: int, stride: int, gen) -> torch.Tensor:
+        """Plain reverse steps from step `start` to the clean image."""
         grid = _grid(start, 0, stride)
         for i, t in enumerate(grid):
             t_next = grid[i + 1] if i + 1 < len(grid) else -1
-            x = self._ddim(x, call(x, t), t, t_next)
+            x = self._ddim(x, call(x, t), t, t_next, gen)
         return x
 
     # --- the call -------------------------------------------------------------------------
@@ -192,21 +198,21 @@ class UniformPurifier(_DiffusionPurifier):
 
     def __init__(
         self, unet, schedule=None, t_star: int = 100, stride: int = 2, clip: float | None = 1.0,
-        gradient: str = "full", precision: str = "float32",
+        gradient: str = "full", precision: str = "float32", eta: float = 0.0,
     ):  # fmt: skip
-        super().__init__(unet, schedule, stride, clip, gradient, precision)
+        super().__init__(unet, schedule, stride, clip, gradient, precision, eta)
         self.t_star = check_int(t_star, "t_star", 1, self.T - 1)
 
     def _run(self, x0, gen, call, prepared):
         x = ops.resample_forward(x0, 1.0, self.a(self.t_star), generator=gen)  # q(x_t* | x0)
-        return self._reverse(x, call, self.t_star, self.stride)
+        return self._reverse(x, call, self.t_star, self.stride, gen)
 
     def _stand_in(self, x0, gen, call, prepared):
         """Two DDIM steps: t* -> t*/2 -> the clean image."""
         x = ops.resample_forward(x0, 1.0, self.a(self.t_star), generator=gen)
         half = self.t_star // 2
-        x = self._ddim(x, call(x, self.t_star), self.t_star, half)
-        return self._ddim(x, call(x, half), half, -1)
+        x = self._ddim(x, call(x, self.t_star), self.t_star, half, gen)
+        return self._ddim(x, call(x, half), half, -1, gen)
 
     def extra_repr(self) -> str:
         return f"t_star={self.t_star}, stride={self.stride}, gradient={self.gradient!r}"
@@ -250,8 +256,9 @@ class HeterogeneousPurifier(_DiffusionPurifier):
         gradient: str = "full",
         precision: str = "float32",
         mask_options: dict | None = None,
+        eta: float = 0.0,
     ):
-        super().__init__(unet, schedule, stride, clip, gradient, precision)
+        super().__init__(unet, schedule, stride, clip, gradient, precision, eta)
         self.t_l = check_int(t_l, "t_l", 2, self.T - 1)
         self.t_s = check_int(t_s, "t_s", 1)
         if self.t_s >= self.t_l:
@@ -282,25 +289,25 @@ class HeterogeneousPurifier(_DiffusionPurifier):
                 nk = torch.randn(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device)
                 t_up = t_next + self.U
                 # combine at t_next and jump to t_next + U, one fused pass
-                x = self._ddim(x, call(x, t), t, t_next, noise_known=nk, a_jump=self.a(t_up), generator=gen, **known)
-                x = self._ddim(x, call(x, t_up), t_up, t_next, noise_known=nk, **known)
+                x = self._ddim(x, call(x, t), t, t_next, gen, noise_known=nk, a_jump=self.a(t_up), **known)
+                x = self._ddim(x, call(x, t_up), t_up, t_next, gen, noise_known=nk, **known)
             elif self.resampling == "multi":
                 eps = call(x, t)
                 for u in range(self.U):
-                    x_next = self._ddim(x, eps, t, t_next, generator=gen, **known)
+                    x_next = self._ddim(x, eps, t, t_next, gen, **known)
                     if u + 1 < self.U:
                         x = ops.resample_forward(x_next, self.a(t_next), self.a(t), generator=gen)
                         eps = call(x, t)
                 x = x_next
             else:
-                x = self._ddim(x, call(x, t), t, t_next, generator=gen, **known)
-        return self._reverse(x, call, self.t_s, self.stride_2)
+                x = self._ddim(x, call(x, t), t, t_next, gen, **known)
+        return self._reverse(x, call, self.t_s, self.stride_2, gen)
 
     def _stand_in(self, x0, gen, call, mask):
         """Two DDIM steps: t_l -> t_s with the known pixels combined, then t_s -> the clean image."""
         x = ops.heterogeneous_noise(x0, mask, self.a(self.t_l), self.a(self.t_s), generator=gen)
-        x = self._ddim(x, call(x, self.t_l), self.t_l, self.t_s, mask=mask, known=x0, generator=gen)
-        return self._ddim(x, call(x, self.t_s), self.t_s, -1)
+        x = self._ddim(x, call(x, self.t_l), self.t_l, self.t_s, gen, mask=mask, known=x0)
+        return self._ddim(x, call(x, self.t_s), self.t_s, -1, gen)
 
     def extra_repr(self) -> str:
         return (
