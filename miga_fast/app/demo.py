@@ -53,6 +53,13 @@ class _Seeded:
         return self.purifier(x, generator=self.seed, gradient="none")
 
 
+class _UnitClamp(torch.nn.Module):
+    """Images into [0, 1], as an image is stored (the purifiers reject anything else)."""
+
+    def forward(self, x):
+        return x.clamp(0, 1)
+
+
 def _heterogeneous(setup: Setup, classifier, gradient="none") -> HeterogeneousPurifier:
     return HeterogeneousPurifier(
         registry.load(setup.diffusion), classifier=classifier, stride=PURIFIER_STRIDE, gradient=gradient,
@@ -86,7 +93,8 @@ def _attacks(setup: Setup, denoiser, classifier, eps, steps, compile, reference)
         purified = PurifiedClassifier(
             _heterogeneous(setup, classifier, "checkpoint"), classifier, seed=1, mode="single"
         )
-        out[ADAPTIVE] = MIGA(denoiser, purified, eps=eps, steps=steps)
+        # (the denoiser's output clamped into [0, 1] first, as the defended pipeline sees it)
+        out[ADAPTIVE] = MIGA(denoiser, torch.nn.Sequential(_UnitClamp(), purified), eps=eps, steps=steps)
     return out
 
 
