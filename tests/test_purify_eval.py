@@ -35,6 +35,16 @@ def test_purify_eval_runs_resumes_and_reports(tmp_path):
     logs.clear()
     again = purify_eval.evaluate(tmp_path, ["digits"], quick=True, log=logs.append, **TINY)
     assert len(again["rows"]) == len(rows) and not any(" ..." in m for m in logs)  # nothing recomputed
+    # an interrupted run resumes to the rows a whole run gives: drop two rows, rerun
+    kept = json.loads((tmp_path / "results.json").read_text())
+    dropped = kept["rows"][3:5]
+    kept["rows"] = kept["rows"][:3] + kept["rows"][5:]
+    (tmp_path / "results.json").write_text(json.dumps(kept))
+    resumed = purify_eval.evaluate(tmp_path, ["digits"], quick=True, log=logs.append, **TINY)
+    redone = [
+        r for r in resumed["rows"] if (r["purifier"], r["attack"]) in {(d["purifier"], d["attack"]) for d in dropped}
+    ]
+    assert [r["accuracy"] for r in redone] == [d["accuracy"] for d in dropped]
 
 
 def test_pgd_eot_stays_in_the_ball_and_raises_the_loss():

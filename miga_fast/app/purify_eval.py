@@ -169,14 +169,15 @@ def evaluate(
                 attacks += ["pgd-eot bpda", "pgd-eot surrogate"]
             if s["autoattack"]:
                 attacks.append("autoattack rand")
-            voter = (
-                classifier
-                if purifier is None
-                else PurifiedClassifier(purifier, classifier, votes=s["votes"], seed=seed + 1, mode="vote")
-            )
-            for attack in attacks:
+            for k, attack in enumerate(attacks):
                 if (name, p_name, attack) in done:
                     continue
+                # every row draws from its own seeds: a resumed run gives the rows a whole run gives
+                voter = (
+                    classifier
+                    if purifier is None
+                    else PurifiedClassifier(purifier, classifier, votes=s["votes"], seed=seed + 100 + k, mode="vote")
+                )
                 log(f"{name}: {p_name}: {attack} ...")
                 t0 = time.time()
                 row = {"data": name, "purifier": p_name, "attack": attack, "images": len(x)}
@@ -198,8 +199,9 @@ def evaluate(
                     g = torch.Generator().manual_seed(seed + 3)
                     model = _Single(purifier, classifier, gradient, g)
                     eot = 1 if purifier is None else s["eot"]
-                    if attack == "pgd-eot full gradient":
-                        saved = graph_bytes(lambda: F.cross_entropy(model(x.clone().requires_grad_(True)), y))
+                    if attack == "pgd-eot full gradient":  # measured on draws of its own
+                        probe = _Single(purifier, classifier, gradient, torch.Generator().manual_seed(seed + 4))
+                        saved = graph_bytes(lambda: F.cross_entropy(probe(x.clone().requires_grad_(True)), y))
                         row["graph_mib_per_image"] = saved / 2**20 / len(x)
                     adv = pgd_eot(model, x, y, s["pgd_steps"], eot)
                 else:
@@ -225,7 +227,7 @@ def _autoattack(purifier, classifier, x, y, s, seed, log):
     except ImportError:
         log("  torchattacks is not installed: AutoAttack skipped")
         return None
-    model = classifier if purifier is None else PurifiedClassifier(purifier, classifier, seed=seed + 4, mode="single")
+    model = classifier if purifier is None else PurifiedClassifier(purifier, classifier, seed=seed + 5, mode="single")
     attack = torchattacks.AutoAttack(model, norm="Linf", eps=EPS, version="rand", n_classes=int(y.max()) + 1, seed=seed)
     return attack(x, y).detach()
 
