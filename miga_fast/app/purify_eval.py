@@ -259,7 +259,8 @@ def report(results: dict) -> str:
         "the top 15% of the classifier's attention. One seed: with this many images a difference of a few "
         "points is within the noise (one image is 1/n).",
         "",
-        "Columns: model calls and seconds per image of one purification (the clean row); the MiB per image",
+        "Columns: model calls and seconds per image of one purification (the clean row; wall time of this run,",
+        "benchmarks/bench_purify.py times them properly); the MiB per image",
         "autograd keeps for the backward of one full-gradient attack step (its row); on a GPU also the",
         "allocator's peak per image of one purification.",
         "",
