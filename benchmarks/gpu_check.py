@@ -37,8 +37,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "bench-out" / "gpu_check"
 # Seconds per part on an H200 (the whole check must fit in 8 minutes), and the
 # benchmarks each part runs.
-BUDGET = {"build": 150, "tests": 100, "sanitize": 60, "bench": 170}
-BENCH_TIMEOUT = {"projection": 40, "ssim": 30, "mine": 30, "attack": 40, "purify": 30}  # within BUDGET["bench"]
+BUDGET = {"build": 150, "tests": 120, "sanitize": 60, "bench": 150}
+BENCH_TIMEOUT = {"projection": 40, "ssim": 30, "mine": 30, "attack": 50}  # within BUDGET["bench"]
+# bench_purify is not in the budget (its first call compiles the reference step): run it by
+# hand in a GPU session (docs/kernels.md, "First GPU session"); goals() reads its JSON when
+# it is passed in as bench["purify"].
 
 
 def python() -> str:
@@ -186,8 +189,6 @@ def bench_commands(gpu: bool) -> dict:
             "ssim": b + ["benchmarks/bench_ssim.py", "--quick"],
             "mine": b + ["benchmarks/bench_mine.py", "--sizes", "4096x256", "--rounds", "2", "--min-time", "0.05"],
             "attack": b + ["benchmarks/bench_attack.py", "--quick", "--steps", "5", "--rounds", "2"],
-            "purify": b
-            + ["benchmarks/bench_purify.py", "--quick", "--rounds", "2", "--min-time", "0.02", "--stride", "25"],
         }
     return {
         "projection": b + ["benchmarks/bench_projection.py", "--quick", "--reps", "1", "--min-time", "0.01"],
