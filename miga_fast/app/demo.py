@@ -94,7 +94,8 @@ def _attacks(setup: Setup, denoiser, classifier, eps, steps, compile, reference)
             _heterogeneous(setup, classifier, "checkpoint"), classifier, seed=1, mode="single"
         )
         # (the denoiser's output clamped into [0, 1] first, as the defended pipeline sees it)
-        out[ADAPTIVE] = MIGA(denoiser, torch.nn.Sequential(_UnitClamp(), purified), eps=eps, steps=steps)
+        # not compiled: the purifier's loop (a model call per step, each at its own t) would recompile per step
+        out[ADAPTIVE] = MIGA(denoiser, torch.nn.Sequential(_UnitClamp(), purified), eps=eps, steps=steps, compile=False)
     return out
 
 
