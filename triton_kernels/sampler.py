@@ -63,13 +63,23 @@ def _coefficients(
 
 
 @triton.jit
-def _load_params(af_ptr, at_ptr, ak_ptr, aj_ptr, b, s_from, s_to, s_known, s_jump, eta_in):
+def _prologue(
+    af_ptr, at_ptr, ak_ptr, aj_ptr, s_from, s_to, s_known, s_jump, eta_in, n, b0,
+    MODE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_JUMP: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """What both kernels start with: this program's sample, offsets and element pointers, the
+    sample's alpha-bars and its coefficients (the last element, zero, gives the compute dtype)."""
+    b = b0 + tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < n
+    ptr = b * n + offs
     a_from = tl.load(af_ptr + b * s_from)
     a_to = tl.load(at_ptr + b * s_to)
     a_known = tl.load(ak_ptr + b * s_known)
     a_jump = tl.load(aj_ptr + b * s_jump)
     eta = tl.full((), eta_in, a_to.dtype)
-    return a_from, a_to, a_known, a_jump, eta
+    coef = _coefficients(a_from, a_to, a_known, a_jump, eta, MODE, HAS_MASK, HAS_JUMP)
+    return b, offs, inb, ptr, a_to, coef
 
 
 @triton.jit
@@ -82,16 +92,10 @@ def _sampler_forward_kernel(
     MODE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_JUMP: tl.constexpr, CLIP: tl.constexpr,
     HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    b = b0 + tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < n
-    ptr = b * n + offs
-    a_from, a_to, a_known, a_jump, eta = _load_params(
-        af_ptr, at_ptr, ak_ptr, aj_ptr, b, s_from, s_to, s_known, s_jump, eta_in
+    b, offs, inb, ptr, a_to, coef = _prologue(
+        af_ptr, at_ptr, ak_ptr, aj_ptr, s_from, s_to, s_known, s_jump, eta_in, n, b0, MODE, HAS_MASK, HAS_JUMP, BLOCK
     )
-    jx, jn, sa, s1m, sa_to, dr, sigma, ka, kn, cx, cn = _coefficients(
-        a_from, a_to, a_known, a_jump, eta, MODE, HAS_MASK, HAS_JUMP
-    )
+    jx, jn, sa, s1m, sa_to, dr, sigma, ka, kn, cx, cn = coef
     x = tl.load(x_ptr + ptr, mask=inb, other=0).to(a_to.dtype)
     y = x
     if MODE == 1:
@@ -129,16 +133,10 @@ def _sampler_backward_kernel(
     MODE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_JUMP: tl.constexpr, CLIP: tl.constexpr,
     NEED_X: tl.constexpr, NEED_E: tl.constexpr, NEED_K: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    b = b0 + tl.program_id(1).to(tl.int64)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < n
-    ptr = b * n + offs
-    a_from, a_to, a_known, a_jump, eta = _load_params(
-        af_ptr, at_ptr, ak_ptr, aj_ptr, b, s_from, s_to, s_known, s_jump, eta_in
+    b, offs, inb, ptr, a_to, coef = _prologue(
+        af_ptr, at_ptr, ak_ptr, aj_ptr, s_from, s_to, s_known, s_jump, eta_in, n, b0, MODE, HAS_MASK, HAS_JUMP, BLOCK
     )
-    jx, jn, sa, s1m, sa_to, dr, sigma, ka, kn, cx, cn = _coefficients(
-        a_from, a_to, a_known, a_jump, eta, MODE, HAS_MASK, HAS_JUMP
-    )
+    jx, jn, sa, s1m, sa_to, dr, sigma, ka, kn, cx, cn = coef
     g = tl.load(g_ptr + ptr, mask=inb, other=0).to(a_to.dtype)
     dx = tl.full((BLOCK,), 1.0, a_to.dtype)
     de = tl.zeros((BLOCK,), a_to.dtype)
@@ -180,10 +178,16 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _param(p: Tensor, x: Tensor, name: str) -> tuple[Tensor, int]:
-    if p.dim() != 1 or p.numel() not in (1, x.shape[0]) or p.device != x.device:
-        raise ValueError(f"miga_fast_triton.sampler_step: `{name}` must be a 1-D tensor of 1 or B values on x's device")
-    return p.to(_compute_dtype(x)).contiguous(), 0 if p.numel() == 1 else 1
+def _params(x: Tensor, **alpha_bars: Tensor) -> list[tuple[Tensor, int]]:
+    """Each alpha-bar in the compute dtype, contiguous, with its stride (0: one value, 1: per sample)."""
+    out = []
+    for name, p in alpha_bars.items():
+        if p.dim() != 1 or p.numel() not in (1, x.shape[0]) or p.device != x.device:
+            raise ValueError(
+                f"miga_fast_triton.sampler_step: `{name}` must be a 1-D tensor of 1 or B values on x's device"
+            )
+        out.append((p.to(_compute_dtype(x)).contiguous(), 0 if p.numel() == 1 else 1))
+    return out
 
 
 def _check(x: Tensor, mask: Tensor | None, **others: Tensor | None) -> int:
@@ -244,9 +248,7 @@ def sampler_step(
     if n == 0:
         return out
     check_int32("elements per sample + a block", n + BLOCK)
-    params = [
-        _param(p, x, name) for p, name in ((a_from, "a_from"), (a_to, "a_to"), (a_known, "a_known"), (a_jump, "a_jump"))
-    ]
+    params = _params(x, a_from=a_from, a_to=a_to, a_known=a_known, a_jump=a_jump)
     ptrs = [_c(t, xc) for t in (eps, noise, mask, known, noise_known, noise_jump)]
     for lo, hi in chunks(b):
         _sampler_forward_kernel[(triton.cdiv(n, BLOCK), hi - lo)](
@@ -284,10 +286,7 @@ def sampler_step_backward(
     b, n = x.shape[0], x[0].numel()
     if n > 0:
         check_int32("elements per sample + a block", n + BLOCK)
-        params = [
-            _param(p, x, name)
-            for p, name in ((a_from, "a_from"), (a_to, "a_to"), (a_known, "a_known"), (a_jump, "a_jump"))
-        ]
+        params = _params(x, a_from=a_from, a_to=a_to, a_known=a_known, a_jump=a_jump)
         for lo, hi in chunks(b):
             _sampler_backward_kernel[(triton.cdiv(n, BLOCK), hi - lo)](
                 gc, xc, _c(eps, xc), _c(mask, xc), *(_c(o, xc) for o in outs), *(p for p, _ in params),

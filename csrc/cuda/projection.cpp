@@ -12,31 +12,12 @@
 namespace miga_fast {
 namespace {
 
-using cuda::DType;
 using cuda::ProjectionArgs;
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::kFloat32;
-    case at::kDouble:
-      return DType::kFloat64;
-    case at::kHalf:
-      return DType::kFloat16;
-    case at::kBFloat16:
-      return DType::kBFloat16;
-    default:
-      TORCH_CHECK(false,
-                  "miga_fast: the CUDA kernels take float32, float64, float16 or "
-                  "bfloat16, got ",
-                  t);
-  }
-}
 
 void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at::Tensor* grad, const at::Tensor& x,
          const at::Tensor& eps, const at::Tensor* alpha, double mu, double direction) {
   TORCH_CHECK(delta.device().type() == glue::kDevice, "miga_fast: CUDA kernel called with `delta` on ", delta.device());
-  const DType dtype = to_dtype(delta.scalar_type());
+  const cuda::DType dtype = glue::to_dtype(delta.scalar_type());
   const glue::DeviceGuard guard(delta.device());
   const ProjectionCall c(delta, momentum, grad, x, eps, alpha);
   if (c.n == 0) return;

@@ -8,10 +8,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "dtype.h"
+
 namespace miga_fast {
 namespace cuda {
-
-enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 struct ProjectionArgs {
   void* delta = nullptr;

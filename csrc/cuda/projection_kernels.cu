@@ -9,13 +9,11 @@
 //        per thread in the reduction). The partial count and the order of every sum
 //        depend on n alone: the same bits on every run, alignment and GPU model.
 // Every kernel computes in float (double for float64 data) and rounds once on store.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 
 #include "../common/projection_math.h"
 #include "device.h"
+#include "elementwise.h"
 #include "projection.h"
 
 namespace miga_fast {
@@ -24,44 +22,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxPartials = 256;  // reduction blocks per sample, at most
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float load_acc(float v) { return v; }
-__device__ __forceinline__ double load_acc(double v) { return v; }
-__device__ __forceinline__ float load_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float load_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T store_as(typename AccOf<T>::type v);
-template <>
-__device__ __forceinline__ float store_as<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ double store_as<double>(double v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half store_as<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
 
 int grid_for(int64_t work_items) {
   const int64_t blocks = (work_items + kThreads - 1) / kThreads;

@@ -14,23 +14,7 @@
 namespace miga_fast {
 namespace {
 
-using cuda::DType;
 using cuda::SamplerArgs;
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::kFloat32;
-    case at::kDouble:
-      return DType::kFloat64;
-    case at::kHalf:
-      return DType::kFloat16;
-    case at::kBFloat16:
-      return DType::kBFloat16;
-    default:
-      TORCH_CHECK(false, "miga_fast: the CUDA kernels take float32, float64, float16 or bfloat16, got ", t);
-  }
-}
 
 const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
@@ -74,7 +58,7 @@ void check(cudaError_t err) {
 }
 
 at::Tensor forward(const SamplerCall& c, double eta, double clip) {
-  const DType dtype = to_dtype(c.x.scalar_type());
+  const cuda::DType dtype = glue::to_dtype(c.x.scalar_type());
   const glue::DeviceGuard guard(c.x.device());
   SamplerArgs a = args_of(c, eta, clip);
   at::Tensor out = new_output(c.x);
@@ -85,7 +69,7 @@ at::Tensor forward(const SamplerCall& c, double eta, double clip) {
 
 SamplerBackwardOut backward(const at::Tensor& grad, const SamplerCall& c, double eta, double clip, bool need_x,
                             bool need_eps, bool need_known) {
-  const DType dtype = to_dtype(c.x.scalar_type());
+  const cuda::DType dtype = glue::to_dtype(c.x.scalar_type());
   const glue::DeviceGuard guard(c.x.device());
   SamplerArgs a = args_of(c, eta, clip);
   SamplerBackwardOut r;

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "projection.h"  // DType
+#include "dtype.h"
 
 namespace miga_fast {
 namespace cuda {

@@ -6,14 +6,12 @@
 // straddles a sample or a mask plane) or single elements. The stages present are
 // warp-uniform runtime flags. Every kernel computes in float (double for float64 data)
 // and rounds once on store; no host synchronisation, no workspace.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <cstdint>
 
 #include "../common/sampler_math.h"
 #include "device.h"
+#include "elementwise.h"
 #include "sampler.h"
 
 namespace miga_fast {
@@ -22,44 +20,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxGridY = 65535;
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
-__device__ __forceinline__ float load_acc(float v) { return v; }
-__device__ __forceinline__ double load_acc(double v) { return v; }
-__device__ __forceinline__ float load_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float load_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T store_as(typename AccOf<T>::type v);
-template <>
-__device__ __forceinline__ float store_as<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ double store_as<double>(double v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half store_as<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 store_as<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
 
 // Loads pack p of a tensor, or zeros when it is absent.
 template <typename T, int VEC>
