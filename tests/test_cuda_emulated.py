@@ -374,7 +374,7 @@ def test_ssim_ball_scale_any_candidate_count(emu, rng, candidates):
 @pytest.mark.parametrize("window", [8, 5, 13, 37])
 def test_ssim_window_ball_matches_cpu_kernel(emu, rng, dtype, window):
     """Edge windows smaller than `window`, windows of more than 32 pixels (several per
-    lane), per-sample and shared gamma."""
+    lane), per-sample and shared gamma, the box active (x over all of [0, 1])."""
     for shape, per_sample in [((3, 3, 21, 34), True), ((2, 1, 16, 16), False), ((1, 2, 5, 40), True)]:
         x = torch.rand(shape, generator=rng, dtype=torch.float64).to(dtype)
         delta = ((torch.rand(shape, generator=rng, dtype=torch.float64) - 0.5) * 0.4).to(dtype)
@@ -384,6 +384,9 @@ def test_ssim_window_ball_matches_cpu_kernel(emu, rng, dtype, window):
         torch.ops.miga_fast.ssim_window_ball_project_(want, x, gamma, window, 0.03**2)
         tol = 1e-12 if dtype == torch.float64 else 2e-6
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        again = got.clone()
+        emu.ssim_window_ball_project_(again, x, gamma, window, 0.03**2)
+        assert torch.equal(again, got)  # idempotent; feasibility and KKT: test_ssim.py on the CPU kernel
 
 
 def test_ssim_ball_opcheck(emu, rng):

@@ -441,6 +441,118 @@ def test_window_ball_kernels_match_the_reference(backend, dtype, rng):
     )
 
 
+def _window_kkt(z, d, x, gamma, window):
+    """Checks, window by window, that d is the Euclidean projection of z onto the window
+    ball intersected with the box (csrc/common/window_ball.h): d feasible; where d is not the
+    box projection of z, the ball is tight and z - d = lam e + (box normals), lam >= 0, with
+    e = d - a u - mean(d). Returns the number of windows where the ball is active."""
+    from miga_fast.reference.ssim import window_ball_violation, window_ids
+
+    ball, box = window_ball_violation(d, x, gamma, window)
+    assert (box <= 0).all()
+    b, c, h, w = x.shape
+    idx, n = window_ids(h, w, window)
+    assert (ball <= 1e-12 * (1 + ball.abs())).all(), ball.max()
+    g = torch.as_tensor(gamma, dtype=x.dtype).reshape(-1)
+    active = 0
+    for bi in range(b):
+        a = float((1 - g[bi % g.numel()]) / g[bi % g.numel()])
+        for ci in range(c):
+            for k in range(n):
+                sel = (idx == k).reshape(h, w)
+                xs, zs, ds = x[bi, ci][sel], z[bi, ci][sel], d[bi, ci][sel]
+                boxed = torch.minimum(torch.maximum(zs, -xs), 1 - xs)
+                if torch.allclose(ds, boxed, rtol=0, atol=1e-12):
+                    continue  # the box projection was feasible
+                active += 1
+                assert abs(ball[bi, ci, k].item()) <= 1e-9  # tight
+                e = ds - a * (xs - xs.mean()) - ds.mean()
+                r = zs - ds
+                free = (ds > -xs + 1e-12) & (ds < 1 - xs - 1e-12)
+                lam = (r[free] @ e[free]) / (e[free] @ e[free])
+                assert lam >= -1e-9
+                torch.testing.assert_close(r[free], lam * e[free], rtol=0, atol=1e-8)
+                at_lo, at_hi = ~free & (ds <= -xs + 1e-12), ~free & (ds >= 1 - xs - 1e-12)
+                assert (r[at_lo] <= lam * e[at_lo] + 1e-8).all() and (r[at_hi] >= lam * e[at_hi] - 1e-8).all()
+    return active
+
+
+@pytest.mark.parametrize("backend", BALL_BACKENDS)
+@pytest.mark.parametrize("gamma", [0.7, 0.95])
+def test_window_ball_with_the_box_active_is_the_projection_onto_the_intersection(backend, gamma, rng):
+    """Images over all of [0, 1] and large perturbations, so the box and the ball are both
+    active: the result is feasible, satisfies the projection's KKT conditions, is no
+    farther from z than sampled feasible points, and a second projection leaves it as it
+    is (to the bit)."""
+    x = torch.rand((2, 2, 12, 11), generator=rng, dtype=torch.float64)
+    z = (torch.rand((2, 2, 12, 11), generator=rng, dtype=torch.float64) - 0.5) * 1.2
+    with miga_fast.set_backend(backend):
+        d = ops.ssim_window_ball_project_(z.clone(), x, gamma, window=6)
+        again = ops.ssim_window_ball_project_(d.clone(), x, gamma, window=6)
+        assert torch.equal(again, d)
+        assert _window_kkt(z, d, x, gamma, 6) >= 8
+        # variational inequality <z - d, f - d> <= 0 for feasible f: t * (a projection) is feasible
+        dist = (z - d).flatten(1).norm(dim=1)
+        for _ in range(5):
+            f = ops.ssim_window_ball_project_(z + 0.3 * torch.randn(z.shape, generator=rng, dtype=z.dtype), x, gamma, 6)
+            f.mul_(torch.rand((2, 1, 1, 1), generator=rng, dtype=z.dtype))
+            assert ((z - d) * (f - d)).flatten(1).sum(1).max() <= 1e-10
+            assert (dist <= (z - f).flatten(1).norm(dim=1) + 1e-12).all()
+
+
+@pytest.mark.parametrize("backend", BALL_BACKENDS)
+def test_window_ball_float32_is_feasible_and_idempotent(backend, rng):
+    from miga_fast.reference.ssim import window_ball_violation
+
+    x = torch.rand((2, 3, 16, 16), generator=rng)
+    z = torch.randn((2, 3, 16, 16), generator=rng) * 0.3
+    with miga_fast.set_backend(backend):
+        d = ops.ssim_window_ball_project_(z.clone(), x, 0.9)
+        again = ops.ssim_window_ball_project_(d.clone(), x, 0.9)
+    assert torch.equal(again, d)
+    ball, box = window_ball_violation(d.double(), x.double(), 0.9)
+    assert ball.max() <= 1e-5 and box.max() <= 1e-7
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=CPU)])
+def test_overlapping_window_ball_is_in_both_grids_and_converges(backend, rng):
+    """overlap=True: Dykstra's alternation lands in the first grid's set exactly and in the
+    shifted grid's to a small residual, converges (more rounds barely move it) and is the
+    projection onto the intersection (no farther from z than feasible points of it). The
+    reference backend takes the same path (a few rounds, compared)."""
+    from miga_fast.reference.ssim import window_ball_violation
+
+    xr = torch.rand((1, 2, 12, 12), generator=rng, dtype=torch.float64)
+    zr = (torch.rand((1, 2, 12, 12), generator=rng, dtype=torch.float64) - 0.5) * 0.8
+    got = {}
+    for b in ("reference", backend):
+        with miga_fast.set_backend(b):
+            got[b] = ops.ssim_window_ball_project_(zr.clone(), xr, 0.9, window=6, overlap=True, iters=3)
+    torch.testing.assert_close(got[backend], got["reference"], rtol=0, atol=1e-12)
+
+    x = torch.rand((2, 1, 16, 16), generator=rng, dtype=torch.float64)
+    z = (torch.rand((2, 1, 16, 16), generator=rng, dtype=torch.float64) - 0.5) * 0.8
+    with miga_fast.set_backend(backend):
+        d = ops.ssim_window_ball_project_(z.clone(), x, 0.9, window=8, overlap=True, iters=200)
+        longer = ops.ssim_window_ball_project_(z.clone(), x, 0.9, window=8, overlap=True, iters=800)
+        single = ops.ssim_window_ball_project_(z.clone(), x, 0.9, window=8)
+        ball0, box = window_ball_violation(d, x, 0.9, 8)
+        ball4, _ = window_ball_violation(d[..., 4:, 4:].contiguous(), x[..., 4:, 4:].contiguous(), 0.9, 8)
+        assert ball0.max() <= 1e-12 and box.max() <= 0
+        assert ball4.max() <= 1e-4
+        assert (
+            window_ball_violation(single[..., 4:, 4:].contiguous(), x[..., 4:, 4:].contiguous(), 0.9, 8)[0] > 1e-3
+        ).any()
+        assert (d - longer).abs().max() <= 1e-3
+        # feasible points of the intersection: t * (a converged projection of another point)
+        dist = (z - longer).flatten(1).norm(dim=1)
+        for _ in range(3):
+            other = z + 0.3 * torch.randn(z.shape, generator=rng, dtype=z.dtype)
+            f = ops.ssim_window_ball_project_(other, x, 0.9, window=8, overlap=True, iters=800)
+            f.mul_(torch.rand((2, 1, 1, 1), generator=rng, dtype=z.dtype))
+            assert (dist <= (z - f).flatten(1).norm(dim=1) + 1e-6).all()
+
+
 def test_window_ball_then_box(rng):
     x = torch.rand((2, 3, 16, 16), generator=rng)
     d = ops.ssim_window_ball_project_(torch.randn((2, 3, 16, 16), generator=rng), x, 0.9)

@@ -483,6 +483,53 @@ def _(delta, x, *args):
 
 
 @triton.jit
+def _wb_masked(t, mask):
+    return tl.where(mask, t, 0.0).to(t.dtype)
+
+
+@triton.jit
+def _wb_point(s, mu, z, xv, cu, one):
+    """d(s, mu) = clip(s z + (1 - s)(a u + mu), -x, 1 - x) (csrc/common/window_ball.h)."""
+    v = s * z + (one - s) * (cu + mu)
+    return tl.minimum(tl.maximum(v, -xv), one - xv)
+
+
+@triton.jit
+def _wb_psi(s, mu, z, xv, cu, mask, cnt, one):
+    """|P d(s, mu) - a u|^2 over the window, mean(d) from the values d takes."""
+    d = _wb_masked(_wb_point(s, mu, z, xv, cu, one), mask)
+    e = _wb_masked(d - cu - tl.sum(d, axis=0) / cnt, mask)
+    return tl.sum(e * e, axis=0)
+
+
+@triton.jit
+def _wb_mu(s, mu0, z, xv, cu, mask, cnt, mx, eps, one):
+    """The root of mean(d(s, mu)) = mu: safeguarded Newton in the bracket [-mean(x), 1 - mean(x)]."""
+    lo = -mx
+    hi = one - mx
+    mu = tl.minimum(tl.maximum(mu0, lo), hi)
+    it = 0
+    go = it < 64
+    while go:
+        v = s * z + (one - s) * (cu + mu)
+        free = _wb_masked(((v > -xv) & (v < one - xv)).to(z.dtype), mask)
+        d = _wb_masked(tl.minimum(tl.maximum(v, -xv), one - xv), mask)
+        h = tl.sum(d, axis=0) / cnt - mu
+        lo = tl.where(h > 0, mu, lo)
+        hi = tl.where(h < 0, mu, hi)
+        slope = one - (one - s) * tl.sum(free, axis=0) / cnt
+        mid = lo + 0.5 * (hi - lo)
+        nxt = tl.where(slope > 0, mu + h / tl.where(slope > 0, slope, one), mid)
+        nxt = tl.where((nxt > lo) & (nxt < hi), nxt, mid)
+        absmu = tl.where(mu < 0, -mu, mu)
+        stop = (h == 0) | (nxt == mu) | (hi - lo <= eps * (one + absmu))
+        mu = tl.where(h == 0, mu, nxt)
+        it += 1
+        go = (stop == 0) & (it < 64)
+    return mu
+
+
+@triton.jit
 def _window_ball_kernel(
     d_ptr,
     x_ptr,
@@ -498,9 +545,10 @@ def _window_ball_kernel(
     BLOCK: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    """A program per (window, plane): the exact projection of delta's zero-mean part onto
-    the window's structural-SSIM ball, window mean kept, then the box (reference/ssim.py:
-    window_ball_project_). Computes in COMPUTE: float64 for float64 data, float32 otherwise."""
+    """A program per (window, plane): the exact Euclidean projection of delta onto the
+    window's structural-SSIM ball intersected with the box (csrc/common/window_ball.h, line
+    for line; reference/ssim.py: window_ball_project_). Computes in COMPUTE: float64 for
+    float64 data, float32 otherwise."""
     wid = tl.program_id(0)
     plane = PLANE0 + tl.program_id(1)
     k = tl.arange(0, BLOCK)
@@ -509,20 +557,47 @@ def _window_ball_kernel(
     mask = (k < WIN * WIN) & (rows < H) & (cols < W)
     p = plane * H * W + rows * W + cols
     xv = tl.load(x_ptr + p, mask=mask, other=0.0).to(COMPUTE)
-    dv = tl.load(d_ptr + p, mask=mask, other=0.0).to(COMPUTE)
+    z = tl.load(d_ptr + p, mask=mask, other=0.0).to(COMPUTE)
     g = tl.load(g_ptr + (plane // C) * GSTRIDE).to(COMPUTE)
-    cnt = tl.sum(mask.to(xv.dtype), axis=0)
-    c_pixel = tl.full((), c_pixel, COMPUTE)
-    a = (1.0 - g) / g
-    u = tl.where(mask, xv - tl.sum(xv, axis=0) / cnt, 0.0)
-    md = tl.sum(dv, axis=0) / cnt
-    off = tl.where(mask, (dv - md) - a * u, 0.0)
+    one = tl.full((), 1.0, COMPUTE)
+    zero = tl.full((), 0.0, COMPUTE)
+    eps = tl.full((), 1.1920929e-07, COMPUTE)
+    if COMPUTE == tl.float64:
+        eps = tl.full((), 2.220446049250313e-16, COMPUTE)
+    cnt = tl.sum(mask.to(COMPUTE), axis=0)
+    a = (one - g) / g
+    mx = tl.sum(xv, axis=0) / cnt
+    u = _wb_masked(xv - mx, mask)
+    cu = a * u
     uu = tl.sum(u * u, axis=0)
-    oo = tl.sum(off * off, axis=0)
-    r2 = a * (2.0 * uu + cnt * c_pixel) + a * a * uu
-    scale = tl.where(oo > r2, tl.sqrt(r2 / tl.maximum(oo, 1e-300)), 1.0)
-    v = xv + (md + a * u + off * scale)
-    out = (tl.minimum(tl.maximum(v, 0.0), 1.0) - xv).to(COMPUTE)  # the interpreter keeps Python floats as doubles
+    r2 = a * (2.0 * uu + cnt * tl.full((), c_pixel, COMPUTE)) + a * a * uu
+    f_hi = _wb_psi(one, zero, z, xv, cu, mask, cnt, one) - r2  # s = 1: the box projection of z
+    s_lo = tl.where(f_hi <= 0, one, zero)
+    mu_lo = _wb_mu(zero, zero, z, xv, cu, mask, cnt, mx, eps, one)
+    f_lo = tl.where(f_hi <= 0, zero, _wb_psi(zero, mu_lo, z, xv, cu, mask, cnt, one) - r2)
+    s_hi = one
+    mu = mu_lo
+    g_lo = f_lo
+    g_hi = f_hi
+    side = 0
+    it = 0
+    go = (f_lo < 0) & (s_hi - s_lo > eps) & (-f_lo > 64.0 * eps * r2)
+    while go:
+        s = s_lo - g_lo * (s_hi - s_lo) / (g_hi - g_lo)
+        s = tl.where((s > s_lo) & (s < s_hi), s, s_lo + 0.5 * (s_hi - s_lo))
+        mu = _wb_mu(s, mu, z, xv, cu, mask, cnt, mx, eps, one)
+        f = _wb_psi(s, mu, z, xv, cu, mask, cnt, one) - r2
+        inside = f <= 0
+        g_hi = tl.where(inside, tl.where(side < 0, 0.5 * g_hi, g_hi), f)
+        g_lo = tl.where(inside, f, tl.where(side > 0, 0.5 * g_lo, g_lo))
+        s_lo = tl.where(inside, s, s_lo)
+        f_lo = tl.where(inside, f, f_lo)
+        mu_lo = tl.where(inside, mu, mu_lo)
+        s_hi = tl.where(inside, s_hi, s)
+        side = tl.where(inside, -1, 1)
+        it += 1
+        go = (f_lo < 0) & (s_hi - s_lo > eps) & (-f_lo > 64.0 * eps * r2) & (it < 200)
+    out = _wb_point(s_lo, mu_lo, z, xv, cu, one).to(COMPUTE)  # the interpreter keeps Python floats as doubles
     tl.store(d_ptr + p, out.to(d_ptr.dtype.element_ty), mask=mask)
 
 

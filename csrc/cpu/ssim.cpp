@@ -15,6 +15,7 @@
 
 #include "../common/ssim_checks.h"
 #include "../common/ssim_math.h"
+#include "../common/window_ball.h"
 #include "dispatch.h"
 
 namespace miga_fast {

@@ -207,44 +207,46 @@ inline void ball_ssim_sums(const double* m, int64_t ms, const double* t, int nt,
   }
 }
 
+// One window of a plane as csrc/common/window_ball.h's solver reads it: rows y0..y1,
+// columns x0..x1 of an h x w plane (row stride w), sums in row-major order.
+template <typename T>
+struct PlaneWindow {
+  T* d;
+  const T* x;
+  int64_t w, y0, y1, x0, x1;
+  int64_t count() const { return (y1 - y0) * (x1 - x0); }
+  template <typename F>
+  T sum(F f) const {
+    T acc = 0;
+    for (int64_t i = y0; i < y1; ++i)
+      for (int64_t j = x0; j < x1; ++j) acc += f(x[i * w + j], d[i * w + j]);
+    return acc;
+  }
+  template <typename F>
+  WinPair<T> sum2(F f) const {
+    WinPair<T> acc{0, 0};
+    for (int64_t i = y0; i < y1; ++i)
+      for (int64_t j = x0; j < x1; ++j) {
+        const WinPair<T> v = f(x[i * w + j], d[i * w + j]);
+        acc.a += v.a;
+        acc.b += v.b;
+      }
+    return acc;
+  }
+  template <typename F>
+  void store(F f) const {
+    for (int64_t i = y0; i < y1; ++i)
+      for (int64_t j = x0; j < x1; ++j) d[i * w + j] = f(x[i * w + j], d[i * w + j]);
+  }
+};
+
 // The window ball of one plane (reference/ssim.py: window_ball_project_): per
-// non-overlapping win x win window (edge windows smaller), with u and eta the
-// mean-removed x and delta and a = (1 - gamma) / gamma, the exact projection of eta onto
-// the ball |eta - a u|^2 <= a (2 |u|^2 + C) + a^2 |u|^2 (C = pixels * c_pixel), the
-// window mean of delta kept; then the box: delta = clamp(x + delta, 0, 1) - x.
+// non-overlapping win x win window (edge windows smaller), the exact projection of delta
+// onto the window's structural-SSIM ball intersected with the box x + delta in [0, 1]
+// (csrc/common/window_ball.h).
 template <typename T>
 void window_ball_plane(T* d, const T* x, int64_t h, int64_t w, int64_t win, T a, T c_pixel) {
-  for (int64_t y0 = 0; y0 < h; y0 += win) {
-    const int64_t y1 = std::min(h, y0 + win);
-    for (int64_t x0 = 0; x0 < w; x0 += win) {
-      const int64_t x1 = std::min(w, x0 + win);
-      const T cnt = static_cast<T>((y1 - y0) * (x1 - x0));
-      T sx = 0, sd = 0;
-      for (int64_t i = y0; i < y1; ++i)
-        for (int64_t j = x0; j < x1; ++j) {
-          sx += x[i * w + j];
-          sd += d[i * w + j];
-        }
-      const T mx = sx / cnt, md = sd / cnt;
-      T uu = 0, oo = 0;
-      for (int64_t i = y0; i < y1; ++i)
-        for (int64_t j = x0; j < x1; ++j) {
-          const T u = x[i * w + j] - mx;
-          const T off = (d[i * w + j] - md) - a * u;
-          uu += u * u;
-          oo += off * off;
-        }
-      const T r2 = a * (T(2) * uu + cnt * c_pixel) + a * a * uu;
-      const T tiny = std::numeric_limits<T>::min();
-      const T scale = oo > r2 ? std::sqrt(r2 / std::max(oo, tiny)) : T(1);
-      for (int64_t i = y0; i < y1; ++i)
-        for (int64_t j = x0; j < x1; ++j) {
-          const T xv = x[i * w + j];
-          const T u = xv - mx;
-          const T off = (d[i * w + j] - md) - a * u;
-          const T v = xv + (md + a * u + off * scale);
-          d[i * w + j] = (v < T(0) ? T(0) : (v > T(1) ? T(1) : v)) - xv;
-        }
-    }
-  }
+  for (int64_t y0 = 0; y0 < h; y0 += win)
+    for (int64_t x0 = 0; x0 < w; x0 += win)
+      window_ball_solve<T>(PlaneWindow<T>{d, x, w, y0, std::min(h, y0 + win), x0, std::min(w, x0 + win)}, a, c_pixel);
 }

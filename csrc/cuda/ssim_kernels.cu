@@ -29,6 +29,7 @@
 #include <algorithm>
 
 #include "../common/ssim_math.h"
+#include "../common/window_ball.h"
 #include "device.h"
 #include "ssim.h"
 
@@ -504,7 +505,8 @@ __global__ void ball_choose_kernel(const double* __restrict__ partials, const do
 }
 
 // The window ball (csrc/cpu/ssim_loops.h: window_ball_plane): a warp per window of a
-// plane, lanes striding over its pixels, sums by shuffles; then the box.
+// plane, lanes striding over its pixels, sums by shuffles, the solver of
+// csrc/common/window_ball.h (its branches depend on warp totals only: warp-uniform).
 __device__ inline double warp_total(double v) {
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -529,6 +531,47 @@ struct WindowWalk {
   }
 };
 
+// One window as csrc/common/window_ball.h's solver reads it: the warp's lanes walk its
+// pixels (WindowWalk) and every sum ends in a warp total, the same on all lanes.
+template <typename T>
+struct WarpWindow {
+  T* d;
+  const T* x;
+  int64_t w;
+  int lane, ww, cnt;
+  __device__ int count() const { return cnt; }
+  template <typename F>
+  __device__ T sum(F f) const {
+    T acc = 0;
+    WindowWalk it(lane, ww);
+    for (int e = lane; e < cnt; e += 32, it.next()) {
+      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
+      acc += f(x[o], d[o]);
+    }
+    return warp_total(acc);
+  }
+  template <typename F>
+  __device__ WinPair<T> sum2(F f) const {
+    WinPair<T> acc{0, 0};
+    WindowWalk it(lane, ww);
+    for (int e = lane; e < cnt; e += 32, it.next()) {
+      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
+      const WinPair<T> v = f(x[o], d[o]);
+      acc.a += v.a;
+      acc.b += v.b;
+    }
+    return WinPair<T>{warp_total(acc.a), warp_total(acc.b)};
+  }
+  template <typename F>
+  __device__ void store(F f) const {
+    WindowWalk it(lane, ww);
+    for (int e = lane; e < cnt; e += 32, it.next()) {
+      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
+      d[o] = f(x[o], d[o]);
+    }
+  }
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     window_ball_kernel(T* __restrict__ d, const T* __restrict__ x, const T* __restrict__ gamma, int64_t gamma_stride,
@@ -541,42 +584,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t plane = id / wins, k = id % wins;
     const int64_t y0 = (k / wins_x) * win, x0 = (k % wins_x) * win;
     const int wh = static_cast<int>(h - y0 < win ? h - y0 : win), ww = static_cast<int>(w - x0 < win ? w - x0 : win);
-    const int cnt = wh * ww;
-    T* dp = d + plane * h * w + y0 * w + x0;
-    const T* xp = x + plane * h * w + y0 * w + x0;
     const T g = gamma[(plane / channels) * gamma_stride];
-    const T a = (T(1) - g) / g;
-    T sx = 0, sd = 0;
-    WindowWalk it(lane, ww);
-    for (int e = lane; e < cnt; e += 32, it.next()) {
-      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
-      sx += xp[o];
-      sd += dp[o];
-    }
-    const T mx = warp_total(sx) / static_cast<T>(cnt), md = warp_total(sd) / static_cast<T>(cnt);
-    T uu = 0, oo = 0;
-    it = WindowWalk(lane, ww);
-    for (int e = lane; e < cnt; e += 32, it.next()) {
-      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
-      const T u = xp[o] - mx;
-      const T off = (dp[o] - md) - a * u;
-      uu += u * u;
-      oo += off * off;
-    }
-    uu = warp_total(uu);
-    oo = warp_total(oo);
-    const T r2 = a * (T(2) * uu + static_cast<T>(cnt) * c_pixel) + a * a * uu;
-    const T tiny = sizeof(T) == 4 ? T(1.17549435e-38f) : T(2.2250738585072014e-308);
-    const T scale = oo > r2 ? sqrt(r2 / (oo > tiny ? oo : tiny)) : T(1);
-    it = WindowWalk(lane, ww);
-    for (int e = lane; e < cnt; e += 32, it.next()) {
-      const int64_t o = static_cast<int64_t>(it.row) * w + it.col;
-      const T xv = xp[o];
-      const T u = xv - mx;
-      const T off = (dp[o] - md) - a * u;
-      const T v = xv + (md + a * u + off * scale);
-      dp[o] = (v < T(0) ? T(0) : (v > T(1) ? T(1) : v)) - xv;
-    }
+    const WarpWindow<T> window{d + plane * h * w + y0 * w + x0, x + plane * h * w + y0 * w + x0, w, lane, ww, wh * ww};
+    window_ball_solve<T>(window, (T(1) - g) / g, c_pixel);
   }
 }
 

@@ -262,13 +262,21 @@ def ssim_ball_project_(delta, x, tau, **kwargs):
     return delta
 
 
-def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01, 0.03)):
-    """The convex SSIM ball (docs/algorithms.md §2: the perceptual-SSIM paper's "mathematically
-    amenable variant", our reconstruction): per non-overlapping `window` x `window` window of each channel, the
-    exact Euclidean projection of delta's zero-mean part onto {S(u, u + eta) >= gamma}, the
-    zero-mean structural SSIM, which is a ball; window means stay; then the box
-    x + delta in [0, 1]. Closed form, one pass. gamma: a float or [B] tensor in (0, 1].
-    Returns delta."""
+def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01, 0.03), overlap=False, iters=100):
+    """The convex SSIM set (docs/algorithms.md §2: the perceptual-SSIM paper's "mathematically
+    amenable variant", our reconstruction), in place: delta <- its exact Euclidean projection
+    onto F = {d : per window, S(u, u + P d) >= gamma, and 0 <= x + d <= 1}, S the zero-mean
+    structural SSIM of `window` x `window` non-overlapping windows of each channel (edge
+    windows smaller), P d the window's zero-mean part of d (its mean is free). F is convex;
+    per window the projection is a one-dimensional search on the multiplier (exact to
+    rounding, idempotent). gamma: a float or [B] tensor in [1e-6, 1].
+
+    overlap=True: F is intersected with the same windows on the grid shifted by window // 2
+    in both axes (windows that overlap the first grid's; the strips before the shift belong
+    to the first grid only), and the projection onto the intersection is Dykstra's
+    alternation of the two exact projections, `iters` rounds, ending on the first grid (so
+    its windows and the box hold exactly; the shifted grid's to the residual that
+    docs/ops.md reports). Returns delta."""
     check_tensor(delta, "delta")
     check_batch(delta, "delta")
     check_like(delta, "delta", x, "x")
@@ -278,16 +286,42 @@ def ssim_window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K=(0.01
     check_int(window, "window", 2, 32768)
     data_range = check_scalar(data_range, "data_range")
     K = _check_k(K)
+    if not isinstance(overlap, bool):
+        raise TypeError(f"`overlap` must be a bool, got {type(overlap).__name__}")
+    check_int(iters, "iters", 1)
     check_no_overlap({"delta": delta}, {"x": x})
     check_unit_range(x, "x")
     check_finite(delta, "delta")
     backend = WINDOW_BALL.select(x.device, x.dtype)
-    with torch.no_grad():
+    g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1).contiguous()
+
+    def project(d, xx):  # d: contiguous, projected in place on the non-overlapping grid
         if backend == "reference":
-            return ref.window_ball_project_(delta, x, gamma, window, data_range, K[1])
-        g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1).contiguous()
+            ref.window_ball_project_(d, xx, g, window, data_range, K[1])
+        else:
+            _ops_for(backend).ssim_window_ball_project_(d, xx, g, window, (K[1] * data_range) ** 2)
+
+    with torch.no_grad():
         target = delta if delta.is_contiguous() else delta.contiguous()
-        _ops_for(backend).ssim_window_ball_project_(target, x, g, window, (K[1] * data_range) ** 2)
+        if not overlap:
+            project(target, x.contiguous())
+        else:
+            s = window // 2
+            x0, xs = x.contiguous(), x[..., s:, s:].contiguous()
+            p0, ps = torch.zeros_like(target), torch.zeros_like(target)  # Dykstra's corrections
+            for _ in range(iters):
+                y = target + ps
+                shifted = y[..., s:, s:].contiguous()
+                project(shifted, xs)
+                ps = y.clone()
+                ps[..., s:, s:] -= shifted
+                ps[..., :s, :] = 0
+                ps[..., :, :s] = 0
+                y[..., s:, s:] = shifted
+                z = y + p0
+                target.copy_(z)
+                project(target, x0)
+                p0 = z - target
         if target is not delta:
             delta.copy_(target)
         return delta

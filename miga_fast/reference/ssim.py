@@ -146,48 +146,92 @@ def structural_ssim_windows(x, delta, window=8, data_range=1.0, K2=0.03):
     return (num / den).reshape(b, c, n)
 
 
-def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03):
-    """The exact Euclidean projection, per non-overlapping window, onto the convex set
-    {eta : S(u, u + eta) >= gamma} (docs/algorithms.md §2: the ball |eta - a u|^2 <= a (2|u|^2 + C)
-    + a^2 |u|^2, a = (1 - gamma) / gamma) of the zero-mean part of delta; the window means
-    of delta are left as they are (the structural SSIM does not see them). Then the box."""
+def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03, outer=60, inner=40):
+    """The exact Euclidean projection of delta, per non-overlapping window, onto the convex
+    set F = {d : |P d - a u|^2 <= r^2, 0 <= x + d <= 1} (docs/algorithms.md §2): the
+    structural-SSIM ball S(u, u + P d) >= gamma on d's zero-mean part P d (a = (1 - gamma) /
+    gamma, r^2 = a (2|u|^2 + C) + a^2 |u|^2), d's window mean free, and the box. The
+    minimiser for the multiplier (1 - s) / s is d(s, mu) = clip(s z + (1 - s)(a u + mu), -x,
+    1 - x) with mean(d(s, mu)) = mu; the violation |P d(s) - a u|^2 grows with s. Here:
+    `inner` safeguarded Newton steps for mu, `outer` bisection steps on s, the feasible end
+    written (the kernels search s by regula falsi: csrc/common/window_ball.h)."""
+    b, c, h, w = x.shape
+    idx, n = window_ids(h, w, window, x.device)
+    fx, z = x.reshape(b * c, h * w), delta.reshape(b * c, h * w)
+    count = torch.bincount(idx, minlength=n).to(x.dtype)
+    gat = idx.expand_as(fx)
+
+    def wmean(t):
+        return _window_sum(t, idx, n) / count
+
+    def spread(t):  # per window [P, n] -> per pixel [P, h*w]
+        return t.gather(1, gat)
+
+    mx = wmean(fx)
+    u = fx - spread(mx)
+    g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
+    a = ((1 - g) / g).repeat_interleave(c, 0) if g.shape[0] == b and b > 1 else (1 - g) / g
+    cu = a * u
+    uu = _window_sum(u * u, idx, n)
+    r2 = a * (2 * uu + count * (K2 * data_range) ** 2) + a * a * uu
+    lo, hi = -fx, 1 - fx
+
+    def cand(s, mu):
+        sp = spread(s)
+        return torch.clamp(sp * z + (1 - sp) * (cu + spread(mu)), lo, hi)
+
+    def psi(d):
+        e = d - cu - spread(wmean(d))
+        return _window_sum(e * e, idx, n)
+
+    def solve_mu(s):
+        mlo, mhi = -mx.clone(), 1 - mx
+        mu = 0.5 * (mlo + mhi)
+        for _ in range(inner):
+            sp, m = spread(s), spread(mu)
+            v = sp * z + (1 - sp) * (cu + m)
+            free = ((v > lo) & (v < hi)).to(x.dtype)
+            hval = wmean(torch.clamp(v, lo, hi)) - mu
+            mlo = torch.where(hval > 0, mu, mlo)
+            mhi = torch.where(hval < 0, mu, mhi)
+            slope = 1 - (1 - s) * wmean(free)
+            nxt = torch.where(slope > 0, mu + hval / slope.clamp_min(torch.finfo(x.dtype).tiny), mlo)
+            nxt = torch.where((nxt > mlo) & (nxt < mhi), nxt, 0.5 * (mlo + mhi))
+            if torch.equal(nxt, mu):
+                break
+            mu = nxt
+        return mu
+
+    box = torch.clamp(z, lo, hi)
+    done = psi(box) <= r2
+    s_lo, s_hi = torch.zeros_like(r2), torch.ones_like(r2)
+    mu_lo = solve_mu(s_lo)
+    for _ in range(outer):
+        s = 0.5 * (s_lo + s_hi)
+        mu = solve_mu(s)
+        ok = psi(cand(s, mu)) <= r2
+        s_lo = torch.where(ok, s, s_lo)
+        mu_lo = torch.where(ok, mu, mu_lo)
+        s_hi = torch.where(ok, s_hi, s)
+    out = torch.where(spread(done), box, cand(s_lo, mu_lo))
+    delta.copy_(out.reshape(delta.shape))
+    return delta
+
+
+def window_ball_violation(delta, x, gamma, window=8, data_range=1.0, K2=0.03):
+    """Per window [B, C, n], |P d - a u|^2 - r^2 (<= 0 inside the ball) and the box's largest
+    excess max(-x - d, x + d - 1) (<= 0 inside the box): the two tests of feasibility."""
     b, c, h, w = x.shape
     idx, n = window_ids(h, w, window, x.device)
     fx, fd = x.reshape(b * c, h * w), delta.reshape(b * c, h * w)
     count = torch.bincount(idx, minlength=n).to(x.dtype)
     gat = idx.expand_as(fx)
-    mean_d = (_window_sum(fd, idx, n) / count).gather(1, gat)
     u = fx - (_window_sum(fx, idx, n) / count).gather(1, gat)
-    eta = fd - mean_d
     g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
     a = ((1 - g) / g).repeat_interleave(c, 0) if g.shape[0] == b and b > 1 else (1 - g) / g
-    cw = count * (K2 * data_range) ** 2
     uu = _window_sum(u * u, idx, n)
-    r2 = a * (2 * uu + cw) + a * a * uu
-    off = eta - a * u
-    oo = _window_sum(off * off, idx, n)
-    scale = torch.where(oo > r2, torch.sqrt(r2 / oo.clamp_min(torch.finfo(x.dtype).tiny)), torch.ones_like(oo))
-    d = mean_d + a * u + off * scale.gather(1, gat)
-    delta.copy_((torch.clamp(x.reshape(b * c, h * w) + d, 0, 1) - fx).reshape(delta.shape))
-    return delta
-
-
-def window_ball_linear_max(x, g, gamma, window=8, data_range=1.0, K2=0.03):
-    """argmax of <g, eta> over the zero-mean perturbations eta in every window's
-    structural-SSIM ball (the linear step of the convex solver): per window,
-    eta* = a u + r g0 / |g0|, with g0 the window's zero-mean part of g, u that of x,
-    a = (1 - gamma) / gamma and r the ball's radius. Windows where g0 = 0 get eta* = a u."""
-    b, c, h, w = x.shape
-    idx, n = window_ids(h, w, window, x.device)
-    fx, fg = x.reshape(b * c, h * w), g.reshape(b * c, h * w)
-    count = torch.bincount(idx, minlength=n).to(x.dtype)
-    gat = idx.expand_as(fx)
-    u = fx - (_window_sum(fx, idx, n) / count).gather(1, gat)
-    g0 = fg - (_window_sum(fg, idx, n) / count).gather(1, gat)
-    gm = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
-    a = ((1 - gm) / gm).repeat_interleave(c, 0) if gm.shape[0] == b and b > 1 else (1 - gm) / gm
-    uu = _window_sum(u * u, idx, n)
-    r = torch.sqrt(a * (2 * uu + count * (K2 * data_range) ** 2) + a * a * uu)
-    gn = torch.sqrt(_window_sum(g0 * g0, idx, n))
-    coef = torch.where(gn > 0, r / gn.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(gn))
-    return (a * u + g0 * coef.gather(1, gat)).reshape(x.shape)
+    r2 = a * (2 * uu + count * (K2 * data_range) ** 2) + a * a * uu
+    e = fd - (_window_sum(fd, idx, n) / count).gather(1, gat) - a * u
+    ball = _window_sum(e * e, idx, n) - r2
+    box = torch.maximum(-fx - fd, fx + fd - 1).amax(1)
+    return ball.reshape(b, c, n), box.reshape(b, c)
