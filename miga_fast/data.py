@@ -3,7 +3,9 @@
 Nothing here touches the network: scikit-learn's handwritten digits, scikit-image's
 bundled photographs and its `lfw_subset.npy` are files inside those packages. Every
 loader returns `(x, y)`: `x` float32 `[N, C, H, W]` in `[0, 1]`, `y` int64 labels, with a
-fixed train/test split.
+fixed split: "train" (what the shipped models were trained on) and the held-out images
+divided into "val" (where hyper-parameters are chosen) and "test" (where results are
+reported). val and test never share an image, and neither was trained on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from ._validation import check_int
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 FACE_CLASSES = ("non-face", "face")
 # scikit-image's colour photographs; a natural patch's label is the photo it was cut from.
 NATURAL_PHOTOS = (
@@ -46,15 +48,18 @@ def _check_size(size, name="size", choices=None) -> int:
     return size
 
 
-def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int, split: str) -> np.ndarray:
-    """Indices of `split`: per class, a seeded permutation, the first part for test."""
+def _stratified_split(labels: np.ndarray, held_out_fraction: float, seed: int, split: str) -> np.ndarray:
+    """Indices of `split`: per class, a seeded permutation; its first `held_out_fraction`
+    is held out, the first half of that (rounded up) for test, the rest for val."""
     rng = np.random.default_rng(seed)
     picked = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         idx = idx[rng.permutation(len(idx))]
-        n_test = int(round(len(idx) * test_fraction))
-        picked.append(idx[:n_test] if split == "test" else idx[n_test:])
+        n_held = int(round(len(idx) * held_out_fraction))
+        n_test = (n_held + 1) // 2
+        parts = {"test": idx[:n_test], "val": idx[n_test:n_held], "train": idx[n_held:]}
+        picked.append(parts[split])
     return np.sort(np.concatenate(picked))
 
 
@@ -67,7 +72,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def load_digits(split: str, size: int = 32, seed: int = 0):
     """scikit-learn's handwritten digits (1,797 real 8x8 scans, 10 classes), resized to
-    `size`, one channel; a stratified 80/20 train/test split fixed by `seed`."""
+    `size`, one channel; a stratified split fixed by `seed`: 80% train, 10% val, 10% test."""
     _check_split(split)
     _check_size(size)
     from sklearn.datasets import load_digits as _sk_digits
@@ -101,9 +106,12 @@ def _read_photo(name: str, target_area: int = 512 * 512) -> torch.Tensor:
     return t.clamp_(0, 1)
 
 
-def _is_test_block(bi: int, bj: int) -> bool:
-    """One block in four, in diagonal stripes over the photo, is held out."""
-    return (bi + bj) % 4 == 0
+def _block_split(bi: int, bj: int) -> str:
+    """One block in four, in diagonal stripes over the photo, is held out: those in odd
+    block rows for val, the others for test."""
+    if (bi + bj) % 4 != 0:
+        return "train"
+    return "val" if bi % 2 else "test"
 
 
 def load_natural_patches(split: str, size: int = 32, channels: int = 3):
@@ -111,9 +119,10 @@ def load_natural_patches(split: str, size: int = 32, channels: int = 3):
     (classes `NATURAL_CLASSES`).
 
     Each photo is tiled into blocks of 2*size pixels; one block in four (diagonal stripes)
-    is the test region, the rest the training region, and every patch lies inside one
-    block, so no test pixel was ever trained on. Training patches overlap (stride size/2),
-    test patches do not (stride size). channels=1 gives luminance.
+    is held out (half of those blocks val, half test), the rest the training region, and
+    every patch lies inside one block, so no held-out pixel was ever trained on and val and
+    test share none. Training patches overlap (stride size/2), held-out patches do not
+    (stride size). channels=1 gives luminance.
     """
     _check_split(split)
     _check_size(size, choices=(32, 64))
@@ -133,15 +142,15 @@ def load_natural_patches(split: str, size: int = 32, channels: int = 3):
 
 def natural_patch_boxes(height: int, width: int, split: str, size: int = 32) -> list[tuple[int, int]]:
     """(top, left) of every `split` patch of a photo of that size: blocks of 2*size pixels,
-    one in four held out for test; training patches at stride size/2, test at stride size.
-    Every patch lies inside one block, so train and test pixels never meet."""
+    one in four held out (val or test); training patches at stride size/2, held-out ones at
+    stride size. Every patch lies inside one block, so the splits' pixels never meet."""
     _check_split(split)
     block = 2 * size
     stride = size // 2 if split == "train" else size
     boxes = []
     for bi in range(height // block):
         for bj in range(width // block):
-            if _is_test_block(bi, bj) != (split == "test"):
+            if _block_split(bi, bj) != split:
                 continue
             for dy in range(0, block - size + 1, stride):
                 for dx in range(0, block - size + 1, stride):
@@ -151,7 +160,8 @@ def natural_patch_boxes(height: int, width: int, split: str, size: int = 32) -> 
 
 def load_faces(split: str, seed: int = 0):
     """scikit-image's `lfw_subset.npy`: 100 faces and 100 non-faces, 25x25 grey; label 1 =
-    face (classes `FACE_CLASSES`); a stratified 75/25 train/test split fixed by `seed`."""
+    face (classes `FACE_CLASSES`); a stratified split fixed by `seed`: 75% train, 12.5% val,
+    12.5% test."""
     _check_split(split)
     a = np.load(_skimage_data_dir() / "lfw_subset.npy")
     labels = np.r_[np.ones(100, dtype=np.int64), np.zeros(100, dtype=np.int64)]

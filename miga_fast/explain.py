@@ -25,11 +25,8 @@ def _resolve_layer(model: nn.Module, layer) -> nn.Module:
     raise TypeError(f"`layer` must be a module or its name, got {type(layer).__name__}")
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, layer, target: torch.Tensor | None = None) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al. 2017) maps [B, H, W] in [0, 1]: ReLU of the layer's
-    activations weighted by the spatial mean of the target logit's gradient, upsampled
-    bilinearly to the image and min-max normalised per image. `target` defaults to the
-    predicted class; `layer` is a sub-module or its name (e.g. "stages.2")."""
+def _activations_and_grads(model, x, layer, target):
+    """The layer's activations [B, K, h, w] and the target logit's gradient with respect to them."""
     module = _resolve_layer(model, layer)
     store = {}
     handle = module.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
@@ -46,12 +43,54 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer, target: torch.Tensor | No
             (grad,) = torch.autograd.grad(score, act)
     finally:
         handle.remove()
-    weights = grad.mean((2, 3), keepdim=True)
-    cam = F.relu((weights * act).sum(1, keepdim=True))
+    return act.detach(), grad.detach()
+
+
+def _to_image(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ReLU, bilinear upsampling to the image and min-max normalisation per image: [B, H, W]."""
+    cam = F.relu(cam)
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     lo = cam.flatten(1).min(1).values.reshape(-1, 1, 1)
     hi = cam.flatten(1).max(1).values.reshape(-1, 1, 1)
     return ((cam - lo) / (hi - lo).clamp_min(1e-12)).detach()
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, layer, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Grad-CAM maps [B, H, W] in [0, 1]: ReLU of the layer's activations weighted by the
+    spatial mean of the target logit's gradient, upsampled bilinearly to the image and
+    min-max normalised per image. `target` defaults to the predicted class; `layer` is a
+    sub-module or its name (e.g. "stages.2")."""
+    act, grad = _activations_and_grads(model, x, layer, target)
+    return _to_image((grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True), x)
+
+
+def grad_cam_plus_plus(model: nn.Module, x: torch.Tensor, layer, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Grad-CAM++ maps [B, H, W] in [0, 1] (the perceptual-SSIM paper's explanation): each
+    channel weighted by sum_ij alpha_ij ReLU(g_ij), with g the gradient of the exponentiated
+    target score and alpha_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3) (0 where that
+    vanishes), so that every location where the class evidence rises counts, not only the
+    mean gradient. Same arguments and normalisation as grad_cam."""
+    act, grad = _activations_and_grads(model, x, layer, target)
+    g2, g3 = grad.pow(2), grad.pow(3)
+    den = 2 * g2 + act.sum((2, 3), keepdim=True) * g3
+    alpha = torch.where(den != 0, g2 / torch.where(den != 0, den, torch.ones_like(den)), torch.zeros_like(den))
+    weights = (alpha * F.relu(grad)).sum((2, 3), keepdim=True)
+    return _to_image((weights * act).sum(1, keepdim=True), x)
+
+
+def flatness(x: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """A control map [B, H, W] in [0, 1]: 1 - the local standard deviation of the channel-mean
+    image over a `window` x `window` box (reflect padding), min-max normalised per image.
+    High where the image is flat, where SSIM's variance terms are smallest and so any
+    perturbation lowers SSIM most."""
+    g = x.mean(1, keepdim=True)
+    pad = window // 2
+    gp = F.pad(g, (pad, pad, pad, pad), mode="reflect")
+    m = F.avg_pool2d(gp, window, stride=1)
+    v = (F.avg_pool2d(gp * gp, window, stride=1) - m * m).clamp_min(0).sqrt()[:, 0]
+    lo = v.flatten(1).min(1).values.reshape(-1, 1, 1)
+    hi = v.flatten(1).max(1).values.reshape(-1, 1, 1)
+    return 1 - (v - lo) / (hi - lo).clamp_min(1e-12)
 
 
 def _top_mask(m: torch.Tensor, fraction: float) -> torch.Tensor:

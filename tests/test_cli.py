@@ -14,9 +14,16 @@ def _cli(*args, timeout=300):
 def test_ssim_attack_command(tmp_path):
     out = _cli("ssim-attack", "--data", "digits", "--n", "12", "--steps", "2", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "SSIMAttack (pgd)" in out.stdout and "PGD linf" in out.stdout and "SSIM-matched" in out.stdout
+    assert "SSIMAttack (pgd, l2 step)" in out.stdout and "PGD linf" in out.stdout and "SSIM-matched" in out.stdout
     report = json.loads((tmp_path / "ssim_attack.json").read_text())
-    assert report[0]["data"] == "digits" and len(report[0]["rows"]) == 4
+    r = report[0]
+    assert r["data"] == "digits" and r["split"] == "test" and len(r["rows"]) == 5
+    assert r["images"] == 12 and r["val_images"] == 12
+    for row in r["rows"]:
+        for cam in ("grad_cam", "grad_cam_pp"):
+            a = row["agreement"][cam]
+            assert -1 <= a["correlation"]["mean"] <= 1 and 0 <= a["iou"]["mean"] <= 1
+            assert a["random_in_ball_iou"]["sd_over_seeds"] >= 0 and "other_image_iou" in a
     assert (tmp_path / "ssim_attack_digits.png").stat().st_size > 1000
 
 
@@ -48,7 +55,11 @@ def test_demo_command(tmp_path):
         assert {row["defense"] for row in r["rows"]} == {"none", "squeeze", "nlm", "diffusion", "heterogeneous"}
         assert {row["attack"] for row in r["rows"]} == set(demo.ATTACKS)
     report = (tmp_path / "report.md").read_text()
-    assert "| attack | defense | ASR |" in report and "MI estimate" in report and "Reference variant" in report
+    assert "| attack | defense | ASR |" in report and "Reference variant" in report
+    assert "independent of the attack" in report and "| critic | before | after | random, same budget |" in report
+    mi = [row["mi"] for r in results for row in r["rows"] if "mi" in row]
+    assert len(mi) == 2 * 5  # one measurement per data set, repeated on each defense's row
+    assert set(mi[0]) == {"mlp", "cnn"} and len(mi[0]["mlp"]["after"]["values"]) == 5
     assert (tmp_path / "grid_natural.png").stat().st_size > 1000
     assert (tmp_path / "grid_digits.png").stat().st_size > 1000
 

@@ -16,16 +16,17 @@ def _check(x, y, channels, size, classes):
 
 def test_digits_shapes_ranges_and_a_fixed_disjoint_split():
     xtr, ytr = data.load_digits("train")
+    xva, yva = data.load_digits("val")
     xte, yte = data.load_digits("test")
-    _check(xtr, ytr, 1, 32, 10)
-    _check(xte, yte, 1, 32, 10)
-    assert len(xtr) + len(xte) == 1797 and abs(len(xte) / 1797 - 0.2) < 0.01
+    for x, y in ((xtr, ytr), (xva, yva), (xte, yte)):
+        _check(x, y, 1, 32, 10)
+    assert len(xtr) + len(xva) + len(xte) == 1797 and abs(len(xte) / 1797 - 0.1) < 0.01
+    assert abs(len(xva) - len(xte)) <= 10
     again, _ = data.load_digits("test")
     assert torch.equal(again, xte)
-    # no test image is also a training image
-    a = xtr.flatten(1).numpy()
-    b = xte.flatten(1).numpy()
-    assert not (np.abs(a[None, :50] - b[:, None, :]).sum(-1) == 0).any()
+    # the three splits are disjoint (scikit-learn's digits hold no duplicate scans)
+    flat = torch.cat([xtr, xva, xte]).flatten(1)
+    assert len(torch.unique(flat, dim=0)) == len(flat)
     x8, _ = data.load_digits("train", size=8)
     assert x8.shape[-1] == 8
 
@@ -44,22 +45,23 @@ def test_natural_patches(size):
 @pytest.mark.parametrize("size", [32, 64])
 def test_natural_train_and_test_regions_never_overlap(size):
     h, w = 600, 700
-    train = data.natural_patch_boxes(h, w, "train", size)
-    test = data.natural_patch_boxes(h, w, "test", size)
-    assert train and test
-    mask = np.zeros((h, w), dtype=np.int8)
-    for top, left in train:
-        mask[top : top + size, left : left + size] |= 1
-    for top, left in test:
-        assert top + size <= h and left + size <= w
-        assert not (mask[top : top + size, left : left + size] & 1).any()
+    owner = np.zeros((h, w), dtype=np.int8)  # which split a pixel's patches belong to
+    for k, split in enumerate(("train", "val", "test"), start=1):
+        boxes = data.natural_patch_boxes(h, w, split, size)
+        assert boxes
+        for top, left in boxes:
+            assert top + size <= h and left + size <= w
+            region = owner[top : top + size, left : left + size]
+            assert ((region == 0) | (region == k)).all()  # no pixel is in two splits
+            region[:] = k
 
 
 def test_faces():
     x, y = data.load_faces("train")
     assert x.shape[1:] == (1, 25, 25) and y.bincount().tolist() == [75, 75]
     xt, yt = data.load_faces("test")
-    assert len(xt) == 50 and yt.bincount().tolist() == [25, 25]
+    xv, yv = data.load_faces("val")
+    assert len(xt) + len(xv) == 50 and yt.bincount().tolist() == [13, 13] and yv.bincount().tolist() == [12, 12]
 
 
 def test_bad_loader_arguments():

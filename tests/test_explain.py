@@ -30,12 +30,50 @@ def test_grad_cam_on_a_model_with_a_known_answer(rng):
     torch.testing.assert_close(cam, (x[:, 0] - lo) / (hi - lo))
 
 
+def test_grad_cam_plus_plus_known_answers(rng):
+    """With the probe every location's gradient is the same positive number, so Grad-CAM++'s
+    weights are uniform and its map is the normalised image, as Grad-CAM's. With a score
+    whose gradient is negative on one channel, that channel drops out of Grad-CAM++ (ReLU
+    of the gradient) while Grad-CAM subtracts it."""
+    x = torch.rand((3, 1, 12, 10), generator=rng)
+    target = torch.zeros(3, dtype=torch.long)
+    torch.testing.assert_close(
+        explain.grad_cam_plus_plus(_Probe(), x, "features", target), explain.grad_cam(_Probe(), x, "features", target)
+    )
+
+    class TwoChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Identity()
+
+        def forward(self, x):  # channel 0 raises the score, channel 1 lowers it (by less)
+            f = self.features(x)
+            m = f[:, 0].mean((1, 2)) - 0.5 * f[:, 1].mean((1, 2))
+            return torch.stack([m, -m], 1)
+
+    x2 = torch.rand((2, 2, 8, 8), generator=rng)
+    pp = explain.grad_cam_plus_plus(TwoChannels(), x2, "features", target[:2])
+    c0 = x2[:, 0]
+    lo, hi = c0.flatten(1).min(1).values.reshape(-1, 1, 1), c0.flatten(1).max(1).values.reshape(-1, 1, 1)
+    torch.testing.assert_close(pp, (c0 - lo) / (hi - lo))
+    assert not torch.allclose(explain.grad_cam(TwoChannels(), x2, "features", target[:2]), pp)
+
+
+def test_flatness_is_high_on_flat_regions(rng):
+    x = torch.full((1, 3, 24, 24), 0.5)
+    x[..., :, 12:] = torch.rand((1, 3, 24, 12), generator=rng)
+    f = explain.flatness(x)
+    assert f.shape == (1, 24, 24) and f.min() >= 0 and f.max() <= 1
+    assert f[0, :, :6].mean() > 0.9 and f[0, :, 16:].mean() < 0.5
+
+
 def test_grad_cam_on_the_shipped_classifier():
     x, _ = data.load_natural_patches("test", 32)
     model = models.load("resnet_natural")
-    cam = explain.grad_cam(model, x[:8], "stages.2")
-    assert cam.shape == (8, 32, 32) and cam.min() >= 0 and cam.max() <= 1
-    assert (cam.flatten(1).max(1).values == 1).all()
+    for fn in (explain.grad_cam, explain.grad_cam_plus_plus):
+        cam = fn(model, x[:8], "stages.2")
+        assert cam.shape == (8, 32, 32) and cam.min() >= 0 and cam.max() <= 1
+        assert (cam.flatten(1).max(1).values == 1).all()
 
 
 def test_ssim_vs_cam_agrees_where_the_perturbation_is(rng):

@@ -123,15 +123,23 @@ def _ssim_attack(args) -> int:
         print(f"{setup}: attacking {args.n} held-out images ...", flush=True)
         results.append(ssim_attack_report(setup, args.n, args.tau, args.steps, out, log=lambda s: print(s, flush=True)))
     for r in results:
-        print(f"\n{r['data']} ({r['classifier']}, {r['images']} images, clean accuracy {r['clean_accuracy']:.1%})")
         print(
-            f"{'attack':<40} {'fooled':>7} {'SSIM':>6} {'linf':>6} {'l2':>6} {'corr(1-SSIM,CAM)':>17} "
-            f"{'IoU top20%':>10}"
+            f"\n{r['data']} ({r['classifier']}, {r['images']} test images, clean accuracy "
+            f"{r['clean_accuracy']:.1%}; PGD radii matched on {r['val_images']} val images)"
+        )
+        print("agreement of 1 - SSIM map with the CAM: mean over images; random = the same SSIM budget, random signs")
+        print(
+            f"{'attack':<48} {'fooled':>6} {'SSIM':>6} {'linf':>6} {'l2':>5} | {'corr':>6} {'random':>6} "
+            f"{'other':>6} | {'IoU':>5} {'random':>6} {'other':>6} | {'IoU++':>5} {'flat':>6}"
         )
         for row in r["rows"]:
+            g, pp = row["agreement"]["grad_cam"], row["agreement"]["grad_cam_pp"]
             print(
-                f"{row['attack']:<40} {row['fooling_rate']:7.1%} {row['mean_ssim']:6.3f} {row['linf']:6.3f} "
-                f"{row['l2']:6.2f} {row['ssim_cam_correlation']:17.3f} {row['ssim_cam_iou']:10.3f}"
+                f"{row['attack']:<48} {row['fooling_rate']:6.1%} {row['mean_ssim']:6.3f} {row['linf']:6.3f} "
+                f"{row['l2']:5.2f} | {g['correlation']['mean']:6.3f} {g['random_in_ball_correlation']['mean']:6.3f} "
+                f"{g['other_image_correlation']['mean']:6.3f} | {g['iou']['mean']:5.3f} "
+                f"{g['random_in_ball_iou']['mean']:6.3f} {g['other_image_iou']['mean']:6.3f} | "
+                f"{pp['iou']['mean']:5.3f} {row['agreement']['flatness_correlation']['mean']:6.3f}"
             )
         print(f"grid (clean / adversarial / amplified perturbation / 1 - SSIM map / Grad-CAM): {r['grid']}")
     out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +377,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("ssim-attack", help="SSIM-ball attacks vs SSIM-matched PGD, with SSIM-map / Grad-CAM agreement")
     p.set_defaults(func=_ssim_attack)
     p.add_argument("--data", choices=[*with_models("cam_classifier"), "all"], default="all")
-    p.add_argument("--n", type=int, default=96, help="held-out images per data set")
+    p.add_argument("--n", type=int, default=96, help="test images (and as many val images) per data set")
     p.add_argument("--tau", type=float, default=0.95, help="the SSIM bound")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", default="miga-fast-out", help="folder for the JSON and the PNG grids")

@@ -9,29 +9,35 @@ from .. import ops
 from .._validation import check_choice, check_int, check_scalar, value_checks
 from ..nvtx import nvtx_range
 from ..ops.ssim import GAMMA_MIN
-from ..reference import ssim as ssim_ref
 from .pgd import PGD
 
 SOLVERS = ("pgd", "convex")
+STEPS = ("l2", "sign")
 
 
 class SSIMAttack(PGD):
-    """Projected gradient ascent in the SSIM ball {x' : SSIM(x, x') >= tau}:
+    """Projected gradient ascent in an SSIM ball:
 
         attack = SSIMAttack(model, tau=0.95, steps=20, alpha=2/255)
         adv_images = attack(images, labels)
 
-    solver="pgd": each step delta += alpha * sign(grad) (descending for targeted=True), the
-    box x + delta in [0, 1], then ops.ssim_ball_project_ (the largest step back along delta
-    into the ball of the Gaussian SSIM). `ssim_kwargs` go to that SSIM (win_size,
-    win_sigma, K, padding).
+    Each step moves delta along the loss gradient (descending for targeted=True), then
+    projects:
 
-    solver="convex": the paper's convex route over the structural-SSIM window balls
-    (ops.ssim_window_ball_project_'s set, tau as gamma, `window` pixels square, delta's
-    window means kept at zero): Frank-Wolfe steps — linearise the classifier at the
-    current point, take the closed-form maximiser of the linear model over the ball set,
-    move delta <- (1 - b) delta + b s with b = 2 / (k + 2) — then the box. Batched on
-    tensors; no external solver in the loop.
+    solver="pgd": the Gaussian-window SSIM ball {x' : SSIM(x, x') >= tau}. The box
+    x + delta in [0, 1], then ops.ssim_ball_project_ (the largest step back along delta
+    into the ball). `ssim_kwargs` go to that SSIM (win_size, win_sigma, K, padding).
+
+    solver="convex": the convex SSIM set of ops.ssim_window_ball_project_ (tau as gamma,
+    `window` pixels square, `overlap` for the shifted second grid): the exact Euclidean
+    projection onto every window's structural-SSIM ball intersected with the box, so every
+    iterate is feasible and the attack is projected gradient ascent on a convex set.
+
+    step="l2" (the default): the gradient normalised per sample to an l2 norm of
+    alpha * sqrt(pixels), i.e. a root-mean-square change of alpha per pixel, so the budget
+    goes where the loss gradient is large. step="sign": alpha * sign(grad), the same
+    magnitude everywhere (FGSM's step; with solver="pgd" the rescaling then keeps |delta|
+    uniform over the image).
     """
 
     def __init__(
@@ -46,6 +52,8 @@ class SSIMAttack(PGD):
         ssim_kwargs=None,
         window=8,
         model_mode="eval",
+        step="l2",
+        overlap=False,
     ):
         super().__init__(
             model,
@@ -67,29 +75,42 @@ class SSIMAttack(PGD):
                 f"`tau` must be >= {GAMMA_MIN:g} for solver='convex' (the window balls' "
                 f"radius overflows below it), got {self.tau}"
             )
+        self.step = check_choice(step, "step", STEPS)
+        if not isinstance(overlap, bool):
+            raise TypeError(f"`overlap` must be a bool, got {type(overlap).__name__}")
+        self.overlap = overlap
         self.ssim_kwargs = dict(ssim_kwargs or {})
         self.window = check_int(window, "window", 2)
 
     def __repr__(self):
         return (
             f"SSIMAttack(tau={self.tau}, steps={self.steps}, alpha={self.alpha:.4g}, "
-            f"solver={self.solver!r}, targeted={self.targeted})"
+            f"solver={self.solver!r}, step={self.step!r}, targeted={self.targeted})"
         )
+
+    def _ascent(self, grad: torch.Tensor, direction: float) -> torch.Tensor:
+        """The step's change of delta: direction * alpha * (the normalised gradient or its sign)."""
+        if self.step == "sign":
+            return (direction * self.alpha) * grad.sign()
+        g = grad.flatten(1)
+        scale = direction * self.alpha * g.shape[1] ** 0.5 / g.norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)
+        return grad * scale.reshape(-1, *([1] * (grad.dim() - 1)))
 
     def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         direction = -1.0 if self.targeted else 1.0
         delta = torch.zeros_like(x)
         with value_checks(False):
-            for k in range(self.steps):
+            for _ in range(self.steps):
                 grad = self._grad(x, delta, labels)
                 with torch.no_grad(), nvtx_range("ssim_attack.project"):
                     if self.solver == "pgd":
-                        # eps = 1 leaves the l-inf ball inactive: the fused step is step + box
-                        ops.pgd_step_(delta, grad, x, 1.0, self.alpha, "linf", direction)
+                        if self.step == "sign":  # the fused step and box (eps = 1: the l-inf ball is inactive)
+                            ops.pgd_step_(delta, grad, x, 1.0, self.alpha, "linf", direction)
+                        else:
+                            delta.add_(self._ascent(grad, direction))
+                            ops.project_(delta, x, 1.0)  # the box
                         ops.ssim_ball_project_(delta, x, self.tau, **self.ssim_kwargs)
                     else:
-                        s = ssim_ref.window_ball_linear_max(x, direction * grad, self.tau, self.window)
-                        b = 2.0 / (k + 2)
-                        delta.mul_(1 - b).add_(s, alpha=b)
-                        ops.project_(delta, x, 1.0)  # the box (the l-inf ball of radius 1 is inactive)
+                        delta.add_(self._ascent(grad, direction))
+                        ops.ssim_window_ball_project_(delta, x, self.tau, self.window, overlap=self.overlap)
         return (x + delta).detach()
