@@ -7,7 +7,12 @@ Every attack here descends, per sample,
 
 with signed-gradient (l-inf) or normalised-gradient (l2) steps through the fused
 projection ops (on the selected backend), or sign steps followed by the SSIM-ball
-projection (norm="ssim"), and keeps x_n + delta in [0, 1]. A subclass says what its
+projection (norm="ssim"), and keeps x_n + delta in [0, 1].
+
+The threat model (docs/attacks.md): the attacker adds delta to the noisy observation x_n,
+so every ball (l-inf, l2, and the SSIM ball SSIM(x_n, x_n + delta) >= tau) is centred on
+x_n; fidelity and PSNR/SSIM compare the pipeline's image D(x_n + delta).clamp(0, 1)
+(pipeline_image: one rule everywhere) with the clean image when it is given. A subclass says what its
 terms are (`_terms`) and what it needs per batch (`_prepare`, `_before_step`). Calling
 an attack on a batch returns an AttackResult (result.py); `run` attacks a dataset into a
 run folder (run_folder.py).
@@ -110,8 +115,15 @@ class DenoiserAttack:
         descended."""
         raise NotImplementedError
 
+    @staticmethod
+    def pipeline_image(out: torch.Tensor) -> torch.Tensor:
+        """The one rule for what the pipeline's image is: the denoiser's output clamped into
+        [0, 1]. The loss, the success judgement, PSNR/SSIM and the demo all see this image
+        (the clamp passes the gradient wherever the output is inside [0, 1])."""
+        return out.clamp(0, 1)
+
     def _loss(self, delta, x_noisy, x_ref, labels, aux):
-        out = self.denoiser(x_noisy + delta)
+        out = self.pipeline_image(self.denoiser(x_noisy + delta))
         terms = self._terms(out, x_ref, labels, aux)
         total = sum(terms.values())
         return total.sum(), {k: v.detach().mean() for k, v in terms.items()}, out
@@ -215,7 +227,7 @@ class DenoiserAttack:
         x_noisy = x_noisy.detach()
         start = time.perf_counter()
         with torch.no_grad():
-            denoised_clean = self.denoiser_eager(x_noisy)
+            denoised_clean = self.pipeline_image(self.denoiser_eager(x_noisy))
         x_ref = x_clean.detach() if x_clean is not None else denoised_clean
         x_ref, labels, aux = self._prepare(x_noisy, labels, x_ref)
         delta = torch.zeros_like(x_noisy)
@@ -230,7 +242,7 @@ class DenoiserAttack:
                 self._step(delta, grad, x_noisy)
         with torch.no_grad():
             x_adv = (x_noisy + delta).detach()
-            out = self.denoiser_eager(x_adv)
+            out = self.pipeline_image(self.denoiser_eager(x_adv))
         if x_noisy.device.type == "cuda":
             torch.cuda.synchronize(x_noisy.device)
         seconds = time.perf_counter() - start
@@ -261,10 +273,10 @@ class DenoiserAttack:
             delta=delta.cpu(),
             success=success,
             correct_before=correct,
-            psnr=metrics.psnr(out.clamp(0, 1), target).cpu(),
+            psnr=metrics.psnr(out, target).cpu(),
             ssim=metrics.ssim(out, target).cpu(),
             psnr_vs_denoised=metrics.psnr(out, denoised_clean).cpu(),
-            ssim_vs_denoised=metrics.ssim(out, denoised_clean.clamp(0, 1)).cpu(),
+            ssim_vs_denoised=metrics.ssim(out, denoised_clean).cpu(),
             linf=flat.abs().amax(1).cpu(),
             l2=flat.norm(dim=1).cpu(),
             losses=losses,

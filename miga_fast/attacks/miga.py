@@ -133,7 +133,7 @@ class MIGA(DenoiserAttack):
         if self.task != "unknown" or self.critic_steps == 0:
             return
         with torch.no_grad():
-            out = self.denoiser_eager(x_noisy + delta)
+            out = self.pipeline_image(self.denoiser_eager(x_noisy + delta))
         with nvtx_range("miga.critic"):
             for _ in range(self.critic_steps if k else 4 * self.critic_steps):
                 aux["mine"].step(aux["anchor"], out)

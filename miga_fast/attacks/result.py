@@ -14,8 +14,8 @@ class AttackResult:
     """What an attack on a batch returns. Per-sample tensors are [B] on the CPU."""
 
     adversarial: torch.Tensor  # x_n + delta
-    denoised: torch.Tensor  # D(x_n + delta)
-    denoised_clean: torch.Tensor  # D(x_n): the un-attacked pipeline's output
+    denoised: torch.Tensor  # D(x_n + delta), clamped into [0, 1]: the pipeline's image
+    denoised_clean: torch.Tensor  # D(x_n), clamped: the un-attacked pipeline's image
     delta: torch.Tensor
     success: torch.Tensor | None  # known task: the label changed (hit the target); else None
     correct_before: torch.Tensor | None  # the pipeline classified x_n correctly before the attack
