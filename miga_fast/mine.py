@@ -349,3 +349,42 @@ def measure_mi(
             t = torch.tensor(vals, dtype=torch.float64)
             out[arch][name] = {"values": vals, "mean": float(t.mean()), "sd": float(t.std()) if len(vals) > 1 else 0.0}
     return out
+
+
+def pretrain_critic(
+    denoiser,
+    images: torch.Tensor,
+    sigma: float = 25.0,
+    steps: int = 1000,
+    batch_size: int = 128,
+    hidden: int = 64,
+    seed: int = 0,
+    lr: float = 1e-3,
+) -> tuple[MINE, tuple[torch.Tensor, torch.Tensor]]:
+    """The unknown-task attack's critic as MIGA's Algorithm 1 starts it: a MINE critic for
+    I(x; D(x_n)) trained for `steps` steps on clean pairs of a training split (`images`,
+    noised at `sigma` on the 0-255 scale, seeded, through the frozen denoiser, clamped into
+    [0, 1] as the pipeline's image). Returns (the MINE estimator, the pairs), the pairs for
+    MIGA's `critic_pool` (replayed beside each attacked batch so the critic keeps the
+    population in view rather than memorising one batch)."""
+    from .data import add_gaussian_noise
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 2:
+        raise ValueError("`images` must be a [N >= 2, C, H, W] tensor of training images")
+    check_int(steps, "steps", 0)
+    check_int(batch_size, "batch_size", 2)
+    device = next(denoiser.parameters(), images).device
+    x = images.to(device)
+    with torch.no_grad():
+        y = torch.cat([denoiser(add_gaussian_noise(xb, sigma, generator=seed + i)).clamp(0, 1)
+                       for i, xb in enumerate(x.split(256))])  # fmt: skip
+    shape = tuple(x.shape[1:])
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        mine = MINE(MINECritic(shape, shape, hidden=hidden).to(device=x.device, dtype=x.dtype), lr=lr)
+        g = torch.Generator().manual_seed(seed)
+        batch = min(batch_size, x.shape[0])
+        for _ in range(steps):
+            idx = torch.randint(x.shape[0], (batch,), generator=g).to(x.device)
+            mine.step(x[idx], y[idx])
+    return mine, (x, y)

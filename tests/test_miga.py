@@ -214,3 +214,48 @@ def test_one_clamping_rule_for_the_pipeline_image(rng):
     with torch.no_grad():
         assert torch.equal(res.success, classifier(res.denoised).argmax(1) != labels)
     torch.testing.assert_close(res.psnr, metrics.psnr(res.denoised, x))
+
+
+def test_population_critic_is_pretrained_persists_and_replays_the_pool(digits, rng):
+    """pretrain_critic: reproducible from its seed, and its bound on held-out clean pairs is
+    far above the bound on mismatched pairs. MIGA with mine= and critic_pool=: the critic
+    keeps training across batches (its weights move, it is the same object), each critic
+    step sees the batch and as many pool pairs, and a bad pool is refused."""
+    from miga_fast.mine import pretrain_critic
+
+    x, y, xn, D, F = digits
+    xt, _ = data.load_digits("train")
+    mine, pool = pretrain_critic(D, xt[:512], steps=300, batch_size=64)
+    again, _ = pretrain_critic(D, xt[:512], steps=300, batch_size=64)
+    for p, q in zip(mine.critic.parameters(), again.critic.parameters()):
+        assert torch.equal(p, q)
+    with torch.no_grad():
+        paired = D(xn).clamp(0, 1)
+    assert mine.estimate(x, paired) > mine.estimate(x, paired.roll(1, 0)) + 1.0
+    seen = []
+    step = mine.step
+    mine.step = lambda a, b: (seen.append(a.shape[0]), step(a, b))[1]
+    before = [p.detach().clone() for p in mine.critic.parameters()]
+    attack = MIGA(D, None, eps=16 / 255, steps=2, lambda_rec=1.0, mine=mine, critic_pool=pool, compile=False)
+    attack(xn[:8], None, x_clean=x[:8])
+    attack(xn[8:16], None, x_clean=x[8:16])
+    assert set(seen) == {16} and len(seen) == 2 * (4 * 5 + 5)  # 8 attacked + 8 replayed pairs per step
+    assert any(not torch.equal(p, q) for p, q in zip(mine.critic.parameters(), before))
+    with pytest.raises(ValueError, match="`critic_pool`"):
+        MIGA(D, None, critic_pool=(x, x[:, :, :8]))
+    with pytest.raises(ValueError, match="`critic_pool`"):
+        MIGA(D, F, critic_pool=pool)
+
+
+def test_reference_variant_pulls_the_output_toward_the_reference(digits):
+    """With `reference` the fidelity term targets x_r: the attacked output moves toward the
+    reference images (lower MSE to them than the un-attacked output) while its distance to
+    the clean image grows."""
+    x, y, xn, D, F = digits
+    reference = x[:16].roll(1, 0)
+    res = MIGA(D, None, eps=16 / 255, steps=10, lambda_rec=1.0, lambda_mi=0.0, reference=reference, compile=False)(
+        xn[:16], None, x_clean=x[:16]
+    )
+    to_ref = lambda t: (t - reference).pow(2).flatten(1).mean(1)  # noqa: E731
+    assert (to_ref(res.denoised) < to_ref(res.denoised_clean)).float().mean() > 0.9
+    assert float(res.psnr.mean()) < float(metrics.psnr(res.denoised_clean, x[:16]).mean())

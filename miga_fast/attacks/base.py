@@ -323,6 +323,8 @@ class DenoiserAttack:
                 params[key] = value
             elif isinstance(value, torch.Tensor):
                 params[key] = run_folder.tensor_id(value)
+            elif isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value):
+                params[key] = [run_folder.tensor_id(v) for v in value]
             elif isinstance(value, torch.Generator):
                 params[key] = f"generator seeded {value.initial_seed()}"
             elif isinstance(value, torch.nn.Module):

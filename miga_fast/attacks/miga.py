@@ -6,9 +6,11 @@ that the denoiser's output D(x_n + delta) still looks clean but carries other se
     attack.run(dataset, "out/", batch_size=64)          # a whole dataset, resumable
 
 Known task: L_MI = -CE(F(D(.)), y) (untargeted) or +CE(F(D(.)), target). Unknown task:
-L_MI is a MINE bound on I(x; D(x_n + delta)) (minimised), or with `reference` on
-I(x_r; D(x_n + delta)) (maximised), with the critic trained by `critic_steps` ascent
-steps before every delta step. The loss and the step are DenoiserAttack's (base.py).
+L_MI is a MINE bound on I(x; D(x_n + delta)) (minimised), with the critic trained by
+`critic_steps` ascent steps before every delta step; with `reference` images x_r the
+fidelity term targets x_r instead of x (the paper's Figure 2: the output moves toward the
+reference's content while the information about x is removed). The loss and the step are
+DenoiserAttack's (base.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ class MIGA(DenoiserAttack):
     targeted=True); task="unknown" (the default without a classifier) uses a MINE critic
     (`mine`: a miga_fast.mine.MINE; by default a fresh critic with small CNN encoders,
     trained in the loop) and, with `reference` (images [B or 1, C, H, W] of other
-    semantics), pulls the outputs toward them. lambda_rec weighs the fidelity term
+    semantics), pulls the outputs toward them. The population form of the paper's
+    Algorithm 1: `mine, pool = mine.pretrain_critic(denoiser, train_images)` and
+    MIGA(..., mine=mine, critic_pool=pool): the critic starts trained on clean pairs of a
+    training split, persists across the batches of a run, and every critic step replays as
+    many population pairs as the attacked batch holds. lambda_rec weighs the fidelity term
     against the task term (10 by default: see docs/algorithms.md §4, "Balancing the terms")."""
 
     name = "miga"
@@ -48,6 +54,7 @@ class MIGA(DenoiserAttack):
         mine=None,
         reference=None,
         critic_steps=5,
+        critic_pool=None,
         compile=True,
         tau=0.95,
         random_start=False,
@@ -69,6 +76,18 @@ class MIGA(DenoiserAttack):
         self.reference = reference
         self.mine = mine
         self.critic_steps = check_int(critic_steps, "critic_steps", 0)
+        if critic_pool is not None:
+            if (
+                not isinstance(critic_pool, (tuple, list))
+                or len(critic_pool) != 2
+                or not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in critic_pool)
+                or critic_pool[0].shape != critic_pool[1].shape
+            ):
+                raise ValueError("`critic_pool` must be a pair of image tensors (x, D(x_n)) of one shape [N, C, H, W]")
+            if self.task == "known":
+                raise ValueError("`critic_pool` pairs x with D(x_n): it serves the unknown task")
+        self.critic_pool = critic_pool
+        self._pool_generator = torch.Generator().manual_seed(0)
         super().__init__(
             denoiser,
             classifier,
@@ -103,17 +122,14 @@ class MIGA(DenoiserAttack):
             return x_ref, labels, {}
         from ..mine import MINE, MINECritic
 
+        anchor = x_ref  # I(x; D(x_n + delta)) is minimised in both forms
         if self.reference is not None:
             if self.reference.shape[1:] != x_noisy.shape[1:] or self.reference.shape[0] not in (1, x_noisy.shape[0]):
                 dims = ", ".join(map(str, x_noisy.shape[1:]))
                 raise ValueError(
                     f"`reference` must be [1 or {x_noisy.shape[0]}, {dims}], got {tuple(self.reference.shape)}"
                 )
-            anchor = self.reference.to(x_noisy).expand_as(x_noisy)
-            sign = -1.0  # maximise I(x_r; D(x_n + delta))
-        else:
-            anchor = x_ref
-            sign = 1.0  # minimise I(x; D(x_n + delta))
+            x_ref = self.reference.to(x_noisy).expand_as(x_noisy)  # the fidelity term's target
         mine = self.mine
         if mine is None:
             # A fresh critic with the same starting weights every batch: built on the CPU
@@ -124,7 +140,7 @@ class MIGA(DenoiserAttack):
                 torch.random.default_generator.manual_seed(0)
                 critic = MINECritic(shape, shape, hidden=64)
             mine = MINE(critic.to(x_noisy.device, x_noisy.dtype), lr=1e-3)
-        aux = {"anchor": anchor, "sign": sign, "mine": mine}
+        aux = {"anchor": anchor, "mine": mine}
         if labels is not None:
             aux["true_labels"] = labels
         return x_ref, labels, aux
@@ -136,7 +152,13 @@ class MIGA(DenoiserAttack):
             out = self.pipeline_image(self.denoiser_eager(x_noisy + delta))
         with nvtx_range("miga.critic"):
             for _ in range(self.critic_steps if k else 4 * self.critic_steps):
-                aux["mine"].step(aux["anchor"], out)
+                anchor, seen = aux["anchor"], out
+                if self.critic_pool is not None:  # replay as many population pairs as the batch holds
+                    px, py = self.critic_pool
+                    idx = torch.randint(px.shape[0], (out.shape[0],), generator=self._pool_generator)
+                    anchor = torch.cat([anchor, px[idx].to(out)])
+                    seen = torch.cat([out, py[idx].to(out)])
+                aux["mine"].step(anchor, seen)
 
     def _terms(self, out, x_ref, labels, aux):
         rec = self.lambda_rec * (out - x_ref).pow(2).flatten(1).mean(1)
@@ -147,4 +169,4 @@ class MIGA(DenoiserAttack):
         # One number for the batch; each sample's share of its gradient is O(1 / B), so the
         # term counts once per sample (sum = B * bound) to weigh like the per-sample terms.
         bound = critic.bound(aux["anchor"], out)
-        return {"rec": rec, "mi": self.lambda_mi * aux["sign"] * bound.expand(out.shape[0])}
+        return {"rec": rec, "mi": self.lambda_mi * bound.expand(out.shape[0])}
