@@ -64,6 +64,31 @@ def test_demo_command(tmp_path):
     assert (tmp_path / "grid_digits.png").stat().st_size > 1000
 
 
+def test_unknown_task_command(tmp_path):
+    """The unknown-task experiment, small: lambda_mi chosen on val, every row of the curve on
+    test, judged by the held-out classifier, the reference rows with their toward-reference
+    measures."""
+    out = _cli(
+        "unknown-task", "--data", "digits", "--n", "8", "--steps", "2", "--pretrain-steps", "20",
+        "--out", str(tmp_path), timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (r,) = json.loads((tmp_path / "unknown_task.json").read_text())
+    assert r["judge"] == "resnet_digits" and r["pipeline_classifier"] == "cnn_digits"
+    assert r["val"]["chosen_lambda_mi"] in (1.0, 10.0, 100.0) and len(r["val"]["rows"]) == 3
+    assert len(r["curve"]) == 3
+    for point in r["curve"]:
+        rows = point["rows"]
+        assert len(rows) == 7 and "control: random signs, same budget" in rows
+        for v in rows.values():
+            assert 0 <= v["labels_changed"] <= 1 and v["psnr"] > 0
+        assert "reference_similarity_gain" in rows["reference variant (population)"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| eps | attack | labels changed |" in report and "Toward the reference" in report
+    out = _cli("unknown-task", "--n", "1")
+    assert out.returncode == 2 and "--n" in out.stderr
+
+
 def test_attack_command_runs_and_resumes(tmp_path):
     args = (
         "attack",

@@ -170,6 +170,23 @@ def _demo(args) -> int:
     return 0
 
 
+def _unknown_task(args) -> int:
+    from pathlib import Path
+
+    from miga_fast.app import unknown_task
+
+    if args.n < 2 or args.steps < 1 or args.pretrain_steps < 0:
+        print("miga-fast: --n must be >= 2, --steps >= 1 and --pretrain-steps >= 0", file=sys.stderr)
+        return 2
+    setups = ["natural", "digits"] if args.data == "all" else [args.data]
+    unknown_task.run(
+        args.out, setups, n=args.n, steps=args.steps, pretrain_steps=args.pretrain_steps,
+        log=lambda s: print(s, flush=True),
+    )  # fmt: skip
+    print(f"\nwrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'unknown_task.json'}")
+    return 0
+
+
 def _purify_eval(args) -> int:
     from pathlib import Path
 
@@ -387,6 +404,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="torch.compile the attack loss (slow to start on CPU)")
     p.add_argument("--out", default="miga-fast-demo", help="folder for report.md, results.json, grids")
+    p = sub.add_parser("unknown-task", help="does the unknown-task MIGA change semantics? (held-out judge, controls)")
+    p.set_defaults(func=_unknown_task)
+    p.add_argument("--data", choices=["natural", "digits", "all"], default="all")
+    p.add_argument("--n", type=int, default=64, help="val and test images per data set")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--pretrain-steps", type=int, default=500, help="the population critic's pre-training steps")
+    p.add_argument("--out", default="miga-fast-unknown-task", help="folder for report.md and unknown_task.json")
     p = sub.add_parser("purify-eval", help="diffusion purifiers against adaptive attacks on the shipped models")
     p.set_defaults(func=_purify_eval)
     p.add_argument("--data", choices=["digits", "natural", "all"], default="all")

@@ -102,6 +102,20 @@ ZOO = {
         description="small ResNet: which photo a 32x32 natural patch comes from (8 classes), "
         "trained on clean and denoised-noisy patches",
     ),
+    # a second natural-patch classifier of another architecture: the judge no attack optimises
+    # against (the unknown-task experiment's held-out classifier and feature extractor)
+    "cnn_natural": dict(
+        kind="classifier",
+        arch="small_cnn",
+        kwargs=dict(channels=3, classes=8, width=32),
+        data="natural32",
+        steps=2500,
+        batch=64,
+        lr=2e-3,
+        denoiser="dncnn_natural",
+        description="small CNN: which photo a 32x32 natural patch comes from (8 classes), trained on clean and "
+        "denoised-noisy patches; the held-out judge of the unknown-task experiment",
+    ),
     "ddpm_digits": dict(
         kind="diffusion",
         arch="diffusion_unet",
