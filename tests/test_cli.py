@@ -75,7 +75,7 @@ def test_unknown_task_command(tmp_path):
     assert out.returncode == 0, out.stderr
     (r,) = json.loads((tmp_path / "unknown_task.json").read_text())
     assert r["judge"] == "resnet_digits" and r["pipeline_classifier"] == "cnn_digits"
-    assert r["val"]["chosen_lambda_mi"] in (1.0, 10.0, 100.0) and len(r["val"]["rows"]) == 3
+    assert r["val"]["chosen_lambda_mi"] in (0.01, 0.1, 1.0, 10.0) and len(r["val"]["rows"]) == 4
     assert len(r["curve"]) == 3
     for point in r["curve"]:
         rows = point["rows"]

@@ -31,7 +31,7 @@ from ..models import registry
 from .setups import setup as get_setup
 
 JUDGES = {"natural": "cnn_natural", "digits": "resnet_digits"}  # a classifier no attack optimises against
-LAMBDAS = (1.0, 10.0, 100.0)
+LAMBDAS = (0.01, 0.1, 1.0, 10.0)
 EPS = {"natural": (4 / 255, 8 / 255, 16 / 255), "digits": (8 / 255, 16 / 255, 32 / 255)}
 PSNR_BUDGET_DB = 3.0
 
