@@ -52,6 +52,12 @@ def test_demo_command(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["data"] for r in results] == ["natural", "digits"]
     for r in results:
+        # eps and lambda_rec were chosen on val: the smallest eps reaching the goal, else the largest
+        sel = r["selection"]
+        assert sel["val_images"] == 8 and r["eps"] in demo.EPS_GRID and r["lambda_rec"] in demo.LAMBDA_REC_GRID
+        reached = [t["eps"] for t in sel["trials"] if t["lambda_rec"] == 10.0 and t["asr"] >= demo.ASR_GOAL]
+        assert r["eps"] == (min(reached) if reached else demo.EPS_GRID[-1])
+        assert {row["eps"] for row in r["rows"]} == {r["eps"]}
         assert {row["defense"] for row in r["rows"]} == {"none", "squeeze", "nlm", "diffusion", "heterogeneous"}
         assert {row["attack"] for row in r["rows"]} == set(demo.ATTACKS)
     report = (tmp_path / "report.md").read_text()

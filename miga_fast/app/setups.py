@@ -20,7 +20,6 @@ class Setup:
     classes: tuple[str, ...]
     denoiser: str | None = None  # the demo's denoiser and classifier (the pipeline F o D)
     classifier: str | None = None
-    eps: float | None = None  # the demo's l-inf radius
     diffusion: str | None = None  # a DDPM for the purification defense, where one fits the data
     cam_classifier: str | None = None  # the SSIM-attack experiment's classifier and its Grad-CAM layer
     cam_layer: str | None = None
@@ -36,19 +35,16 @@ SETUPS = {
         data.NATURAL_CLASSES,
         denoiser="dncnn_natural",
         classifier="resnet_natural",
-        eps=8 / 255,
         diffusion="ddpm_natural",
         cam_classifier="resnet_natural",
         cam_layer="stages.2",
     ),
-    # at 8/255 MIGA changes only about a quarter of the digit labels: the demo uses 16/255
     "digits": Setup(
         "digits",
         lambda split: data.load_digits(split, 32),
         tuple(str(d) for d in range(10)),
         denoiser="dncnn_digits",
         classifier="cnn_digits",
-        eps=16 / 255,
         diffusion="ddpm_digits",
         cam_classifier="resnet_digits",
         cam_layer="stages.2",
