@@ -8,11 +8,7 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__)
-#define MIGA_HD __host__ __device__ __forceinline__
-#else
-#define MIGA_HD inline
-#endif
+#include "hd.h"
 
 namespace miga_fast {
 

@@ -6,13 +6,7 @@
 // C++ and the emulated CUDA kernels do).
 #pragma once
 
-#ifndef MIGA_HD
-#if defined(__CUDACC__)
-#define MIGA_HD __host__ __device__ __forceinline__
-#else
-#define MIGA_HD inline
-#endif
-#endif
+#include "hd.h"
 
 namespace miga_fast {
 

@@ -24,13 +24,7 @@
 // sums at once (a WinPair), and store(f): d_i = f(x_i, z_i).
 #pragma once
 
-#ifndef MIGA_HD
-#if defined(__CUDACC__)
-#define MIGA_HD __host__ __device__ __forceinline__
-#else
-#define MIGA_HD inline
-#endif
-#endif
+#include "hd.h"
 
 namespace miga_fast {
 
