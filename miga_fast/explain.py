@@ -112,11 +112,25 @@ def ssim_vs_cam(x: torch.Tensor, x_adv: torch.Tensor, cam: torch.Tensor, top: fl
         raise ValueError(f"`top` must lie in (0, 1], got {top}")
     if cam.shape != (x.shape[0],) + tuple(x.shape[-2:]):
         raise ValueError(f"`cam` must be [B, H, W] = {(x.shape[0],) + tuple(x.shape[-2:])}, got {tuple(cam.shape)}")
+    return agreement(dissimilarity(x, x_adv, **ssim_kwargs).to(cam.dtype), cam, top)
+
+
+def dissimilarity(x: torch.Tensor, x_adv: torch.Tensor, **ssim_kwargs) -> torch.Tensor:
+    """1 - SSIM map of (x, x_adv), channel mean, "same" padding by default: [B, H, W]."""
     ssim_kwargs.setdefault("padding", "same")
     with torch.no_grad():
         with set_backend("reference"):  # only the reference returns the SSIM map
             _, smap = _ssim(x, x_adv, return_map=True, **ssim_kwargs)
-    d = (1 - smap.mean(1)).to(cam.dtype)
+    return 1 - smap.mean(1)
+
+
+def agreement(d: torch.Tensor, cam: torch.Tensor, top: float = 0.2) -> dict:
+    """ssim_vs_cam for a dissimilarity map d [B, H, W] already computed (one map against
+    several CAMs or controls)."""
+    if not 0 < top <= 1:
+        raise ValueError(f"`top` must lie in (0, 1], got {top}")
+    if cam.shape != d.shape:
+        raise ValueError(f"`cam` must be [B, H, W] = {tuple(d.shape)}, got {tuple(cam.shape)}")
     a = d.flatten(1) - d.flatten(1).mean(1, keepdim=True)
     b = cam.flatten(1) - cam.flatten(1).mean(1, keepdim=True)
     corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)

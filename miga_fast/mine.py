@@ -236,6 +236,27 @@ class MINE:
         return float((torch.stack(values) * w).sum() / w.sum())
 
 
+def _dim(t: torch.Tensor):
+    """A critic side's input size: the feature count of [N, d], the image shape of [N, C, H, W]."""
+    return t.shape[1] if t.dim() == 2 else tuple(t.shape[1:])
+
+
+def _train_critic(x, y, steps, batch_size, seed, generator=None, lr=1e-3, ema=0.01, bound="dv", **critic_kwargs):
+    """A fresh MINECritic for (x, y), seeded, trained for `steps` Adam steps on random batches
+    of the pairs (drawn with `generator`, a CPU generator seeded by `seed` if None) without
+    touching the caller's random state. Returns the MINE estimator."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        critic = MINECritic(_dim(x), _dim(y), **critic_kwargs).to(device=x.device, dtype=x.dtype)
+        mine = MINE(critic, bound=bound, ema=ema, lr=lr)
+        batch = min(batch_size, x.shape[0])
+        for _ in range(steps):
+            idx = torch.randint(x.shape[0], (batch,), generator=g).to(x.device)
+            mine.step(x[idx], y[idx])
+    return mine
+
+
 def estimate_mi(
     x,
     y,
@@ -274,17 +295,10 @@ def estimate_mi(
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g).to(x.device)
     train, test = order[n_test:], (order[:n_test] if n_test else order)
-    dim = lambda t: t.shape[1] if t.dim() == 2 else tuple(t.shape[1:])  # noqa: E731
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        critic = MINECritic(dim(x), dim(y), hidden=hidden, depth=depth, encoder=encoder, activation=activation).to(
-            device=x.device, dtype=x.dtype
-        )
-        mine = MINE(critic, bound=bound, ema=ema, lr=lr)
-        batch = min(batch_size, train.numel())
-        for _ in range(steps):
-            idx = train[torch.randint(train.numel(), (batch,), generator=g).to(x.device)]
-            mine.step(x[idx], y[idx])
+    mine = _train_critic(
+        x[train], y[train], steps, batch_size, seed, generator=g, lr=lr, ema=ema, bound=bound,
+        hidden=hidden, depth=depth, encoder=encoder, activation=activation,
+    )  # fmt: skip
     return mine.estimate(x[test], y[test], batch_size=max(batch_size, 2))
 
 
@@ -328,20 +342,13 @@ def measure_mi(
         raise ValueError("`seeds` must hold at least one seed")
     check_int(steps, "steps", 1)
     check_int(batch_size, "batch_size", 2)
-    dim = lambda t: t.shape[1] if t.dim() == 2 else tuple(t.shape[1:])  # noqa: E731
     out = {}
     for arch in architectures:
         values = {name: [] for name in evaluate}
         for seed in seeds:
-            g = torch.Generator().manual_seed(seed)
-            with torch.random.fork_rng(devices=[x_fit.device] if x_fit.device.type == "cuda" else []):
-                torch.manual_seed(seed)
-                critic = MINECritic(dim(x_fit), dim(y_fit), hidden=hidden, **MEASURE_ARCHITECTURES[arch])
-                mine = MINE(critic.to(device=x_fit.device, dtype=x_fit.dtype), bound="dv", ema=ema, lr=lr)
-                batch = min(batch_size, x_fit.shape[0])
-                for _ in range(steps):
-                    idx = torch.randint(x_fit.shape[0], (batch,), generator=g).to(x_fit.device)
-                    mine.step(x_fit[idx], y_fit[idx])
+            mine = _train_critic(
+                x_fit, y_fit, steps, batch_size, seed, lr=lr, ema=ema, hidden=hidden, **MEASURE_ARCHITECTURES[arch]
+            )
             for name, (xe, ye) in evaluate.items():
                 values[name].append(mine.estimate(xe, ye, batch_size=max(batch_size, 2)))
         out[arch] = {}
@@ -378,13 +385,4 @@ def pretrain_critic(
     with torch.no_grad():
         y = torch.cat([denoiser(add_gaussian_noise(xb, sigma, generator=seed + i)).clamp(0, 1)
                        for i, xb in enumerate(x.split(256))])  # fmt: skip
-    shape = tuple(x.shape[1:])
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        mine = MINE(MINECritic(shape, shape, hidden=hidden).to(device=x.device, dtype=x.dtype), lr=lr)
-        g = torch.Generator().manual_seed(seed)
-        batch = min(batch_size, x.shape[0])
-        for _ in range(steps):
-            idx = torch.randint(x.shape[0], (batch,), generator=g).to(x.device)
-            mine.step(x[idx], y[idx])
-    return mine, (x, y)
+    return _train_critic(x, y, steps, batch_size, seed, lr=lr, hidden=hidden), (x, y)

@@ -287,13 +287,17 @@ def test_bad_input_gets_a_clear_error(rng):
         ops.sampler_step(x, mode="ddim", eps=eps, a_from=a_t, a_to=a_prev, a_jump=0.99)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def _on_gpu(b):
+    return torch.cuda.is_available() and miga_fast.backends()[b]["runs_here"]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param(b, marks=pytest.mark.skipif(not _on_gpu(b), reason=f"needs a GPU, {b}")) for b in ("cuda", "triton")],
+)
 def test_a_sampler_step_captures_in_a_cuda_graph(backend):
     """No host synchronisation: a whole fused step (noise drawn from a CUDA generator)
     captures in a CUDA graph and replays to the eager result."""
-    if not miga_fast.backends()[backend]["runs_here"]:
-        pytest.skip(f"{backend} cannot run here")
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     x, eps, known = (torch.randn(4, 3, 16, 16, device=dev, generator=g) for _ in range(3))

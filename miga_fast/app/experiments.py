@@ -74,17 +74,17 @@ def _stats(v: torch.Tensor) -> dict:
 def _agreement(x, adv, cams: dict, flat) -> dict:
     """The dissimilarity map 1 - SSIM(x, adv) against each CAM, another image's CAM (the
     next image's) and the flatness map: per measure, mean and standard error over images."""
+    d = explain.dissimilarity(x, adv)  # one SSIM map against every CAM and control
     out = {}
     for name, cam in cams.items():
-        own = explain.ssim_vs_cam(x, adv, cam)
-        other = explain.ssim_vs_cam(x, adv, cam.roll(1, 0))
+        own, other = explain.agreement(d, cam), explain.agreement(d, cam.roll(1, 0))
         out[name] = {
             "correlation": _stats(own["correlation"]),
             "iou": _stats(own["iou"]),
             "other_image_correlation": _stats(other["correlation"]),
             "other_image_iou": _stats(other["iou"]),
         }
-    out["flatness_correlation"] = _stats(explain.ssim_vs_cam(x, adv, flat)["correlation"])
+    out["flatness_correlation"] = _stats(explain.agreement(d, flat)["correlation"])
     return out
 
 
@@ -95,9 +95,9 @@ def _row(name, model, x, y, adv, correct, cams, flat, seconds):
     # the control: random perturbations in the same ball, one agreement per seed
     control = {name: {"correlation": [], "iou": []} for name in cams}
     for seed in range(CONTROL_SEEDS):
-        rnd = random_in_ball(x, adv, seed)
+        d = explain.dissimilarity(x, random_in_ball(x, adv, seed))
         for cam_name, cam in cams.items():
-            r = explain.ssim_vs_cam(x, rnd, cam)
+            r = explain.agreement(d, cam)
             control[cam_name]["correlation"].append(float(r["correlation"].mean()))
             control[cam_name]["iou"].append(float(r["iou"].mean()))
     for cam_name, c in control.items():
@@ -176,7 +176,7 @@ def ssim_attack_report(
         adv = advs["SSIMAttack (pgd, l2 step)"][:k]
         delta = adv - x[:k]
         amp = (0.5 + delta / (2 * delta.abs().amax().clamp_min(1e-12))).clamp(0, 1)
-        dis = explain.ssim_vs_cam(x[:k], adv, cams["grad_cam"][:k])["dissimilarity"]
+        dis = explain.dissimilarity(x[:k], adv)
         dis = dis / dis.flatten(1).amax(1).clamp_min(1e-12).reshape(-1, 1, 1)
         c = x.shape[1]
         cam = cams["grad_cam"]

@@ -146,6 +146,25 @@ def structural_ssim_windows(x, delta, window=8, data_range=1.0, K2=0.03):
     return (num / den).reshape(b, c, n)
 
 
+def _ball_geometry(x, gamma, window, data_range, K2):
+    """What every window-ball function needs, planes flattened to [B*C, H*W]: the window of
+    each pixel (idx, n windows, gat to spread per-window values to pixels), the pixel
+    counts, u (x minus its window mean), a = (1 - gamma) / gamma per plane, and each
+    window's squared radius r2 = a (2 |u|^2 + C) + a^2 |u|^2."""
+    b, c, h, w = x.shape
+    idx, n = window_ids(h, w, window, x.device)
+    fx = x.reshape(b * c, h * w)
+    count = torch.bincount(idx, minlength=n).to(x.dtype)
+    gat = idx.expand_as(fx)
+    mx = _window_sum(fx, idx, n) / count
+    u = fx - mx.gather(1, gat)
+    g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
+    a = ((1 - g) / g).repeat_interleave(c, 0) if g.shape[0] == b and b > 1 else (1 - g) / g
+    uu = _window_sum(u * u, idx, n)
+    r2 = a * (2 * uu + count * (K2 * data_range) ** 2) + a * a * uu
+    return idx, n, gat, count, fx, mx, u, a, r2
+
+
 def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03, outer=60, inner=40):
     """The exact Euclidean projection of delta, per non-overlapping window, onto the convex
     set F = {d : |P d - a u|^2 <= r^2, 0 <= x + d <= 1} (docs/algorithms.md §2): the
@@ -155,11 +174,8 @@ def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03, out
     1 - x) with mean(d(s, mu)) = mu; the violation |P d(s) - a u|^2 grows with s. Here:
     `inner` safeguarded Newton steps for mu, `outer` bisection steps on s, the feasible end
     written (the kernels search s by regula falsi: csrc/common/window_ball.h)."""
-    b, c, h, w = x.shape
-    idx, n = window_ids(h, w, window, x.device)
-    fx, z = x.reshape(b * c, h * w), delta.reshape(b * c, h * w)
-    count = torch.bincount(idx, minlength=n).to(x.dtype)
-    gat = idx.expand_as(fx)
+    idx, n, gat, count, fx, mx, u, a, r2 = _ball_geometry(x, gamma, window, data_range, K2)
+    z = delta.reshape(fx.shape)
 
     def wmean(t):
         return _window_sum(t, idx, n) / count
@@ -167,13 +183,7 @@ def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03, out
     def spread(t):  # per window [P, n] -> per pixel [P, h*w]
         return t.gather(1, gat)
 
-    mx = wmean(fx)
-    u = fx - spread(mx)
-    g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
-    a = ((1 - g) / g).repeat_interleave(c, 0) if g.shape[0] == b and b > 1 else (1 - g) / g
     cu = a * u
-    uu = _window_sum(u * u, idx, n)
-    r2 = a * (2 * uu + count * (K2 * data_range) ** 2) + a * a * uu
     lo, hi = -fx, 1 - fx
 
     def cand(s, mu):
@@ -221,16 +231,9 @@ def window_ball_project_(delta, x, gamma, window=8, data_range=1.0, K2=0.03, out
 def window_ball_violation(delta, x, gamma, window=8, data_range=1.0, K2=0.03):
     """Per window [B, C, n], |P d - a u|^2 - r^2 (<= 0 inside the ball) and the box's largest
     excess max(-x - d, x + d - 1) (<= 0 inside the box): the two tests of feasibility."""
-    b, c, h, w = x.shape
-    idx, n = window_ids(h, w, window, x.device)
-    fx, fd = x.reshape(b * c, h * w), delta.reshape(b * c, h * w)
-    count = torch.bincount(idx, minlength=n).to(x.dtype)
-    gat = idx.expand_as(fx)
-    u = fx - (_window_sum(fx, idx, n) / count).gather(1, gat)
-    g = torch.as_tensor(gamma, dtype=x.dtype, device=x.device).reshape(-1, 1)
-    a = ((1 - g) / g).repeat_interleave(c, 0) if g.shape[0] == b and b > 1 else (1 - g) / g
-    uu = _window_sum(u * u, idx, n)
-    r2 = a * (2 * uu + count * (K2 * data_range) ** 2) + a * a * uu
+    b, c = x.shape[:2]
+    idx, n, gat, count, fx, _, u, a, r2 = _ball_geometry(x, gamma, window, data_range, K2)
+    fd = delta.reshape(fx.shape)
     e = fd - (_window_sum(fd, idx, n) / count).gather(1, gat) - a * u
     ball = _window_sum(e * e, idx, n) - r2
     box = torch.maximum(-fx - fd, fx + fd - 1).amax(1)
