@@ -31,12 +31,14 @@ inline void define_ops(torch::Library& m) {
   // upstream gradient of a per-sample value is one number per sample, so the backward is
   // a scaling of these maps: nothing per pixel is recomputed or kept besides them.
   // `window` is the normalised 1-D Gaussian (odd length, x's dtype and device).
+  // cs_only: the mean of the contrast-structure map (SSIM without its luminance term), the
+  // term MS-SSIM takes at its finer scales.
   m.def(
       "ssim(Tensor x, Tensor y, Tensor window, float data_range, float k1, float k2, "
-      "bool same_padding) -> Tensor");
+      "bool same_padding, bool cs_only=False) -> Tensor");
   m.def(
       "ssim_value_and_grad(Tensor x, Tensor y, Tensor window, float data_range, float k1, float k2, "
-      "bool same_padding) -> (Tensor, Tensor, Tensor)");
+      "bool same_padding, bool cs_only=False) -> (Tensor, Tensor, Tensor)");
   // Per sample the largest t in [0, 1] with SSIM(x, x + t delta) >= tau[b], refined on a grid
   // of `candidates` scales `rounds` times; the moments (float64 window) are polynomials in t,
   // so one blur pass serves every candidate. Returns [B] in x's dtype.

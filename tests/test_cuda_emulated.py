@@ -234,16 +234,17 @@ def _pair(rng, shape, dtype):
 @pytest.mark.parametrize("padding", ["valid", "same"])
 # 11 and 7 taps: the kernels compiled for them; 9: the run-time window length
 @pytest.mark.parametrize("win_size,win_sigma", [(11, 1.5), (7, 1.0), (9, 1.2)])
-def test_ssim_kernels_match_reference(emu, rng, dtype, padding, win_size, win_sigma):
+@pytest.mark.parametrize("cs_only", [False, True])
+def test_ssim_kernels_match_reference(emu, rng, dtype, padding, win_size, win_sigma, cs_only):
     tol = 1e-12 if dtype == torch.float64 else 2e-6
     for shape in SSIM_SHAPES:
         if padding == "valid" and min(shape[2:]) < win_size:
             continue
         x, y = _pair(rng, shape, dtype)
         win = ref_ssim.gaussian_window(win_size, win_sigma, dtype)
-        args = (win, 2.0, 0.01, 0.03, padding == "same")
+        args = (win, 2.0, 0.01, 0.03, padding == "same", cs_only)
         xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
-        expected = ref_ssim.ssim(xr, yr, 2.0, win_size, win_sigma, padding=padding)
+        expected = ref_ssim.ssim(xr, yr, 2.0, win_size, win_sigma, padding=padding, cs_only=cs_only)
         ex_gx, ex_gy = torch.autograd.grad(expected.sum(), (xr, yr))
         value = emu.ssim(x, y, *args)
         value2, gx, gy = emu.ssim_value_and_grad(x, y, *args)
@@ -289,14 +290,14 @@ def test_ssim_opcheck_and_gradcheck(emu, rng):
     gradcheck of the fused value-and-gradient kernel, through the emulated op."""
     x, y = _pair(rng, (2, 3, 20, 21), torch.float64)
     win = ref_ssim.gaussian_window(11, 1.5, torch.float64)
-    for same in (False, True):
-        args = (x.clone().requires_grad_(), y.clone().requires_grad_(), win, 1.0, 0.01, 0.03, same)
+    for same, cs_only in ((False, False), (True, False), (False, True)):
+        args = (x.clone().requires_grad_(), y.clone().requires_grad_(), win, 1.0, 0.01, 0.03, same, cs_only)
         torch.library.opcheck(emu.ssim_value_and_grad, args)
-        torch.library.opcheck(emu.ssim, (x, y, win, 1.0, 0.01, 0.03, same))
+        torch.library.opcheck(emu.ssim, (x, y, win, 1.0, 0.01, 0.03, same, cs_only))
     a, b = _pair(rng, (2, 2, 13, 12), torch.float64)
-    for same in (False, True):
+    for same, cs_only in ((False, False), (True, False), (True, True)):
         assert torch.autograd.gradcheck(
-            lambda p, q: emu.ssim_value_and_grad(p, q, win, 1.0, 0.01, 0.03, same)[0],
+            lambda p, q: emu.ssim_value_and_grad(p, q, win, 1.0, 0.01, 0.03, same, cs_only)[0],
             (a.clone().requires_grad_(), b.clone().requires_grad_()),
         )
 

@@ -108,7 +108,8 @@ KERNEL_BACKENDS = backend_params()  # cpu, triton, cuda (each skipped where it c
 @pytest.mark.parametrize("backend,device", KERNEL_BACKENDS)
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernels_match_the_reference_forward_and_backward(backend, device, padding, dtype, rng):
+@pytest.mark.parametrize("cs_only", [False, True], ids=["ssim", "cs"])
+def test_kernels_match_the_reference_forward_and_backward(backend, device, padding, dtype, cs_only, rng):
     for _ in range(4 if backend == "cpu" else 2):
         shape = _random_shape(rng, padding, small=backend == "triton" and device == "cpu")
         x, y = _pair(rng, shape, dtype)
@@ -118,9 +119,9 @@ def test_kernels_match_the_reference_forward_and_backward(backend, device, paddi
         for backend_ in (backend, "reference"):
             xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
             with miga_fast.set_backend(backend_):
-                v = ops.ssim(xx, yy, padding=padding)
-                with torch.no_grad():
-                    torch.testing.assert_close(ops.ssim(x, y, padding=padding), v.detach())  # value-only op
+                v = ops.ssim(xx, yy, padding=padding, cs_only=cs_only)
+                with torch.no_grad():  # the value-only op
+                    torch.testing.assert_close(ops.ssim(x, y, padding=padding, cs_only=cs_only), v.detach())
             gx, gy = torch.autograd.grad((v * upstream).sum(), (xx, yy))
             results.append((v.detach(), gx, gy))
         if dtype == torch.float32:
@@ -149,12 +150,14 @@ def test_cpu_kernel_gradcheck_and_opcheck(rng):
     y.requires_grad_(True)
     with miga_fast.set_backend("cpu"):
         for padding in ("valid", "same"):
-            assert torch.autograd.gradcheck(lambda a, b: ops.ssim(a, b, padding=padding), (x, y))
+            for cs_only in (False, True):
+                assert torch.autograd.gradcheck(lambda a, b: ops.ssim(a, b, padding=padding, cs_only=cs_only), (x, y))
     from miga_fast.reference.ssim import gaussian_window
 
     args = (x.detach(), y.detach(), gaussian_window(11, 1.5, torch.float64), 1.0, 0.01, 0.03, False)
-    torch.library.opcheck(torch.ops.miga_fast.ssim.default, args)
-    torch.library.opcheck(torch.ops.miga_fast.ssim_value_and_grad.default, args)
+    for extra in ((), (True,)):  # cs_only defaulted, and given
+        torch.library.opcheck(torch.ops.miga_fast.ssim.default, args + extra)
+        torch.library.opcheck(torch.ops.miga_fast.ssim_value_and_grad.default, args + extra)
     if miga_fast.backends()["triton"]["runs_here"] and not torch.cuda.is_available():
         importlib.import_module("miga_fast.triton_kernels")  # registers torch.ops.miga_fast_triton
         small = (x.detach()[:1, :1], y.detach()[:1, :1]) + args[2:]

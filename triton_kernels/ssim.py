@@ -142,6 +142,7 @@ def _ssim_kernel(
     PLANE0: tl.int64,
     NPLANES: tl.int64,
     K: tl.constexpr,
+    CS_ONLY: tl.constexpr,
     WITH_GRAD: tl.constexpr,
     BH: tl.constexpr,
     BW: tl.constexpr,
@@ -157,18 +158,25 @@ def _ssim_kernel(
     c1 = tl.full((), c1, dt)  # float scalars in the compute dtype (_launch.py)
     c2 = tl.full((), c2, dt)
     gs = tl.full((), gs, dt)
-    # ssim_pixel and ssim_partials of csrc/common/ssim_math.h, line for line
-    a = 2 * mx * my + c1
+    # ssim_pixel and ssim_partials of csrc/common/ssim_math.h, line for line (CS_ONLY:
+    # lum = 0, so a = c = 1 and the lum-scaled terms drop out)
     b = 2 * (exy - mx * my) + c2
-    c = mx * mx + my * my + c1
     d = (exx - mx * mx) + (eyy - my * my) + c2
+    if CS_ONLY:
+        a = tl.full((), 1.0, dt)
+        c = tl.full((), 1.0, dt)
+        lum = tl.full((), 0.0, dt)
+    else:
+        a = 2 * mx * my + c1
+        c = mx * mx + my * my + c1
+        lum = tl.full((), 1.0, dt)
     s = (a / c) * (b / d)
     tile_sum = tl.sum(tl.sum(tl.where(mask, s, 0.0).to(tl.float64), axis=1), axis=0)
     tl.store(part_ptr + plane * nprog + pid, tile_sum)
     if WITH_GRAD:
         inv_cd = 1.0 / (c * d)
-        common = 2 * (b - a) * inv_cd
-        s_cd = 2 * s * (1.0 / c - 1.0 / d)
+        common = 2 * (lum * b - a) * inv_cd
+        s_cd = 2 * s * (lum / c - 1.0 / d)
         n = HO * WO
         out = plane * n + oi * WO + oj
         stride = NPLANES * n  # int64: the maps may hold 2**31 elements or more
@@ -286,7 +294,7 @@ def _horizontal(x, y, window, h, w, wo, pad, k, planes):
     return hor
 
 
-def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
+def _run(x, y, window, data_range, k1, k2, same_padding, cs_only, with_grad):
     x, y = x.contiguous(), y.contiguous()
     # compute in float32 (float64 for float64 data), whatever the storage dtype
     window = window.to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
@@ -304,7 +312,24 @@ def _run(x, y, window, data_range, k1, k2, same_padding, with_grad):
     hor = _horizontal(x, y, window, h, w, wo, pad, k, planes)
     for lo, hi in chunks(planes):  # grid axis 1 holds 65535 programs at most
         _ssim_kernel[(nprog, hi - lo)](
-            hor, window, part, pm, h, ho, wo, pad, c1, c2, 1.0 / n, lo, planes, K=k, WITH_GRAD=with_grad, BH=BH, BW=BW
+            hor,
+            window,
+            part,
+            pm,
+            h,
+            ho,
+            wo,
+            pad,
+            c1,
+            c2,
+            1.0 / n,
+            lo,
+            planes,
+            K=k,
+            CS_ONLY=cs_only,
+            WITH_GRAD=with_grad,
+            BH=BH,
+            BW=BW,
         )
     value = (part.sum(1).reshape(b, c).sum(1) / n).to(x.dtype)
     if not with_grad:
@@ -326,16 +351,32 @@ Tensor = torch.Tensor
 
 @torch.library.custom_op("miga_fast_triton::ssim", mutates_args=(), device_types=DEVICE_TYPES)
 @on_tensor_device
-def ssim(x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float, same_padding: bool) -> Tensor:
-    return _run(x, y, window, data_range, k1, k2, same_padding, False)[0]
+def ssim(
+    x: Tensor,
+    y: Tensor,
+    window: Tensor,
+    data_range: float,
+    k1: float,
+    k2: float,
+    same_padding: bool,
+    cs_only: bool = False,
+) -> Tensor:
+    return _run(x, y, window, data_range, k1, k2, same_padding, cs_only, False)[0]
 
 
 @torch.library.custom_op("miga_fast_triton::ssim_value_and_grad", mutates_args=(), device_types=DEVICE_TYPES)
 @on_tensor_device
 def ssim_value_and_grad(
-    x: Tensor, y: Tensor, window: Tensor, data_range: float, k1: float, k2: float, same_padding: bool
+    x: Tensor,
+    y: Tensor,
+    window: Tensor,
+    data_range: float,
+    k1: float,
+    k2: float,
+    same_padding: bool,
+    cs_only: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _run(x, y, window, data_range, k1, k2, same_padding, True)
+    return _run(x, y, window, data_range, k1, k2, same_padding, cs_only, True)
 
 
 @ssim.register_fake

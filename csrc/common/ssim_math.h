@@ -12,17 +12,20 @@ namespace miga_fast {
 
 // SSIM = (a / c) * (b / d) at one position from mu_x, mu_y, E[x^2], E[y^2], E[xy]:
 // a = 2 mu_x mu_y + C1, b = 2 cov + C2, c = mu_x^2 + mu_y^2 + C1, d = var_x + var_y + C2.
+// lum = 1 gives SSIM; lum = 0 drops the luminance term (a = c = 1), leaving the
+// contrast-structure term cs = b / d that MS-SSIM takes at its finer scales.
 template <typename T>
 struct SsimPixel {
-  T a, b, c, d, s;
+  T a, b, c, d, s, lum;
 };
 
 template <typename T>
-MIGA_HD SsimPixel<T> ssim_pixel(T mx, T my, T exx, T eyy, T exy, T c1, T c2) {
+MIGA_HD SsimPixel<T> ssim_pixel(T mx, T my, T exx, T eyy, T exy, T c1, T c2, T lum) {
   SsimPixel<T> p;
-  p.a = T(2) * mx * my + c1;
+  p.lum = lum;
+  p.a = lum != T(0) ? T(2) * mx * my + c1 : T(1);
   p.b = T(2) * (exy - mx * my) + c2;
-  p.c = mx * mx + my * my + c1;
+  p.c = lum != T(0) ? mx * mx + my * my + c1 : T(1);
   p.d = (exx - mx * mx) + (eyy - my * my) + c2;
   p.s = (p.a / p.c) * (p.b / p.d);
   return p;
@@ -30,7 +33,8 @@ MIGA_HD SsimPixel<T> ssim_pixel(T mx, T my, T exx, T eyy, T exy, T c1, T c2) {
 
 // The partial derivatives of S = A B / (C D) at one position, scaled by the upstream
 // gradient gs: dS/dmu_x = 2 mu_y (B - A)/(CD) - 2 mu_x S (1/C - 1/D) (symmetrically for
-// mu_y), dS/dE[x^2] = dS/dE[y^2] = -S/D, dS/dE[xy] = 2A/(CD).
+// mu_y), dS/dE[x^2] = dS/dE[y^2] = -S/D, dS/dE[xy] = 2A/(CD). Without the luminance
+// term (lum = 0, A = C = 1) the B and 1/C parts vanish: the same lines with them times lum.
 template <typename T>
 struct SsimPartials {
   T mx, my, sq, xy;
@@ -39,8 +43,8 @@ struct SsimPartials {
 template <typename T>
 MIGA_HD SsimPartials<T> ssim_partials(const SsimPixel<T>& q, T mx, T my, T gs) {
   const T inv_cd = T(1) / (q.c * q.d);
-  const T common = T(2) * (q.b - q.a) * inv_cd;
-  const T s_cd = T(2) * q.s * (T(1) / q.c - T(1) / q.d);
+  const T common = T(2) * (q.lum * q.b - q.a) * inv_cd;
+  const T s_cd = T(2) * q.s * (q.lum / q.c - T(1) / q.d);
   SsimPartials<T> r;
   r.mx = gs * (my * common - mx * s_cd);
   r.my = gs * (mx * common - my * s_cd);

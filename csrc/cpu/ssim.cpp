@@ -28,15 +28,16 @@ void check(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, b
   check_ssim_inputs(x, y, window, same, c10::DeviceType::CPU);
 }
 
-// The window as a vector and C1, C2 in dtype T.
+// The window as a vector, C1, C2 and the luminance factor (0 for cs_only) in dtype T.
 template <typename T>
 struct Constants {
   std::vector<T> win;
-  T c1, c2;
-  Constants(const at::Tensor& window, double data_range, double k1, double k2)
+  T c1, c2, lum;
+  Constants(const at::Tensor& window, double data_range, double k1, double k2, bool cs_only)
       : win(window.data_ptr<T>(), window.data_ptr<T>() + window.size(0)),
         c1(static_cast<T>((k1 * data_range) * (k1 * data_range))),
-        c2(static_cast<T>((k2 * data_range) * (k2 * data_range))) {}
+        c2(static_cast<T>((k2 * data_range) * (k2 * data_range))),
+        lum(cs_only ? T(0) : T(1)) {}
 };
 
 struct Geometry {
@@ -64,7 +65,7 @@ at::Tensor per_sample_mean(const std::vector<double>& sums, const Geometry& gm, 
 }
 
 at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& window, double data_range,
-                    double k1, double k2, bool same_padding) {
+                    double k1, double k2, bool same_padding, bool cs_only) {
   check(x_in, y_in, window, same_padding);
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), win_t = window.contiguous();
   const int64_t win_size = win_t.size(0);
@@ -72,7 +73,7 @@ at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Te
   std::vector<double> sums(gm.b * gm.c);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_cpu", [&] {
     using T = scalar_t;
-    const Constants<T> k(win_t, data_range, k1, k2);
+    const Constants<T> k(win_t, data_range, k1, k2, cs_only);
     const T* xp = x.data_ptr<T>();
     const T* yp = y.data_ptr<T>();
     const int64_t plane = gm.h * gm.w;
@@ -80,7 +81,7 @@ at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Te
       std::vector<T> scratch;
       for (int64_t p = p0; p < p1; ++p)
         sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_forward<T>, xp + p * plane, yp + p * plane, gm.h, gm.w, gm.pad,
-                                     k.win.data(), static_cast<int>(win_size), k.c1, k.c2, scratch);
+                                     k.win.data(), static_cast<int>(win_size), k.c1, k.c2, k.lum, scratch);
     });
   });
   return per_sample_mean(sums, gm, x.scalar_type());
@@ -88,7 +89,8 @@ at::Tensor ssim_cpu(const at::Tensor& x_in, const at::Tensor& y_in, const at::Te
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at::Tensor& x_in, const at::Tensor& y_in,
                                                                        const at::Tensor& window, double data_range,
-                                                                       double k1, double k2, bool same_padding) {
+                                                                       double k1, double k2, bool same_padding,
+                                                                       bool cs_only) {
   check(x_in, y_in, window, same_padding);
   const at::Tensor x = x_in.contiguous(), y = y_in.contiguous(), win_t = window.contiguous();
   const int64_t win_size = win_t.size(0);
@@ -98,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at:
   const double n = static_cast<double>(gm.c * gm.ho * gm.wo);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "miga_fast_ssim_value_and_grad_cpu", [&] {
     using T = scalar_t;
-    const Constants<T> k(win_t, data_range, k1, k2);
+    const Constants<T> k(win_t, data_range, k1, k2, cs_only);
     const T* xp = x.data_ptr<T>();
     const T* yp = y.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();
@@ -109,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cpu(const at:
       std::vector<T> scratch;
       for (int64_t p = p0; p < p1; ++p)
         sums[p] = MIGA_FAST_CPU_CALL(ssim_plane_value_and_grad<T>, xp + p * plane, yp + p * plane, gm.h, gm.w, gm.pad,
-                                     k.win.data(), static_cast<int>(win_size), k.c1, k.c2, gs, gxp + p * plane,
+                                     k.win.data(), static_cast<int>(win_size), k.c1, k.c2, k.lum, gs, gxp + p * plane,
                                      gyp + p * plane, scratch);
     });
   });

@@ -74,19 +74,19 @@ void blurred_moments(const T* xp, const T* yp, int64_t hp, int64_t wp, const T* 
 // The SSIM map from the raw moments m[0..4] (each ms values).
 template <typename T>
 void ssim_map(const T* __restrict__ mx, const T* __restrict__ my, const T* __restrict__ exx, const T* __restrict__ eyy,
-              const T* __restrict__ exy, int64_t ms, T c1, T c2, T* __restrict__ out) {
-  for (int64_t i = 0; i < ms; ++i) out[i] = ssim_pixel(mx[i], my[i], exx[i], eyy[i], exy[i], c1, c2).s;
+              const T* __restrict__ exy, int64_t ms, T c1, T c2, T lum, T* __restrict__ out) {
+  for (int64_t i = 0; i < ms; ++i) out[i] = ssim_pixel(mx[i], my[i], exx[i], eyy[i], exy[i], c1, c2, lum).s;
 }
 
 // The four partial maps of the backward, scaled by the upstream gradient gs
 // (common/ssim_math.h: ssim_partials).
 template <typename T>
 void ssim_partial_maps(const T* __restrict__ mxp, const T* __restrict__ myp, const T* __restrict__ exx,
-                       const T* __restrict__ eyy, const T* __restrict__ exy, int64_t ms, T c1, T c2, T gs,
+                       const T* __restrict__ eyy, const T* __restrict__ exy, int64_t ms, T c1, T c2, T lum, T gs,
                        T* __restrict__ pmx, T* __restrict__ pmy, T* __restrict__ psq, T* __restrict__ pxy) {
   for (int64_t i = 0; i < ms; ++i) {
     const T mx = mxp[i], my = myp[i];
-    const SsimPartials<T> p = ssim_partials(ssim_pixel(mx, my, exx[i], eyy[i], exy[i], c1, c2), mx, my, gs);
+    const SsimPartials<T> p = ssim_partials(ssim_pixel(mx, my, exx[i], eyy[i], exy[i], c1, c2, lum), mx, my, gs);
     pmx[i] = p.mx;
     pmy[i] = p.my;
     psq[i] = p.sq;
@@ -135,12 +135,12 @@ struct PlaneBuffers {
 // Forward of one plane: the sum of its SSIM map (double).
 template <typename T>
 double ssim_plane_forward(const T* x, const T* y, int64_t h, int64_t w, int64_t pad, const T* g, int k, T c1, T c2,
-                          std::vector<T>& scratch) {
+                          T lum, std::vector<T>& scratch) {
   const int64_t ms_est = (h + 2 * pad - k + 1) * (w + 2 * pad - k + 1);
   PlaneBuffers<T> b(x, y, h, w, pad, k, ms_est, scratch);
   blurred_moments(b.xp, b.yp, b.hp, b.wp, g, k, b.m, b.prod, b.tmp);
   const int64_t ms = b.ms;
-  ssim_map(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, b.extra);
+  ssim_map(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, lum, b.extra);
   double sum = 0.0;
   for (int64_t i = 0; i < ms; ++i) sum += b.extra[i];
   return sum;
@@ -150,7 +150,7 @@ double ssim_plane_forward(const T* x, const T* y, int64_t h, int64_t w, int64_t 
 // (double) and writes gx, gy (h x w), the gradients of `gs` times that sum.
 template <typename T>
 double ssim_plane_value_and_grad(const T* x, const T* y, int64_t h, int64_t w, int64_t pad, const T* g, int k, T c1,
-                                 T c2, T gs, T* gx, T* gy, std::vector<T>& scratch) {
+                                 T c2, T lum, T gs, T* gx, T* gy, std::vector<T>& scratch) {
   const int64_t hp = h + 2 * pad, wp = w + 2 * pad;
   const int64_t ho = hp - k + 1, wo = wp - k + 1, ms_est = ho * wo;
   const int64_t pad_size = (ho + 2 * k - 2) * (wo + 2 * k - 2), tmp_size = (ho + 2 * k - 2) * wp;
@@ -158,14 +158,14 @@ double ssim_plane_value_and_grad(const T* x, const T* y, int64_t h, int64_t w, i
   blurred_moments(b.xp, b.yp, b.hp, b.wp, g, k, b.m, b.prod, b.tmp);
   const int64_t ms = b.ms, ps = b.ps;
   T* smap = b.extra + 4 * ms + 4 * ps + pad_size + tmp_size;
-  ssim_map(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, smap);
+  ssim_map(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, lum, smap);
   double sum = 0.0;
   for (int64_t i = 0; i < ms; ++i) sum += smap[i];
   T* part = b.extra;  // d/dmu_x, d/dmu_y, d/dE[x^2] (= d/dE[y^2]), d/dE[xy]
   T* back = part + 4 * ms;
   T* padded = back + 4 * ps;
   T* tmp2 = padded + pad_size;
-  ssim_partial_maps(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, gs, part, part + ms,
+  ssim_partial_maps(b.m, b.m + ms, b.m + 2 * ms, b.m + 3 * ms, b.m + 4 * ms, ms, c1, c2, lum, gs, part, part + ms,
                     part + 2 * ms, part + 3 * ms);
   for (int q = 0; q < 4; ++q) blur_transpose(part + q * ms, b.ho, b.wo, g, k, back + q * ps, padded, tmp2);
   for (int64_t i = 0; i < h; ++i) {

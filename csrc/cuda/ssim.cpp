@@ -20,7 +20,7 @@ struct Prepared {
 };
 
 Prepared prepare(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& window, double data_range, double k1,
-                 double k2, bool same_padding, bool with_grad) {
+                 double k2, bool same_padding, bool cs_only, bool with_grad) {
   check_ssim_inputs(x_in, y_in, window, same_padding, glue::kDevice);
   const int64_t k = window.size(0);
   Prepared p;
@@ -39,6 +39,7 @@ Prepared prepare(const at::Tensor& x_in, const at::Tensor& y_in, const at::Tenso
   a.pad = same_padding ? static_cast<int>(k / 2) : 0;
   a.c1 = (k1 * data_range) * (k1 * data_range);
   a.c2 = (k2 * data_range) * (k2 * data_range);
+  a.cs_only = cs_only;
   const int64_t ho = a.h + 2 * a.pad - k + 1, wo = a.w + 2 * a.pad - k + 1;
   a.gs = 1.0 / static_cast<double>(p.x.size(1) * ho * wo);
   a.is_double = p.x.scalar_type() == at::kDouble;
@@ -59,18 +60,19 @@ void check(cudaError_t err) {
 }
 
 at::Tensor ssim_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& window, double data_range, double k1,
-                     double k2, bool same_padding) {
+                     double k2, bool same_padding, bool cs_only) {
   const glue::DeviceGuard guard(x.device());
-  Prepared p = prepare(x, y, window, data_range, k1, k2, same_padding, false);
+  Prepared p = prepare(x, y, window, data_range, k1, k2, same_padding, cs_only, false);
   check(cuda::launch_ssim(p.args, false, glue::current_stream()));
   return per_sample(p);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ssim_value_and_grad_cuda(const at::Tensor& x, const at::Tensor& y,
                                                                         const at::Tensor& window, double data_range,
-                                                                        double k1, double k2, bool same_padding) {
+                                                                        double k1, double k2, bool same_padding,
+                                                                        bool cs_only) {
   const glue::DeviceGuard guard(x.device());
-  Prepared p = prepare(x, y, window, data_range, k1, k2, same_padding, true);
+  Prepared p = prepare(x, y, window, data_range, k1, k2, same_padding, cs_only, true);
   at::Tensor gx = at::empty_like(p.x), gy = at::empty_like(p.y);
   if (std::getenv("MIGA_FAST_POISON") != nullptr) {
     gx.fill_(std::numeric_limits<double>::quiet_NaN());

@@ -17,7 +17,8 @@ struct SsimArgs {
   int64_t batch = 0, channels = 0, h = 0, w = 0;
   int k = 0, pad = 0;  // pad = k / 2 for "same", 0 for "valid"
   double c1 = 0, c2 = 0;
-  double gs = 0;  // 1 / (channels * ho * wo): the mean's (and gradient's) scale
+  bool cs_only = false;  // the contrast-structure term alone (no luminance term)
+  double gs = 0;         // 1 / (channels * ho * wo): the mean's (and gradient's) scale
   bool is_double = false;
   double* partials = nullptr;  // [batch, ssim_tiles()]: each block's SSIM-map sum
   void* gx = nullptr;          // with gradients: d value_b / d x, [batch, channels, h, w]

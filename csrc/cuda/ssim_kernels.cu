@@ -142,7 +142,7 @@ struct Taps {
 template <typename T, int K>
 __global__ void __launch_bounds__(kThreads)
     value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1, T c2,
-                 int tiles_x, int tiles, double* __restrict__ partials) {
+                 T lum, int tiles_x, int tiles, double* __restrict__ partials) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   MIGA_FAST_SHARED(red, double[kThreads / 32]);
   const int k = K > 0 ? K : g.k;
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int r = 0; r < kValueRowsPerThread; ++r)
           if (oy0 + row0 + r < g.ho)
-            own += static_cast<double>(ssim_pixel<T>(m[r][0], m[r][1], m[r][2], m[r][3], m[r][4], c1, c2).s);
+            own += static_cast<double>(ssim_pixel<T>(m[r][0], m[r][1], m[r][2], m[r][3], m[r][4], c1, c2, lum).s);
       // The next channel's staging writes sx, sy only: everyone has passed the barrier
       // after their last read; hor is rewritten after the next barrier.
     }
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int TILE, int K>
 __global__ void __launch_bounds__(kThreads)
     value_grad_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
-                      T c2, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
+                      T c2, T lum, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
                       T* __restrict__ gy) {
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   MIGA_FAST_SHARED(red, double[kThreads / 32]);
@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(kThreads)
         const bool in = oy >= 0 && oy < g.ho && ox >= 0 && ox < g.wo;
         T p0 = 0, p1 = 0, p2 = 0, p3 = 0;
         if (in) {
-          const SsimPixel<T> pt = ssim_pixel<T>(m[0], m[1], m[2], m[3], m[4], c1, c2);
+          const SsimPixel<T> pt = ssim_pixel<T>(m[0], m[1], m[2], m[3], m[4], c1, c2, lum);
           if (oy >= py0 && oy < py0 + TILE && ox >= px0 && ox < px0 + TILE) own += static_cast<double>(pt.s);
           const SsimPartials<T> pd = ssim_partials<T>(pt, m[0], m[1], gs);
           p0 = pd.mx;
@@ -350,20 +350,21 @@ cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream)
   const T* y = static_cast<const T*>(a.y);
   const T* win = static_cast<const T*>(a.window);
   const T c1 = static_cast<T>(a.c1), c2 = static_cast<T>(a.c2), gs = static_cast<T>(a.gs);
+  const T lum = a.cs_only ? T(0) : T(1);
   const size_t smem = shared_bytes<T>(g, with_grad);
   if (with_grad) {
     auto* kernel = &value_grad_kernel<T, fused_tile<T>(), K>;
     cudaError_t err = allow_shared(kernel, smem, kStaticShared);
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(x, y, win, g, c1, c2, gs, static_cast<int>(tiles_x),
-                                                                 static_cast<int>(tiles), a.partials,
-                                                                 static_cast<T*>(a.gx), static_cast<T*>(a.gy));
+    MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(
+        x, y, win, g, c1, c2, lum, gs, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials,
+        static_cast<T*>(a.gx), static_cast<T*>(a.gy));
   } else {
     auto* kernel = &value_kernel<T, K>;
     cudaError_t err = allow_shared(kernel, smem, kStaticShared);
     if (err != cudaSuccess) return err;
     MIGA_FAST_LAUNCH(grid, dim3(kValueCols, kThreads / kValueCols), smem, stream, kernel)(
-        x, y, win, g, c1, c2, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials);
+        x, y, win, g, c1, c2, lum, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials);
   }
   return cudaGetLastError();
 }

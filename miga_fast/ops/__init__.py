@@ -3,7 +3,7 @@
 from .mine import mine_bound, mine_pair_scores, mine_terms
 from .projection import mi_fgsm_step_, pgd_step_, project_, random_init_
 from .sampler import ddim_step, heterogeneous_noise, inpaint_combine, resample_forward, sampler_step
-from .ssim import ssim, ssim_ball_project_, ssim_ball_scale, ssim_window_ball_project_
+from .ssim import ms_ssim, ssim, ssim_ball_project_, ssim_ball_scale, ssim_per_channel, ssim_window_ball_project_
 
 __all__ = [
     "pgd_step_",
@@ -11,6 +11,8 @@ __all__ = [
     "project_",
     "random_init_",
     "ssim",
+    "ssim_per_channel",
+    "ms_ssim",
     "ssim_ball_scale",
     "ssim_ball_project_",
     "ssim_window_ball_project_",

@@ -75,38 +75,38 @@ def _register_autograd(namespace: str) -> None:
     reference on the same window, so second derivatives are exact rather than zero."""
 
     def setup_context(ctx, inputs, output):
-        x, y, window, data_range, k1, k2, same = inputs
+        x, y, window, data_range, k1, k2, same, *rest = inputs  # rest: cs_only, when given
         ctx.save_for_backward(output[1], output[2], x, y, window)
-        ctx.consts = (data_range, k1, k2, same)
+        ctx.consts = (data_range, k1, k2, same, bool(rest[0]) if rest else False)
+        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad_value, _grad_gx, _grad_gy):
         gx, gy, x, y, window = ctx.saved_tensors
+        none = (None,) * (ctx.n_inputs - 2)
         if torch.is_grad_enabled():  # create_graph=True: a differentiable first derivative
-            data_range, k1, k2, same = ctx.consts
+            data_range, k1, k2, same, cs_only = ctx.consts
             with torch.enable_grad():
                 value = ref.ssim_with_window(
-                    x, y, window, (k1 * data_range) ** 2, (k2 * data_range) ** 2, "same" if same else "valid"
+                    x,
+                    y,
+                    window,
+                    (k1 * data_range) ** 2,
+                    (k2 * data_range) ** 2,
+                    "same" if same else "valid",
+                    cs_only=cs_only,
                 )
                 wanted = [t for t, need in zip((x, y), ctx.needs_input_grad[:2]) if need]
                 grads = iter(torch.autograd.grad(value, wanted, grad_value, create_graph=True))
             return (
                 next(grads) if ctx.needs_input_grad[0] else None,
                 next(grads) if ctx.needs_input_grad[1] else None,
-                None,
-                None,
-                None,
-                None,
-                None,
+                *none,
             )
         scale = grad_value.reshape(-1, 1, 1, 1)
         return (
             scale * gx if ctx.needs_input_grad[0] else None,
             scale * gy if ctx.needs_input_grad[1] else None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *none,
         )
 
     torch.library.register_autograd(f"{namespace}::ssim_value_and_grad", backward, setup_context=setup_context)
@@ -137,6 +137,16 @@ def _check_window(win_size, win_sigma) -> None:
     check_scalar(win_sigma, "win_sigma")
     if win_sigma <= 0:
         raise ValueError(f"`win_sigma` must be > 0, got {win_sigma}")
+
+
+def _check_window_tensor(window, x) -> torch.Tensor:
+    """A user's 1-D window: a floating tensor of odd length, finite."""
+    check_tensor(window, "window")
+    window = window.reshape(-1) if window.dim() > 1 and window.numel() == window.shape[-1] else window
+    if window.dim() != 1 or window.numel() % 2 == 0:
+        raise ValueError(f"`window` must be a 1-D tensor of odd length, got shape {tuple(window.shape)}")
+    check_finite(window, "window")
+    return window
 
 
 def _check_k(K) -> tuple[float, float]:
@@ -172,25 +182,98 @@ def _check_ssim_args(x, x_name, y, y_name, data_range, win_size, win_sigma, K, p
     return K
 
 
-def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), padding="valid", return_map=False):
+def ssim(
+    x,
+    y,
+    data_range=1.0,
+    win_size=11,
+    win_sigma=1.5,
+    K=(0.01, 0.03),
+    padding="valid",
+    return_map=False,
+    cs_only=False,
+    window=None,
+):
     """Per-sample SSIM of images x, y [B, C, H, W] -> [B] (and the SSIM map
     [B, C, H', W'] with return_map=True). Gaussian window `win_size` x `win_size` of
     std `win_sigma`; C1 = (K1 * data_range)^2, C2 = (K2 * data_range)^2; the map averaged
     over channels and pixels. padding="valid" (the default) equals
     pytorch_msssim.ssim(x, y, data_range=1, size_average=False); "same" zero-pads
-    (fused-ssim's convention). Differentiable in x and y."""
+    (fused-ssim's convention). cs_only=True gives the contrast-structure term alone (the
+    SSIM map without its luminance factor), the term MS-SSIM takes at its finer scales.
+    `window`: a 1-D window of odd length to use instead of the Gaussian (win_size and
+    win_sigma are then ignored). Differentiable in x and y."""
+    if window is not None:
+        window = _check_window_tensor(window, x)
+        win_size = window.numel()
     K = _check_ssim_args(x, "x", y, "y", data_range, win_size, win_sigma, K, padding)
     backend = SSIM.select(x.device, x.dtype, return_map=bool(return_map))
+    if window is None:
+        window = ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
+    else:
+        window = window.to(device=x.device, dtype=x.dtype)
     if backend == "reference":
-        return ref.ssim(x, y, float(data_range), win_size, win_sigma, K, padding, return_map)
-    window = ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
+        c1, c2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
+        return ref.ssim_with_window(x, y, window, c1, c2, padding, return_map, bool(cs_only))
     if padding == "same":
         window = ref.truncate_window(window, *x.shape[-2:])
-    args = (x, y, window, float(data_range), K[0], K[1], padding == "same")
+    args = (x, y, window, float(data_range), K[0], K[1], padding == "same", bool(cs_only))
     ops_ = _ops_for(backend)
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         return ops_.ssim_value_and_grad(*args)[0]
     return ops_.ssim(*args)
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003
+
+
+def ms_ssim_min_side(win_size: int, levels: int) -> int:
+    """MS-SSIM halves the image levels - 1 times and blurs each scale with a "valid"
+    window: the shorter side must exceed (win_size - 1) * 2^(levels - 1)."""
+    return (win_size - 1) * 2 ** (levels - 1)
+
+
+def ssim_per_channel(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), cs_only=False, window=None):
+    """SSIM (or with cs_only its contrast-structure term) of every channel: [B, C]. The
+    planes are viewed as a batch of one-channel images [B * C, 1, H, W], so one fused
+    kernel call serves all of them (no copy for contiguous input)."""
+    b, c = x.shape[:2]
+    planes = (t.reshape(b * c, 1, *t.shape[2:]) for t in (x, y))
+    value = ssim(*planes, data_range, win_size, win_sigma, K, cs_only=cs_only, window=window)
+    return value.reshape(b, c)
+
+
+def ms_ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), weights=None, window=None):
+    """Per-sample multi-scale SSIM of x, y [B, C, H, W] -> [B]: per channel the product
+    over scales j of relu(cs_j)^w_j (relu(SSIM)^w_J at the coarsest), each scale the 2x2
+    average pool of the one before (an odd side zero-padded by one, the zeros counted in
+    the mean), then the mean over channels; equal to pytorch_msssim.ms_ssim(x, y,
+    size_average=False). Each scale is one fused kernel call over all planes (the
+    contrast-structure term at the finer scales, SSIM at the coarsest); differentiable.
+    weights: one per scale (default the five of Wang et al.)."""
+    weights = MS_SSIM_WEIGHTS if weights is None else tuple(weights)
+    if not weights or not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
+        raise TypeError(f"`weights` must be a non-empty sequence of numbers, got {weights!r}")
+    if window is not None:
+        win_size = _check_window_tensor(window, x).numel()
+    _check_ssim_args(x, "x", y, "y", data_range, win_size, win_sigma, K, "valid")
+    need = ms_ssim_min_side(win_size, len(weights))
+    if min(x.shape[-2:]) <= need:
+        raise ValueError(
+            f"`x` is {x.shape[-2]}x{x.shape[-1]}: MS-SSIM over {len(weights)} scales with a {win_size}-tap window "
+            f"needs both sides larger than {need}"
+        )
+    terms = []
+    for level in range(len(weights)):
+        last = level == len(weights) - 1
+        value = ssim_per_channel(x, y, data_range, win_size, win_sigma, K, cs_only=not last, window=window)
+        terms.append(torch.relu(value))
+        if not last:
+            padding = [s % 2 for s in x.shape[2:]]
+            x = torch.nn.functional.avg_pool2d(x, kernel_size=2, padding=padding)
+            y = torch.nn.functional.avg_pool2d(y, kernel_size=2, padding=padding)
+    w = torch.tensor(weights, dtype=terms[0].dtype, device=terms[0].device).view(-1, 1, 1)
+    return torch.prod(torch.stack(terms) ** w, dim=0).mean(1)
 
 
 # The window ball's radius grows as ((1 - gamma) / gamma)^2: below this floor it overflows

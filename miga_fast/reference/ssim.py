@@ -40,16 +40,29 @@ def blur(t: torch.Tensor, win: torch.Tensor, padding: str = "valid") -> torch.Te
     return F.conv2d(t, win.reshape(1, 1, k, 1).expand(c, 1, k, 1), padding=(pad, 0), groups=c)
 
 
-def ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), padding="valid", return_map=False):
-    """Per-sample SSIM [B] (the map [B, C, H', W'] too with return_map=True)."""
+def ssim(
+    x,
+    y,
+    data_range=1.0,
+    win_size=11,
+    win_sigma=1.5,
+    K=(0.01, 0.03),
+    padding="valid",
+    return_map=False,
+    cs_only=False,
+):
+    """Per-sample SSIM [B] (the map [B, C, H', W'] too with return_map=True); with
+    cs_only=True the contrast-structure term alone (no luminance term), as MS-SSIM takes it
+    at its finer scales."""
     c1 = (K[0] * data_range) ** 2
     c2 = (K[1] * data_range) ** 2
     win = gaussian_window(win_size, win_sigma, x.dtype, x.device)
-    return ssim_with_window(x, y, win, c1, c2, padding, return_map)
+    return ssim_with_window(x, y, win, c1, c2, padding, return_map, cs_only)
 
 
-def ssim_with_window(x, y, win, c1, c2, padding="valid", return_map=False):
-    """SSIM with a given 1-D window and constants C1, C2 (what the kernels receive)."""
+def ssim_with_window(x, y, win, c1, c2, padding="valid", return_map=False, cs_only=False):
+    """SSIM (or its contrast-structure term) with a given 1-D window and constants C1, C2
+    (what the kernels receive)."""
     if padding == "same":
         win = truncate_window(win, *x.shape[-2:])
     mu_x, mu_y = blur(x, win, padding), blur(y, win, padding)
@@ -57,7 +70,7 @@ def ssim_with_window(x, y, win, c1, c2, padding="valid", return_map=False):
     syy = blur(y * y, win, padding) - mu_y * mu_y
     sxy = blur(x * y, win, padding) - mu_x * mu_y
     cs_map = (2 * sxy + c2) / (sxx + syy + c2)
-    ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)) * cs_map
+    ssim_map = cs_map if cs_only else ((2 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)) * cs_map
     value = ssim_map.flatten(2).mean(-1).mean(-1)
     return (value, ssim_map) if return_map else value
 
