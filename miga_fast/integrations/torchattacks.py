@@ -1,0 +1,176 @@
+"""torchattacks' PGD, PGDL2, MIFGSM and EOTPGD on miga_fast's fused attack steps.
+
+Each class here subclasses torchattacks' own (same constructor, same call, the whole
+`Attack` interface inherited: set_normalization_used, the set_mode_targeted_* methods,
+supported_mode, set_model_training_mode, set_device, save) and replaces only `forward`:
+the random start draws the same numbers from the same global generator as torchattacks,
+the gradient is torchattacks' (cross-entropy through `get_logits`, so a normalisation
+set with set_normalization_used applies), and the update (step, ball, box) is one fused
+kernel call (miga_fast.ops) instead of five to eight elementwise PyTorch ops.
+
+Either import the classes:
+
+    from miga_fast.integrations.torchattacks import PGD
+    adv = PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)
+
+or patch torchattacks in place, so that code written for it runs on the fused steps:
+
+    from miga_fast.integrations import torchattacks as fast
+    fast.patch()      # torchattacks.PGD is now fast.PGD, ...
+    fast.unpatch()    # torchattacks as it was
+
+Beyond torchattacks: `eps` (and `alpha`) may be a [N] tensor, one radius per image.
+
+Agreement: the fused update keeps the perturbation delta = adv - images rather than the
+adversarial image, so the images agree with torchattacks' to float rounding (a few ulp),
+not bit for bit; where a gradient entry is within rounding of zero its sign, and so that
+pixel's step, can differ (tests/test_integrations_torchattacks.py). PGDL2 keeps
+torchattacks' step alpha * g / (|g| + eps_for_division), which matters where gradients
+are tiny (a confident classifier).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from .._validation import check_deferred, check_tensor, check_unit_range, per_sample, sync_checks, value_checks
+
+try:
+    import torchattacks as _ta
+except ImportError as err:  # pragma: no cover - the import error is the message
+    raise ImportError("miga_fast.integrations.torchattacks needs torchattacks (pip install torchattacks)") from err
+
+__all__ = ["PGD", "PGDL2", "MIFGSM", "EOTPGD", "patch", "unpatch", "PATCHED"]
+
+
+class _Fused:
+    """What the four attacks share: checks, labels and targets, the gradient."""
+
+    def _prepare(self, images, labels):
+        check_tensor(images, "images")
+        if images.dim() < 2 or images.shape[0] == 0:
+            raise ValueError(f"`images` must be a non-empty batch [N, ...], got shape {tuple(images.shape)}")
+        images = images.clone().detach().to(self.device)
+        labels = labels.clone().detach().to(self.device)
+        with sync_checks():  # one wait, before the loop: a clear error rather than a bad attack
+            check_unit_range(images, "images")
+            eps = per_sample(self.eps, "eps", images)
+            alpha = per_sample(self.alpha, "alpha", images)
+        targets = self.get_target_label(images, labels) if self.targeted else labels
+        return images, targets, eps, alpha, (-1.0 if self.targeted else 1.0)
+
+    def _grad(self, adv, targets):
+        """d CE(get_logits(adv), targets) / d adv (torchattacks' mean cross-entropy)."""
+        adv = adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            cost = F.cross_entropy(self.get_logits(adv), targets)
+            return torch.autograd.grad(cost, adv)[0]
+
+    def _uniform_start(self, images):
+        """torchattacks' l-inf random start: uniform in [-eps, eps] from the global generator
+        (a per-image eps scales uniform [-1, 1] draws), boxed to [0, 1]; as delta."""
+        noise = torch.empty_like(images)
+        if isinstance(self.eps, torch.Tensor):
+            noise = noise.uniform_(-1, 1) * self.eps.to(images).reshape(-1, *[1] * (images.dim() - 1))
+        else:
+            noise = noise.uniform_(-self.eps, self.eps)
+        return torch.clamp(images + noise, min=0, max=1) - images
+
+    def _finish(self, images, delta):
+        check_deferred()
+        return (images + delta).detach()
+
+
+class PGD(_Fused, _ta.PGD):
+    """torchattacks.PGD (l-inf), on the fused step: same constructor, same call."""
+
+    def forward(self, images, labels):
+        images, targets, eps, alpha, direction = self._prepare(images, labels)
+        delta = self._uniform_start(images) if self.random_start else torch.zeros_like(images)
+        with value_checks(False):  # checked once above: no host sync in the loop
+            for _ in range(self.steps):
+                grad = self._grad(images + delta, targets)
+                with torch.no_grad():
+                    ops.pgd_step_(delta, grad, images, eps, alpha, "linf", direction)
+        return self._finish(images, delta)
+
+
+class EOTPGD(_Fused, _ta.EOTPGD):
+    """torchattacks.EOTPGD: the gradient summed over eot_iter passes of a random model."""
+
+    def forward(self, images, labels):
+        images, targets, eps, alpha, direction = self._prepare(images, labels)
+        delta = self._uniform_start(images) if self.random_start else torch.zeros_like(images)
+        with value_checks(False):
+            for _ in range(self.steps):
+                adv = images + delta
+                grad = sum(self._grad(adv, targets) for _ in range(self.eot_iter))
+                with torch.no_grad():
+                    ops.pgd_step_(delta, grad, images, eps, alpha, "linf", direction)
+        return self._finish(images, delta)
+
+
+class MIFGSM(_Fused, _ta.MIFGSM):
+    """torchattacks.MIFGSM: momentum (decay) over l1-normalised gradients, l-inf steps.
+    The fused step normalises by the l1 norm (torchattacks by the mean magnitude): the
+    momentum is 1/n of torchattacks' at every step, so its signs, and the steps, agree."""
+
+    def forward(self, images, labels):
+        images, targets, eps, alpha, direction = self._prepare(images, labels)
+        delta = torch.zeros_like(images)
+        momentum = torch.zeros_like(images)
+        with value_checks(False):
+            for _ in range(self.steps):
+                grad = self._grad(images + delta, targets)
+                with torch.no_grad():
+                    ops.mi_fgsm_step_(delta, momentum, grad, images, eps, alpha, self.decay, direction)
+        return self._finish(images, delta)
+
+
+class PGDL2(_Fused, _ta.PGDL2):
+    """torchattacks.PGDL2 (l2), on the fused step."""
+
+    def _normal_start(self, images):
+        """torchattacks' l2 random start: a Gaussian direction at radius r * eps, r uniform in
+        [0, 1], from the global generator, boxed to [0, 1]; as delta."""
+        n = images.shape[0]
+        delta = torch.empty_like(images).normal_()
+        norm = delta.view(n, -1).norm(p=2, dim=1).view(n, *[1] * (images.dim() - 1))
+        r = torch.zeros_like(norm).uniform_(0, 1)
+        eps = self.eps.to(images).view_as(norm) if isinstance(self.eps, torch.Tensor) else self.eps
+        delta *= r / norm * eps
+        return torch.clamp(images + delta, min=0, max=1) - images
+
+    def forward(self, images, labels):
+        images, targets, eps, alpha, direction = self._prepare(images, labels)
+        delta = self._normal_start(images) if self.random_start else torch.zeros_like(images)
+        with value_checks(False):
+            for _ in range(self.steps):
+                grad = self._grad(images + delta, targets)
+                with torch.no_grad():
+                    # torchattacks steps alpha * g / (|g| + eps_for_division): the fused step
+                    # takes alpha * g / |g|, so alpha carries the factor |g| / (|g| + e)
+                    norm = grad.flatten(1).norm(p=2, dim=1)
+                    step = alpha * norm / (norm + self.eps_for_division)
+                    ops.pgd_step_(delta, grad, images, eps, step, "l2", direction)
+        return self._finish(images, delta)
+
+
+PATCHED = {"PGD": PGD, "PGDL2": PGDL2, "MIFGSM": MIFGSM, "EOTPGD": EOTPGD}
+_saved: dict[str, type] = {}
+
+
+def patch() -> None:
+    """Make torchattacks.PGD, PGDL2, MIFGSM and EOTPGD these classes (idempotent)."""
+    for name, cls in PATCHED.items():
+        _saved.setdefault(name, getattr(_ta, name))
+        setattr(_ta, name, cls)
+
+
+def unpatch() -> None:
+    """Put torchattacks' own classes back."""
+    for name, cls in _saved.items():
+        setattr(_ta, name, cls)
+    _saved.clear()

@@ -1,0 +1,187 @@
+"""miga_fast.integrations.torchattacks against torchattacks itself: the same adversarial
+images for the same seed (random starts, targeted modes, normalisation, a random model
+for EOT), its Attack interface (modes, save, device, training mode), patch/unpatch,
+per-image eps, bad input, and a real classifier on real photos against a random-sign
+control."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from miga_fast import data
+from miga_fast.models import registry
+
+torchattacks = pytest.importorskip("torchattacks")
+from miga_fast.integrations import torchattacks as fast  # noqa: E402
+
+NAMES = ["PGD", "PGDL2", "MIFGSM", "EOTPGD"]
+
+
+def _model(seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    ).eval()
+
+
+def _data(rng, batch=8):
+    x = torch.rand((batch, 3, 16, 16), generator=rng)
+    y = torch.randint(0, 10, (batch,), generator=rng)
+    return x, y
+
+
+def _both(name, model, x, y, seed=0, setup=None, **kw):
+    out = []
+    for module in (torchattacks, fast):
+        atk = getattr(module, name)(model, **kw)
+        if setup is not None:
+            setup(atk)
+        torch.manual_seed(seed)
+        out.append(atk(x, y))
+    return out
+
+
+def _assert_agree(theirs, ours, l2=False):
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    # l-inf: mostly bit for bit, the rest an ulp or two apart; l2's norms are summed in
+    # another order, so fewer pixels match to the last bit
+    assert (ours == theirs).float().mean() > (0.5 if l2 else 0.9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_images_as_torchattacks_for_the_same_seed(name, rng):
+    model = _model()
+    x, y = _data(rng)
+    theirs, ours = _both(name, model, x, y, steps=4)
+    _assert_agree(theirs, ours, l2=name == "PGDL2")
+    assert not torch.equal(ours, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "set_mode_targeted_random",
+        "set_mode_targeted_least_likely",
+        "by_function",
+        "normalization",
+    ],
+)
+def test_modes_and_normalisation_as_torchattacks(name, mode, rng):
+    model = _model(1)
+    x, y = _data(rng)
+
+    def setup(atk):
+        if mode == "by_function":
+            atk.set_mode_targeted_by_function(lambda images, labels: (labels + 1) % 10, quiet=True)
+        elif mode == "normalization":
+            atk.set_normalization_used(mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3])
+        else:
+            getattr(atk, mode)(quiet=True)
+
+    theirs, ours = _both(name, model, x, y, seed=3, setup=setup, steps=3)
+    _assert_agree(theirs, ours, l2=name == "PGDL2")
+
+
+def test_eot_over_a_random_model_consumes_the_same_random_numbers(rng):
+    """EOTPGD averages gradients of a stochastic model (dropout in training mode): both
+    draw the dropout masks from the global generator in the same order."""
+    model = _model(2, dropout=0.3)
+    x, y = _data(rng)
+
+    def setup(atk):
+        atk.set_model_training_mode(model_training=True)
+
+    theirs, ours = _both("EOTPGD", model, x, y, seed=5, setup=setup, steps=3, eot_iter=3)
+    _assert_agree(theirs, ours)
+
+
+def test_the_attack_interface_is_torchattacks(rng, tmp_path):
+    model = _model()
+    x, y = _data(rng, 12)
+    atk = fast.PGD(model, eps=4 / 255, steps=2)
+    assert isinstance(atk, torchattacks.PGD) and isinstance(atk, torchattacks.attack.Attack)
+    assert atk.supported_mode == ["default", "targeted"] and atk.attack == "PGD"
+    assert "eps=" in repr(atk) and atk.get_mode() == "default"
+    atk.set_device("cpu")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    for module, path in ((fast, tmp_path / "ours.pt"), (torchattacks, tmp_path / "theirs.pt")):
+        a = module.PGD(model, eps=4 / 255, steps=2)
+        torch.manual_seed(0)
+        a.save(loader, save_path=str(path), verbose=False)
+    saved_ours, saved_theirs = torch.load(tmp_path / "ours.pt"), torch.load(tmp_path / "theirs.pt")
+    torch.testing.assert_close(saved_ours["adv_inputs"], saved_theirs["adv_inputs"], rtol=0, atol=1e-6)
+    assert torch.equal(saved_ours["labels"], saved_theirs["labels"])
+
+
+def test_patch_and_unpatch():
+    original = torchattacks.PGD
+    fast.patch()
+    fast.patch()  # idempotent
+    try:
+        assert torchattacks.PGD is fast.PGD and torchattacks.MIFGSM is fast.MIFGSM
+    finally:
+        fast.unpatch()
+    assert torchattacks.PGD is original and torchattacks.EOTPGD is not fast.EOTPGD
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_image_eps(name, rng):
+    """eps as a [N] tensor: each image in its own ball, and the same images as attacking
+    each one alone with its radius (no random start: nothing else differs)."""
+    model = _model()
+    x, y = _data(rng, 4)
+    eps = torch.tensor([0.0, 2 / 255, 8 / 255, 16 / 255]) * (50 if name == "PGDL2" else 1)
+    kw = {"steps": 3} | ({} if name == "MIFGSM" else {"random_start": False})
+    adv = getattr(fast, name)(model, eps=eps, **kw)(x, y)
+    norm = (adv - x).flatten(1).norm(p=2 if name == "PGDL2" else float("inf"), dim=1)
+    assert (norm <= eps + 1e-6).all() and norm[0] == 0 and norm[-1] > 0
+    for i in range(4):
+        alone = getattr(fast, name)(model, eps=float(eps[i]), **kw)(x[i : i + 1], y[i : i + 1])
+        torch.testing.assert_close(adv[i : i + 1], alone, rtol=0, atol=1e-6)
+    torch.manual_seed(1)  # with a random start, each image's start lies in its own ball
+    if name != "MIFGSM":
+        adv = getattr(fast, name)(model, eps=eps, steps=0)(x, y)
+        norm = (adv - x).flatten(1).norm(p=2 if name == "PGDL2" else float("inf"), dim=1)
+        assert (norm <= eps + 1e-6).all() and norm[0] == 0
+
+
+def test_bad_input_is_a_clear_error(rng):
+    model = _model()
+    x, y = _data(rng, 2)
+    with pytest.raises(ValueError, match="`eps` must be >= 0"):
+        fast.PGD(model, eps=-0.1)(x, y)
+    with pytest.raises(ValueError, match="`images`"):
+        fast.PGD(model)(x * 2, y)
+    with pytest.raises(ValueError, match="non-empty"):
+        fast.PGD(model)(x[:0], y[:0])
+    with pytest.raises(ValueError, match="`eps` must be a float or a tensor of shape"):
+        fast.PGD(model, eps=torch.ones(3) / 255)(x, y)
+
+
+def test_real_classifier_on_real_photos_against_a_random_control():
+    """The natural-patch classifier on held-out photo patches: each fused attack lowers its
+    accuracy as torchattacks' does, far below random signs of the same l-inf budget."""
+    model = registry.load("resnet_natural")
+    x, y = data.load_natural_patches("test", 32)
+    x, y = x[:48], y[:48]
+
+    def acc(images):
+        with torch.no_grad():
+            return (model(images).argmax(1) == y).float().mean().item()
+
+    gen = torch.Generator().manual_seed(0)
+    control = (x + 8 / 255 * torch.randint(0, 2, x.shape, generator=gen).mul(2).sub(1)).clamp(0, 1)
+    assert acc(x) > 0.9 and acc(control) > 0.8
+    for name in NAMES:
+        theirs, ours = _both(name, model, x, y)
+        assert abs(acc(ours) - acc(theirs)) <= 1 / 48 and acc(ours) < 0.3
+        assert (ours - theirs).abs().max() < 2e-2  # 10 steps: rounding drifts at most a little
