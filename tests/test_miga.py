@@ -133,7 +133,7 @@ def test_run_resumes_without_losing_or_repeating_batches(digits, tmp_path, monke
     capsys.readouterr()
     summary = attack.run((x, y), tmp_path / "part", batch_size=8)  # with the progress bar (tqdm, on stderr)
     bar = capsys.readouterr().err
-    assert "miga" in bar and "2/5" in bar and "5/5" in bar, bar  # starts at the 2 batches already done
+    assert "miga" in bar and "16/40" in bar and "40/40" in bar, bar  # starts at the 2 batches (16 images) done
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
     assert sorted(r["batch"] for r in lines) == [0, 1, 2, 3, 4]
     assert log.read_text().splitlines()[:2] == first

@@ -298,6 +298,7 @@ def _attack(args) -> int:
     import torch
     from PIL import Image
 
+    from miga_fast import distributed
     from miga_fast.attacks import MIGA, DenoiserDegradation, EndToEndPGD, RunFolderBusyError
     from miga_fast.models import registry
 
@@ -370,11 +371,17 @@ def _attack(args) -> int:
             if classifier is None:
                 return fail("--attack e2e-pgd needs --classifier")
             attack = EndToEndPGD(denoiser, classifier, **kw)
-        summary = attack.run((x, y), args.out, batch_size=args.batch_size, sigma=args.sigma, overwrite=args.overwrite)
-    except (ValueError, TypeError, OSError, RunFolderBusyError) as exc:
+        # under torchrun: a process group (gloo on CPU), the batches sharded by rank
+        with distributed.process_group("cpu"):
+            summary = attack.run(
+                (x, y), args.out, batch_size=args.batch_size, sigma=args.sigma, overwrite=args.overwrite
+            )
+            rank = distributed.rank_world()[0]
+    except (ValueError, TypeError, OSError, RuntimeError, RunFolderBusyError) as exc:
         return fail(str(exc).splitlines()[0])
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {args.out}/results.jsonl and {args.out}/summary.json")
+    if rank == 0:
+        print(json.dumps(summary, indent=2))
+        print(f"wrote the records (results*.jsonl) and {args.out}/summary.json")
     return 0
 
 
@@ -473,7 +480,14 @@ def main(argv=None) -> int:
     p.add_argument("--tau", type=float, default=0.95, help="--norm ssim: the SSIM floor, SSIM(x, x + delta) >= tau")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--sigma", type=float, default=25.0, help="noise level (0-255 scale)")
-    p.add_argument("--n", type=int, default=None, help="attack only the first n images")
+    p.add_argument(
+        "--n",
+        "--n-images",
+        dest="n",
+        type=int,
+        default=None,
+        help="attack only the first n images (under torchrun, spell it --n-images: torchrun reads --n as its own)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--compile", action="store_true")
     p.add_argument(

@@ -215,6 +215,12 @@ class DenoiserAttack:
     def _min_batch_reason(self) -> str:
         return ""
 
+    @property
+    def carries_state(self) -> str:
+        """Why results of one batch depend on the batches attacked before it ("" when they
+        do not): a run split among processes refuses such an attack."""
+        return ""
+
     def _forward(self, x_noisy, labels, x_clean) -> AttackResult:
         if x_clean is not None:
             self._check_images(x_clean, "x_clean")

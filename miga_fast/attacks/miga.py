@@ -111,6 +111,12 @@ class MIGA(DenoiserAttack):
     def _min_batch_reason(self) -> str:
         return "the unknown task's MI bound contrasts pairs within a batch"
 
+    @property
+    def carries_state(self) -> str:
+        if self.task == "unknown" and (self.mine is not None or self.critic_pool is not None):
+            return "a MINE critic trained on every batch it attacks"
+        return ""
+
     def _loss_fn(self):
         # the critic changes every step: the unknown task's loss stays eager
         return self._loss if self.task == "unknown" else super()._loss_fn()

@@ -3,6 +3,7 @@ JSON-lines log of per-sample results, the configuration it must match, and the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from .._validation import check_int, check_scalar
 from ..progress import progress_bar
 from ._common import model_device
@@ -27,16 +29,23 @@ def run_attack(
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
-    """DenoiserAttack.run: see its docstring."""
+    """DenoiserAttack.run: see its docstring. Under torch.distributed (torchrun), rank r
+    attacks batches r, r + N, ... into its own log; rank 0 merges (miga_fast.distributed)."""
     from .. import __version__
     from ..data import add_gaussian_noise
 
     check_int(batch_size, "batch_size", 1)
     sigma = check_scalar(sigma, "sigma")
     check_int(seed, "seed")
+    rank, world = distributed.rank_world()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"`out_dir` {out} exists and is not a folder")
+    if world > 1 and attack.carries_state:
+        raise ValueError(
+            f"{type(attack).__name__} carries state from batch to batch ({attack.carries_state}): its results "
+            "would depend on how the batches are split among processes; run it in one process"
+        )
     batches = merge_short_tail(list(batches_of(data, batch_size)), attack.min_batch)
     if not batches:
         raise ValueError("the dataset is empty")
@@ -57,34 +66,101 @@ def run_attack(
         "seed": seed,
     }
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "results.jsonl"
-    with RunLock(out):
-        claim_folder(out, config, overwrite)
-        done = read_log(log)
+    # Rank 0 holds the folder's lock for the whole run (it is the last to finish: it merges),
+    # checks the configuration and mends cut lines; the others wait, then start.
+    with RunLock(out) if rank == 0 else contextlib.nullcontext():
+        error = None
+        if rank == 0:
+            try:
+                claim_folder(out, config, overwrite)
+                for log_path in logs_of(out):
+                    read_log(log_path)  # drops a line cut by an interruption
+            except (ValueError, OSError) as exc:
+                error = str(exc)
+        error = distributed.agree(error)
+        if error is not None:
+            raise ValueError(error)
+        done = read_logs(out)
+        mine = [i for i in range(len(batches)) if i % world == rank]
+        log = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
         device = model_device(attack.denoiser_eager) or torch.device("cpu")
+        images_done = sum(int(batches[i][0].shape[0]) for i in mine if i in done)
+        desc = attack.name if world == 1 else f"{attack.name} (rank 0 of {world})"
         with (
             log.open("a") as f,
             progress_bar(
-                total=len(batches), desc=attack.name, enabled=progress, unit="batch", initial=len(done)
+                total=sum(int(batches[i][0].shape[0]) for i in mine),
+                desc=desc,
+                enabled=progress and rank == 0,
+                unit="img",
+                initial=images_done,
             ) as bar,
         ):
-            for i, (x, y) in enumerate(batches):
+            for i in mine:
                 if i in done:
                     continue
+                x, y = batches[i]
                 x = x.to(device)
                 gen = torch.Generator(device=x.device).manual_seed(seed + i)
                 x_noisy = add_gaussian_noise(x, sigma, generator=gen)
                 labels = y.to(device) if y is not None else None
-                res = attack.forward(x_noisy, labels if attack.classifier is not None else None, x_clean=x)
+                with distributed.seeded_batch(seed, i, x.device), _batch_generator(attack, seed, i, x.device):
+                    res = attack.forward(x_noisy, labels if attack.classifier is not None else None, x_clean=x)
                 rec = {"batch": i, "n": int(x.shape[0]), **per_sample_record(res)}
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
-                done[i] = rec
-                bar.update(1)
-        summary = summarise([done[i] for i in sorted(done)])
+                bar.update(int(x.shape[0]))
+        distributed.barrier()  # every rank's records are on disk
+        done = read_logs(out)
+        missing = [i for i in range(len(batches)) if i not in done]
+        if missing:
+            raise RuntimeError(f"batches {missing[:5]} of {out} have no record after the run")
+        summary = summarise([done[i] for i in sorted(done) if i < len(batches)])
         summary["attack"] = repr(attack)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if world > 1:
+            summary["processes"] = world
+        if rank == 0:
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        distributed.barrier()  # the summary is written before any rank returns
     return summary
+
+
+@contextlib.contextmanager
+def _batch_generator(attack, seed: int, batch: int, device: torch.device):
+    """An attack given a generator draws its random start, in a run, from one seeded by
+    that generator's seed, the run's seed and the batch alone (the same for any sharding);
+    the attack's own generator is put back afterwards."""
+    own = getattr(attack, "generator", None)
+    if not isinstance(own, torch.Generator):
+        yield
+        return
+    g = torch.Generator(device=device)
+    g.manual_seed(distributed.batch_seed(own.initial_seed() ^ seed, batch))
+    attack.generator = g
+    try:
+        yield
+    finally:
+        attack.generator = own
+
+
+def logs_of(out: Path) -> list[Path]:
+    """The record logs of a run folder: results.jsonl (one process) and
+    results.rank<r>.jsonl (one per rank of a distributed run), in a stable order."""
+    return sorted(out.glob("results*.jsonl"))
+
+
+def read_logs(out: Path) -> dict:
+    """The records of every log of a run folder, by batch (read only: rank 0 mends the
+    files before the ranks read them)."""
+    done = {}
+    for log_path in logs_of(out):
+        for line in log_path.read_text().split("\n"):
+            try:
+                rec = json.loads(line)
+                done.setdefault(rec["batch"], rec)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
 
 
 class RunFolderBusyError(RuntimeError):
@@ -127,9 +203,9 @@ class RunLock:
 
 def claim_folder(out: Path, config: dict, overwrite: bool) -> None:
     """Resume only a folder written by the same configuration; overwrite=True starts anew."""
-    cfg_path, log, summary = out / "config.json", out / "results.jsonl", out / "summary.json"
+    cfg_path, summary = out / "config.json", out / "summary.json"
     if overwrite:
-        for p in (log, summary, cfg_path):
+        for p in (*logs_of(out), summary, cfg_path):
             p.unlink(missing_ok=True)
     elif cfg_path.exists():
         try:
@@ -146,9 +222,9 @@ def claim_folder(out: Path, config: dict, overwrite: bool) -> None:
                 "resume it with the same settings, choose another folder, or pass overwrite=True "
                 "(CLI: --overwrite) to delete its results"
             )
-    elif log.exists() and log.stat().st_size:
+    elif any(p.stat().st_size for p in logs_of(out)):
         raise ValueError(
-            f"{out} holds results.jsonl without a config.json (a run of unknown configuration); "
+            f"{out} holds results without a config.json (a run of unknown configuration); "
             "choose another folder or pass overwrite=True (CLI: --overwrite)"
         )
     cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,105 @@
+"""Benchmark of a dataset run split among processes (miga_fast.distributed, docs/scaling.md):
+`miga-fast attack` on the shipped digits models, as one process and under
+`torchrun --standalone --nproc-per-node N`, in images per second.
+
+Two figures per row: the whole command, from launch to exit (what a user waits for: the
+start-up of N interpreters, the models loaded N times, the process group), and the attack
+alone (the images over the slowest rank's summed per-batch seconds, from the records).
+The cores are shared out: each of the N processes gets cores / N threads (OMP_NUM_THREADS),
+so that one process with every core is the baseline. Every run also checks that its
+merged records equal the one-process run's (value checks on: the run's own).
+
+    python benchmarks/bench_scale.py            # 1 and 2 processes (and 4 on a GPU machine)
+    python benchmarks/bench_scale.py --quick    # fewer images
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from miga_fast.attacks import run_folder
+
+from _common import bench_parser, finish, result_record
+
+BIN = Path(sys.executable).parent
+
+
+def _command(nproc: int, n: int, steps: int, out: Path) -> list[str]:
+    cli = shutil.which("miga-fast", path=str(BIN))
+    args = ["attack", "--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--data", "digits"]
+    args += ["--batch-size", "16", "--steps", str(steps), "--n-images", str(n), "--out", str(out)]
+    if nproc == 1:
+        return [cli, *args]
+    torchrun = shutil.which("torchrun", path=str(BIN))
+    return [torchrun, "--standalone", "--nproc-per-node", str(nproc), cli, *args]
+
+
+def _records(out: Path) -> dict:
+    return {b: {k: v for k, v in r.items() if k != "seconds"} for b, r in run_folder.read_logs(out).items()}
+
+
+def _slowest_rank_seconds(out: Path) -> float:
+    return max(sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()) for log in out.glob("*.jsonl"))
+
+
+def run(args) -> dict:
+    cores = os.cpu_count() or 1
+    counts = [1, 2] + ([4] if cores >= 8 else [])
+    n, steps = (64, 5) if args.quick else (256, 10)
+    rows, reference = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for nproc in counts:
+            out = Path(tmp) / f"run{nproc}"
+            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // nproc)))
+            env.pop("PYTHONPATH", None)
+            start = time.perf_counter()
+            done = subprocess.run(_command(nproc, n, steps, out), capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"{nproc} processes: the run failed:\n{done.stderr[-3000:]}")
+            records = _records(out)
+            reference = records if reference is None else reference
+            rows.append(
+                {
+                    "processes": nproc,
+                    "threads_per_process": max(1, cores // nproc),
+                    "images": n,
+                    "steps": steps,
+                    "command_seconds": round(wall, 2),
+                    "command_images_per_s": round(n / wall, 2),
+                    "attack_images_per_s": round(n / _slowest_rank_seconds(out), 2),
+                    "same_records_as_one_process": records == reference,
+                }
+            )
+    return result_record("scale", torch.device("cpu"), args, rows, cores=cores)
+
+
+def print_table(result: dict) -> None:
+    print(f"\nmiga-fast attack sharded over processes ({result['device']}, {result['cores']} cores)")
+    print(f"{'processes':>9} {'threads':>7} {'command img/s':>13} {'attack img/s':>12} {'same records':>12}")
+    base = result["rows"][0]
+    for r in result["rows"]:
+        speed = r["attack_images_per_s"] / base["attack_images_per_s"]
+        print(
+            f"{r['processes']:>9} {r['threads_per_process']:>7} {r['command_images_per_s']:>13.1f} "
+            f"{r['attack_images_per_s']:>12.1f} {str(r['same_records_as_one_process']):>12}   ({speed:.2f}x)"
+        )
+
+
+def main() -> int:
+    p = bench_parser(__doc__)
+    args = p.parse_args()
+    return finish(run(args), "scale", args, print_table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
