@@ -149,3 +149,102 @@ def test_miga_fast_caches_do_not_make_compiled_graphs_recompile(rng):
     with miga_fast.set_backend("auto"):
         compiled(torch.zeros_like(x))
     assert len(graphs) == 2  # one per backend, none for the caches
+
+
+def _every_public_op(rng):
+    """(name, function of fresh tensors -> outputs) for every op of miga_fast.ops, with
+    inputs drawn once: in-place ops act on a copy they return."""
+    from miga_fast import ops
+
+    x = torch.rand(2, 3, 24, 24, generator=rng)
+    y = (x + 0.1 * torch.randn(x.shape, generator=rng)).clamp(0, 1)
+    g = torch.randn(x.shape, generator=rng)
+    eps = torch.tensor([4 / 255, 8 / 255])
+    u, v = torch.randn(6, 5, generator=rng), torch.randn(6, 5, generator=rng)
+    b1, w2, b2 = torch.randn(5, generator=rng), torch.randn(5, generator=rng), torch.zeros(())
+    mask = (torch.rand(2, 1, 24, 24, generator=rng) > 0.5).float().expand_as(x)
+    n1, n2 = torch.randn(x.shape, generator=rng), torch.randn(x.shape, generator=rng)
+    a = torch.tensor([0.5, 0.6])
+
+    def inplace(fn):
+        def run():
+            d = 0.01 * g.clone()
+            fn(d)
+            return d
+
+        return run
+
+    def mi_fgsm():
+        d, m = torch.zeros_like(x), torch.zeros_like(x)
+        ops.mi_fgsm_step_(d, m, g, x, eps, 2 / 255, 1.0)
+        return d, m
+
+    return [
+        ("pgd_step_ linf", inplace(lambda d: ops.pgd_step_(d, g, x, eps, 2 / 255, "linf"))),
+        ("pgd_step_ l2", inplace(lambda d: ops.pgd_step_(d, g, x, 0.5, 0.1, "l2"))),
+        ("mi_fgsm_step_", mi_fgsm),
+        ("project_", inplace(lambda d: ops.project_(d, x, eps))),
+        ("ssim", lambda: ops.ssim(x, y)),
+        ("ssim cs_only", lambda: ops.ssim(x, y, cs_only=True)),
+        ("ssim_per_channel", lambda: ops.ssim_per_channel(x, y, win_size=7)),
+        ("ms_ssim", lambda: ops.ms_ssim(x, y, win_size=3, weights=[0.5, 0.5])),
+        ("ssim_ball_scale", lambda: ops.ssim_ball_scale(g, x, 0.9)),
+        ("ssim_ball_project_", inplace(lambda d: ops.ssim_ball_project_(d, x, 0.9))),
+        ("ssim_window_ball_project_", inplace(lambda d: ops.ssim_window_ball_project_(d, x, 0.95))),
+        ("mine_pair_scores", lambda: ops.mine_pair_scores(u, v, b1, w2, b2)),
+        ("mine_terms", lambda: ops.mine_terms(u, v, b1, w2, b2)),
+        ("mine_bound", lambda: ops.mine_bound(u, v, b1, w2, b2)),
+        ("heterogeneous_noise", lambda: ops.heterogeneous_noise(x, mask, 0.3, 0.9, n1, n2)),
+        ("ddim_step", lambda: ops.ddim_step(x, g, a, a + 0.2)),
+        ("inpaint_combine", lambda: ops.inpaint_combine(x, y, mask, 0.7, noise=n1)),
+        ("resample_forward", lambda: ops.resample_forward(x, a + 0.2, a, noise=n1)),
+        (
+            "sampler_step",
+            lambda: ops.sampler_step(
+                x, mode="ddim", eps=g, a_from=a, a_to=a + 0.2, mask=mask, known=y, a_known=0.7, noise_known=n1
+            ),
+        ),
+    ]
+
+
+def test_every_public_op_compiles_fullgraph_and_matches_eager(rng):
+    """Each op of miga_fast.ops alone under torch.compile(fullgraph=True): no graph break
+    (fullgraph raises on one), the same outputs as eager."""
+    from torch._dynamo.utils import counters
+
+    for name, fn in _every_public_op(rng):
+        torch._dynamo.reset()
+        counters.clear()
+        eager = fn()
+        compiled = torch.compile(fn, fullgraph=True)()
+        assert not counters["graph_break"], (name, dict(counters["graph_break"]))
+        torch.testing.assert_close(compiled, eager, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_the_integrations_steps_compile_fullgraph(rng):
+    """The drop-ins' per-step work traces whole (the gradient taken outside, as the attacks
+    do): MS-SSIM as a loss (the pytorch-msssim drop-in, its module too) with its backward
+    through the compiled graph, and torchattacks' fused step (ball, box) on a gradient."""
+    from miga_fast import ops
+    from miga_fast.integrations.pytorch_msssim import MS_SSIM, ms_ssim
+
+    x = torch.rand(2, 3, 40, 40, generator=rng)
+    y = (x + 0.1 * torch.randn(x.shape, generator=rng)).clamp(0, 1)
+    module = MS_SSIM(data_range=1, win_size=3, channel=3)
+
+    def grad_of(loss_fn):
+        a = x.clone().requires_grad_()
+        return torch.autograd.grad(loss_fn(a), a)[0]
+
+    for loss in (lambda a: 1 - ms_ssim(a, y, data_range=1, win_size=3), lambda a: 1 - module(a, y)):
+        torch._dynamo.reset()
+        torch.testing.assert_close(grad_of(torch.compile(loss, fullgraph=True)), grad_of(loss))
+
+    def step(delta, grad):
+        ops.pgd_step_(delta, grad, x, 8 / 255, 2 / 255, "linf")
+        return delta
+
+    g = torch.randn(x.shape, generator=rng)
+    torch.testing.assert_close(
+        torch.compile(step, fullgraph=True)(torch.zeros_like(x), g), step(torch.zeros_like(x), g)
+    )

@@ -61,16 +61,19 @@ def _squeeze(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return X, Y
 
 
-def _window(X: torch.Tensor, win: torch.Tensor | None, win_size: int, win_sigma: float) -> torch.Tensor:
-    """The window as [C, 1, ..., k] (pytorch-msssim's layout), from `win` or the Gaussian."""
+def _window(X, win, win_size, win_sigma, taps=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The window as [C, 1, ..., k] (pytorch-msssim's layout), from `win` or the Gaussian,
+    and its 1-D taps when every channel's are the same (`taps`: already known, as for the
+    modules' windows; a user's `win` is compared row by row, which reads its values)."""
     if win is not None:
         check_tensor(win, "win")
         win_size = win.shape[-1]
     if win_size % 2 != 1:
         raise ValueError("Window size should be odd.")
     if win is None:
-        win = _fspecial_gauss_1d(win_size, win_sigma).repeat([X.shape[1]] + [1] * (X.dim() - 1))
-    return win
+        g = _fspecial_gauss_1d(win_size, win_sigma)
+        return g.repeat([X.shape[1]] + [1] * (X.dim() - 1)), g.reshape(-1)
+    return win, (taps if taps is not None else _shared_taps(win))
 
 
 def _shared_taps(win: torch.Tensor) -> torch.Tensor | None:
@@ -112,9 +115,8 @@ def _torch_terms(X, Y, data_range, win, K) -> tuple[torch.Tensor, torch.Tensor]:
     return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
 
 
-def _per_channel(X, Y, data_range, win, K, cs_only: bool) -> torch.Tensor:
+def _per_channel(X, Y, data_range, win, taps, K, cs_only: bool) -> torch.Tensor:
     """SSIM (cs_only: the contrast-structure term) per channel [N, C]."""
-    taps = _shared_taps(win)
     if _fused(X, taps):
         return ssim_per_channel(X, Y, data_range, K=tuple(K), cs_only=cs_only, window=taps)
     return _torch_terms(X, Y, data_range, win, K)[1 if cs_only else 0]
@@ -138,9 +140,13 @@ def ssim(
     """SSIM of X, Y [N, C, H, W] or [N, C, T, H, W]: a scalar (size_average) or [N].
     win: a 1-D window [C, 1, ..., win_size] (then win_size is its length);
     nonnegative_ssim: a ReLU on each channel's SSIM."""
+    return _ssim(X, Y, data_range, size_average, win_size, win_sigma, win, K, nonnegative_ssim)
+
+
+def _ssim(X, Y, data_range, size_average, win_size, win_sigma, win, K, nonnegative_ssim, taps=None):
     X, Y = _squeeze(X, Y)
-    win = _window(X, win, win_size, win_sigma)
-    per_channel = _per_channel(X, Y, data_range, win, K, cs_only=False)
+    win, taps = _window(X, win, win_size, win_sigma, taps)
+    per_channel = _per_channel(X, Y, data_range, win, taps, K, cs_only=False)
     if nonnegative_ssim:
         per_channel = torch.relu(per_channel)
     return _reduce(per_channel, size_average)
@@ -160,15 +166,18 @@ def ms_ssim(
     """Multi-scale SSIM of X, Y [N, C, H, W] or [N, C, T, H, W]: a scalar (size_average)
     or [N]. One scale per weight (default five); the shorter of H, W must exceed
     (win_size - 1) * 16 (ImageTooSmallError, an AssertionError as in pytorch-msssim)."""
+    return _ms_ssim(X, Y, data_range, size_average, win_size, win_sigma, win, weights, K)
+
+
+def _ms_ssim(X, Y, data_range, size_average, win_size, win_sigma, win, weights, K, taps=None):
     X, Y = _squeeze(X, Y)
-    win = _window(X, win, win_size, win_sigma)
+    win, taps = _window(X, win, win_size, win_sigma, taps)
     k = win.shape[-1]
     weights = DEFAULT_WEIGHTS if weights is None else weights
     # pytorch-msssim's bound: four halvings, whatever the number of weights
     need = ms_ssim_min_side(k, 5)
     if min(X.shape[-2:]) <= need:
         raise ImageTooSmallError(f"Image size should be larger than {need} due to the 4 downsamplings in ms-ssim")
-    taps = _shared_taps(win)
     if _fused(X, taps) and min(X.shape[-2:]) > ms_ssim_min_side(k, len(weights)):
         value = _fused_ms_ssim(X, Y, data_range, K=tuple(K), weights=weights, window=taps)
         return value.mean() if size_average else value
@@ -208,16 +217,12 @@ class SSIM(torch.nn.Module):
         self.data_range = data_range
         self.K = K
         self.nonnegative_ssim = nonnegative_ssim
+        self._taps = (self.win, self.win.reshape(-1, win_size)[0])  # every channel's window is this Gaussian
 
     def forward(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        return ssim(
-            X,
-            Y,
-            data_range=self.data_range,
-            size_average=self.size_average,
-            win=self.win,
-            K=self.K,
-            nonnegative_ssim=self.nonnegative_ssim,
+        taps = self._taps[1] if self._taps[0] is self.win else None  # (unless the caller replaced self.win)
+        return _ssim(
+            X, Y, self.data_range, self.size_average, None, None, self.win, self.K, self.nonnegative_ssim, taps
         )
 
 
@@ -242,14 +247,8 @@ class MS_SSIM(torch.nn.Module):  # noqa: N801 (pytorch-msssim's name)
         self.data_range = data_range
         self.weights = weights
         self.K = K
+        self._taps = (self.win, self.win.reshape(-1, win_size)[0])  # every channel's window is this Gaussian
 
     def forward(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        return ms_ssim(
-            X,
-            Y,
-            data_range=self.data_range,
-            size_average=self.size_average,
-            win=self.win,
-            weights=self.weights,
-            K=self.K,
-        )
+        taps = self._taps[1] if self._taps[0] is self.win else None  # (unless the caller replaced self.win)
+        return _ms_ssim(X, Y, self.data_range, self.size_average, None, None, self.win, self.weights, self.K, taps)
