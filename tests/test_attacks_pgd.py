@@ -200,3 +200,62 @@ def test_ssim_attack_l2_step_puts_the_budget_where_the_gradient_is():
         fooled[step] = (predict(model, adv) != y)[correct].float().mean().item()
     assert spread["l2"] > 2 * spread["sign"], spread
     assert fooled["l2"] >= fooled["sign"] - 0.1, fooled
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_mifgsm_equals_torchattacks(backend, rng):
+    from miga_fast.attacks import MIFGSM
+
+    model = _model()
+    x, y = _data(rng)
+    theirs = torchattacks.MIFGSM(model, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0)(x, y)
+    with miga_fast.set_backend(backend):
+        ours = MIFGSM(model, eps=8 / 255, alpha=2 / 255, steps=10, decay=1.0)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    targeted = MIFGSM(model, steps=5, targeted=True)(x, (y + 1) % 10)
+    assert (targeted - x).abs().max() <= 8 / 255 + 1e-6 and "MIFGSM(eps=0.03137" in repr(MIFGSM(model))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_per_image_eps_equals_attacking_each_image_alone(norm, rng):
+    """eps (and alpha) as [B] tensors: each image in its own ball, with the result of
+    attacking it alone with its own numbers; a zero radius leaves its image untouched."""
+    from miga_fast.attacks import MIFGSM
+
+    model = _model()
+    x, y = _data(rng, batch=4)
+    eps = torch.tensor([0.0, 2.0, 8.0, 16.0]) / 255 * (30 if norm == "l2" else 1)
+    alpha = eps / 4
+    makers = [lambda e, a: PGD(model, e, a, steps=4, norm=norm, random_start=False)]
+    if norm == "linf":
+        makers.append(lambda e, a: MIFGSM(model, e, a, steps=4))
+    for make in makers:
+        adv = make(eps, alpha)(x, y)
+        dist = (adv - x).flatten(1).norm(p=float("inf") if norm == "linf" else 2, dim=1)
+        assert (dist <= eps + 1e-6).all() and dist[0] == 0 and dist[-1] > 0
+        for i in range(4):
+            alone = make(float(eps[i]), float(alpha[i]))(x[i : i + 1], y[i : i + 1])
+            torch.testing.assert_close(adv[i : i + 1], alone, rtol=0, atol=1e-6)
+    assert "per image" in repr(PGD(model, eps, alpha))
+    with pytest.raises(ValueError, match="`eps` must be >= 0"):
+        PGD(model, eps=torch.tensor([0.1, -0.1]))
+    with pytest.raises(ValueError, match="`eps` must be a number or a 1-D"):
+        PGD(model, eps=torch.ones(2, 2))
+    with pytest.raises(ValueError, match="`eps`"):  # a batch of another size
+        PGD(model, eps=torch.ones(3) / 255)(x, y)
+
+
+def test_denoiser_attacks_take_per_image_eps(rng):
+    from miga_fast.attacks import MIGA
+    from miga_fast.models.classifiers import SmallCNN
+    from miga_fast.models.denoisers import DnCNN
+
+    torch.manual_seed(0)
+    D, F = DnCNN(1, 3, 8).eval(), SmallCNN(1, 10, 8).eval()
+    x = torch.rand(3, 1, 16, 16, generator=rng)
+    y = torch.randint(0, 10, (3,), generator=rng)
+    eps = torch.tensor([0.0, 4 / 255, 16 / 255])
+    res = MIGA(D, F, eps=eps, steps=3, compile=False)(x, y)
+    assert (res.linf <= eps + 1e-6).all() and res.linf[0] == 0 and res.linf[2] > 4 / 255
+    with pytest.raises(ValueError, match="must lie in \\[0, 1\\] for norm='linf'"):
+        MIGA(D, F, eps=torch.tensor([0.1, 1.5]))

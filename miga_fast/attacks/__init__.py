@@ -1,6 +1,6 @@
 """The attacks (docs/attacks.md). Two call conventions, by what the attack is for:
 
-- attacks on a classifier (PGD, SSIMAttack) follow torchattacks: `adv = attack(images,
+- attacks on a classifier (PGD, MIFGSM, SSIMAttack) follow torchattacks: `adv = attack(images,
   labels)` returns the adversarial images, a tensor, so they drop into code written for
   torchattacks;
 - attacks on a denoiser (MIGA and its baselines) return an AttackResult: the adversarial
@@ -12,13 +12,14 @@
 from .base import DenoiserAttack
 from .baselines import DenoiserDegradation, EndToEndPGD
 from .miga import MIGA
-from .pgd import PGD
+from .pgd import MIFGSM, PGD
 from .result import AttackResult
 from .run_folder import RunFolderBusyError
 from .ssim_attack import SSIMAttack
 
 __all__ = [
     "PGD",
+    "MIFGSM",
     "SSIMAttack",
     "MIGA",
     "DenoiserDegradation",

@@ -8,12 +8,47 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_choice
+from .._validation import check_choice, check_scalar
 
 # torchattacks' defaults: PGD (l-inf) 8/255 and 2/255, PGDL2 1.0 and 0.2.
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 1.0}
 DEFAULT_ALPHA = {"linf": 2 / 255, "l2": 0.2}
 MODEL_MODES = ("eval", "train", "keep")
+
+
+def check_radius(value, name: str, maximum: float | None = None):
+    """eps or alpha of an attack: a number, or a 1-D tensor of one value per image (the
+    fused ops take either); >= 0, finite, at most `maximum`. A tensor is checked here,
+    once, and kept as given (moved to the images' device when the attack runs)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 1 or value.numel() == 0 or not value.dtype.is_floating_point:
+            raise ValueError(
+                f"`{name}` must be a number or a 1-D floating tensor of one value per image, "
+                f"got {value.dtype} of shape {tuple(value.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"`{name}` contains NaN or Inf")
+        if bool((value < 0).any()):
+            raise ValueError(f"`{name}` must be >= 0, got min {float(value.min()):.4g}")
+        if maximum is not None and bool((value > maximum).any()):
+            raise ValueError(f"`{name}` must be <= {maximum:g}, got max {float(value.max()):.4g}")
+        return value.detach()
+    value = check_scalar(value, name)
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum:g}, got {value}")
+    return value
+
+
+def on_device(value, device):
+    """A per-image radius on the images' device (a number as it is)."""
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def fmt_radius(value) -> str:
+    """A radius for a repr: the number, or the range of the per-image values."""
+    if isinstance(value, torch.Tensor):
+        return f"[{float(value.min()):.4g}..{float(value.max()):.4g}] per image"
+    return f"{value:.4g}"
 
 
 def check_model_mode(mode) -> str:

@@ -41,7 +41,16 @@ from .._validation import (
 from ..compile import compile_denoiser
 from ..nvtx import nvtx_range
 from . import run_folder
-from ._common import DEFAULT_EPS, check_model_mode, frozen_weights, model_device, model_mode
+from ._common import (
+    DEFAULT_EPS,
+    check_model_mode,
+    check_radius,
+    fmt_radius,
+    frozen_weights,
+    model_device,
+    model_mode,
+    on_device,
+)
 from .result import AttackResult
 
 NORMS = ("linf", "l2", "ssim")
@@ -88,13 +97,15 @@ class DenoiserAttack:
                     "`eps` is not used with norm='ssim' (the SSIM ball is bounded by `tau`): leave it None"
                 )
             eps = 1.0  # the l-inf ball of radius 1 is inactive: the sign step, the box, then the SSIM ball
-        self.eps = check_scalar(DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
-        if self.norm == "linf" and self.eps > 1:
+        # a number, or a [B] tensor of one radius per image (attack.run: per image of the dataset
+        # in order is not supported, the batches differ in size: pass numbers there)
+        self.eps = check_radius(DEFAULT_EPS[self.norm] if eps is None else eps, "eps")
+        if self.norm == "linf" and bool(torch.as_tensor(self.eps).max() > 1):
             raise ValueError(f"`eps` must lie in [0, 1] for norm='linf' (images live in [0, 1]), got {eps}")
         self.steps = check_int(steps, "steps", 0)
         if alpha is None:
             alpha = 2.5 * self.eps / max(self.steps, 1) if self.norm != "ssim" else 1 / 255
-        self.alpha = check_scalar(alpha, "alpha")
+        self.alpha = check_radius(alpha, "alpha")
         self.tau = check_scalar(tau, "tau")
         if not 0 < self.tau <= 1:
             raise ValueError(f"`tau` must lie in (0, 1], got {tau}")
@@ -165,10 +176,12 @@ class DenoiserAttack:
         (set_backend("reference") for plain PyTorch)."""
         with torch.no_grad(), nvtx_range(f"{self.name}.update"):
             if self.norm == "ssim":
-                ops.pgd_step_(delta, grad, x_noisy, 1.0, self.alpha, "linf", -1.0)  # step + box
+                alpha = on_device(self.alpha, x_noisy.device)
+                ops.pgd_step_(delta, grad, x_noisy, 1.0, alpha, "linf", -1.0)  # step + box
                 ops.ssim_ball_project_(delta, x_noisy, self.tau)
             else:
-                ops.pgd_step_(delta, grad, x_noisy, self.eps, self.alpha, self.norm, -1.0)
+                eps, alpha = on_device(self.eps, x_noisy.device), on_device(self.alpha, x_noisy.device)
+                ops.pgd_step_(delta, grad, x_noisy, eps, alpha, self.norm, -1.0)
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, t, name):
@@ -240,7 +253,7 @@ class DenoiserAttack:
         history: list[dict] = []
         with value_checks(False):
             if self.random_start and self.norm != "ssim":
-                ops.random_init_(delta, x_noisy, self.eps, self.norm, self.generator)
+                ops.random_init_(delta, x_noisy, on_device(self.eps, x_noisy.device), self.norm, self.generator)
             for k in range(self.steps):
                 self._before_step(k, delta, x_noisy, x_ref, labels, aux)
                 grad, terms, _ = self._grad(delta, x_noisy, x_ref, labels, aux)
@@ -343,7 +356,7 @@ class DenoiserAttack:
 
     def __repr__(self):
         return (
-            f"{type(self).__name__}(eps={self.eps:.4g}, norm={self.norm!r}, steps={self.steps}, "
-            f"alpha={self.alpha:.4g}, lambda_rec={self.lambda_rec:g}, lambda_mi={self.lambda_mi:g}, "
+            f"{type(self).__name__}(eps={fmt_radius(self.eps)}, norm={self.norm!r}, steps={self.steps}, "
+            f"alpha={fmt_radius(self.alpha)}, lambda_rec={self.lambda_rec:g}, lambda_mi={self.lambda_mi:g}, "
             f"targeted={self.targeted}, compile={self.compile}, precision={self.precision!r})"
         )

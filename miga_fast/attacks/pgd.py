@@ -19,7 +19,17 @@ from .._validation import (
     value_checks,
 )
 from ..nvtx import nvtx_range
-from ._common import DEFAULT_ALPHA, DEFAULT_EPS, check_model_mode, frozen_weights, model_device, model_mode
+from ._common import (
+    DEFAULT_ALPHA,
+    DEFAULT_EPS,
+    check_model_mode,
+    check_radius,
+    fmt_radius,
+    frozen_weights,
+    model_device,
+    model_mode,
+    on_device,
+)
 
 
 class PGD:
@@ -59,8 +69,8 @@ class PGD:
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
         self.model = model
         norm = check_choice(norm, "norm", ops.projection.NORMS)
-        self.eps = check_scalar(DEFAULT_EPS[norm] if eps is None else eps, "eps")
-        self.alpha = check_scalar(DEFAULT_ALPHA[norm] if alpha is None else alpha, "alpha")
+        self.eps = check_radius(DEFAULT_EPS[norm] if eps is None else eps, "eps")
+        self.alpha = check_radius(DEFAULT_ALPHA[norm] if alpha is None else alpha, "alpha")
         self.model_mode = check_model_mode(model_mode)
         self.steps = check_int(steps, "steps", 0)
         self.norm = norm
@@ -71,7 +81,8 @@ class PGD:
 
     def __repr__(self):
         return (
-            f"PGD(eps={self.eps:.4g}, alpha={self.alpha:.4g}, steps={self.steps}, norm={self.norm!r}, "
+            f"{type(self).__name__}(eps={fmt_radius(self.eps)}, alpha={fmt_radius(self.alpha)}, steps={self.steps}, "
+            f"norm={self.norm!r}, "
             f"random_start={self.random_start}, targeted={self.targeted})"
         )
 
@@ -107,13 +118,49 @@ class PGD:
     def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The attack proper, on checked inputs on the model's device, in the chosen mode."""
         direction = -1.0 if self.targeted else 1.0
+        eps, alpha = on_device(self.eps, x.device), on_device(self.alpha, x.device)
         delta = torch.zeros_like(x)
         # The inputs were checked once above; the loop runs without host syncs.
         with value_checks(False):
             if self.random_start:
-                ops.random_init_(delta, x, self.eps, self.norm, self.generator)
+                ops.random_init_(delta, x, eps, self.norm, self.generator)
             for _ in range(self.steps):
                 grad = self._grad(x, delta, labels)
                 with torch.no_grad(), nvtx_range("pgd.step"):
-                    ops.pgd_step_(delta, grad, x, self.eps, self.alpha, self.norm, direction)
+                    ops.pgd_step_(delta, grad, x, eps, alpha, self.norm, direction)
+        return (x + delta).detach()
+
+
+class MIFGSM(PGD):
+    """MI-FGSM (Dong et al. 2018): l-inf sign steps along a momentum of l1-normalised
+    gradients, momentum <- decay * momentum + grad / |grad|_1, through the fused
+    ops.mi_fgsm_step_ (step, ball and box in one pass). Called as torchattacks' MIFGSM
+    (same defaults: eps 8/255, alpha 2/255, 10 steps, decay 1.0; no random start), and
+    equal to it up to float rounding; eps and alpha may be [B] tensors (one per image)."""
+
+    def __init__(
+        self,
+        model,
+        eps=8 / 255,
+        alpha=2 / 255,
+        steps=10,
+        decay=1.0,
+        targeted=False,
+        loss_fn=None,
+        model_mode="eval",
+    ):
+        super().__init__(
+            model, eps, alpha, steps, "linf", False, targeted=targeted, loss_fn=loss_fn, model_mode=model_mode
+        )
+        self.decay = check_scalar(decay, "decay")
+
+    def _attack(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        direction = -1.0 if self.targeted else 1.0
+        eps, alpha = on_device(self.eps, x.device), on_device(self.alpha, x.device)
+        delta, momentum = torch.zeros_like(x), torch.zeros_like(x)
+        with value_checks(False):
+            for _ in range(self.steps):
+                grad = self._grad(x, delta, labels)
+                with torch.no_grad(), nvtx_range("mifgsm.step"):
+                    ops.mi_fgsm_step_(delta, momentum, grad, x, eps, alpha, self.decay, direction)
         return (x + delta).detach()
