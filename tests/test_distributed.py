@@ -181,3 +181,27 @@ def test_batch_seed_and_device_for_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.device_for_rank("cuda") == torch.device("cuda", 1)
     assert distributed.device_for_rank("cpu") == torch.device("cpu")
+
+
+PURIFY = ["purify-eval", "--data", "digits", "--quick", "--n-images", "4", "--votes", "1", "--pgd-steps", "1",
+          "--eot", "1", "--stride", "50"]  # fmt: skip
+TIMINGS = ("seconds", "purify_s_per_image", "purify_peak_mib_per_image")
+
+
+def _purify_rows(out):
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
+
+
+def test_purify_eval_over_two_processes_gives_the_one_process_rows(tmp_path):
+    r = subprocess.run([CLI, *PURIFY, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", CLI, *PURIFY, "--out", str(tmp_path / "two")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = _purify_rows(tmp_path / "one"), _purify_rows(tmp_path / "two")
+    assert len(one) == 18 and two == one  # the same rows, in the same order
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["processes"] == 2
+    assert not list((tmp_path / "two").glob("results.rank*.json"))  # merged into results.json
+    assert (tmp_path / "two" / "report.md").read_text().count("| digits |") == 18
+    assert r.stdout.count("wrote ") == 1  # rank 0 alone reports

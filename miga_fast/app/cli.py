@@ -203,15 +203,21 @@ def _purify_eval(args) -> int:
         f"miga-fast purify-eval ({'quick' if args.quick else 'the paper'}'s settings: {s}); output in {args.out}/",
         flush=True,
     )
+    from miga_fast import distributed
+
     try:
-        results = purify_eval.evaluate(
-            Path(args.out), datasets, quick=args.quick, seed=args.seed, log=lambda m: print(m, flush=True),
-            n=args.n, votes=args.votes, pgd_steps=args.pgd_steps, eot=args.eot, stride=args.stride,
-            autoattack=True if args.autoattack else None, gradient=args.gradient,
-        )  # fmt: skip
+        with distributed.process_group("cpu"):  # under torchrun: the rows shared out by rank
+            rank = distributed.rank_world()[0]
+            results = purify_eval.evaluate(
+                Path(args.out), datasets, quick=args.quick, seed=args.seed, log=lambda m: print(m, flush=True),
+                n=args.n, votes=args.votes, pgd_steps=args.pgd_steps, eot=args.eot, stride=args.stride,
+                autoattack=True if args.autoattack else None, gradient=args.gradient,
+            )  # fmt: skip
     except ValueError as exc:
         print(f"miga-fast: {exc}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     print()
     print(purify_eval.report(results))
     print(f"wrote {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
@@ -422,7 +428,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=_purify_eval)
     p.add_argument("--data", choices=["digits", "natural", "all"], default="all")
     p.add_argument("--quick", action="store_true", help="settings that finish in minutes on a CPU")
-    p.add_argument("--n", type=int, default=None, help="test images per data set")
+    p.add_argument("--n", "--n-images", dest="n", type=int, default=None, help="test images per data set")
     p.add_argument("--votes", type=int, default=None, help="purifications per majority vote")
     p.add_argument("--pgd-steps", type=int, default=None)
     p.add_argument("--eot", type=int, default=None, help="draws averaged per PGD step")

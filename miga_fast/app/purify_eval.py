@@ -15,6 +15,11 @@ the robust accuracy (the same vote on the adversarial images) under
 and the seconds and peak memory of one purification per image. Rows are appended to
 results.json as they finish: a rerun skips those already there (resumable). report.md and
 a PNG grid (inputs, masks, purified images) are written at the end.
+
+Under torchrun (docs/scaling.md) the rows are shared out: row j (in the order above) goes
+to rank j mod N, which appends it to results.rank<r>.json; every row draws from seeds of
+its own, so the rows equal a one-process run's. Rank 0 merges the files into
+results.json (rows in that order, whatever N) and writes the report and the grids.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import ops
+from .. import distributed, ops
 from ..models import registry
 from ..purify import AttentionMask, HeterogeneousPurifier, PurifiedClassifier, UniformPurifier
 from .setups import SETUPS
@@ -146,12 +151,23 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = {**settings(quick), **{k: v for k, v in overrides.items() if v is not None}}
+    rank, world = distributed.rank_world()
     path = out / "results.json"
+    files = [path, *sorted(out.glob("results.rank*.json"))]
+    error = None
+    for f in files:
+        written = _load(f).get("settings")
+        if written not in (None, s):
+            error = f"{f} was written with other settings ({written}); use another --out"
+    error = distributed.agree(error)
+    if error is not None:
+        raise ValueError(error)
     results = _load(path)
-    if results.get("settings") not in (None, s):
-        raise ValueError(f"{path} was written with other settings ({results['settings']}); use another --out")
     results["settings"] = s
-    done = {(r["data"], r["purifier"], r["attack"]) for r in results["rows"]}
+    own_path = path if world == 1 else out / f"results.rank{rank}.json"
+    own = results if world == 1 else {**_load(own_path), "settings": s}
+    done = {_key(r) for f in files for r in _load(f)["rows"]}
+    order = []  # every row's key, in the order of a whole run
     grids = []
     for name in datasets:
         setup = SETUPS[name]
@@ -170,7 +186,8 @@ def evaluate(
             if s["autoattack"]:
                 attacks.append("autoattack rand")
             for k, attack in enumerate(attacks):
-                if (name, p_name, attack) in done:
+                order.append((name, p_name, attack))
+                if (len(order) - 1) % world != rank or (name, p_name, attack) in done:
                     continue
                 # every row draws from its own seeds: a resumed run gives the rows a whole run gives
                 voter = (
@@ -212,13 +229,31 @@ def evaluate(
                     row["accuracy"] = float((voter(adv).argmax(1) == y).float().mean())
                 row["seconds"] = round(time.time() - t0, 1)
                 log(f"  accuracy {row['accuracy']:.3f} ({row['seconds']} s)")
-                results["rows"].append(row)
-                _save(path, results)
-        grids.append(_grid(name, setup, unet, classifier, x[:6], out, s))
-    results["grids"] = [str(g) for g in grids]
-    _save(path, results)
-    (out / "report.md").write_text(report(results))
-    return results
+                own["rows"].append(row)
+                _save(own_path, own)
+        if rank == 0:
+            grids.append(_grid(name, setup, unet, classifier, x[:6], out, s))
+    distributed.barrier()  # every rank's rows are on disk
+    if rank == 0:
+        rows = {}
+        for f in [path, *sorted(out.glob("results.rank*.json"))]:
+            for r in _load(f)["rows"]:
+                rows.setdefault(_key(r), r)
+        position = {key: i for i, key in enumerate(order)}
+        results["rows"] = sorted(rows.values(), key=lambda r: position.get(_key(r), len(position)))
+        results["grids"] = [str(g) for g in grids]
+        if world > 1:
+            results["processes"] = world
+        _save(path, results)
+        for f in out.glob("results.rank*.json"):  # merged: results.json holds every row
+            f.unlink()
+        (out / "report.md").write_text(report(results))
+    distributed.barrier()  # results.json is whole before any rank returns
+    return _load(path)
+
+
+def _key(row: dict) -> tuple:
+    return row["data"], row["purifier"], row["attack"]
 
 
 def _autoattack(purifier, classifier, x, y, s, seed, log):
