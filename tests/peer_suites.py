@@ -18,6 +18,8 @@ Every suite runs twice, as the control (the peer's own package) and as the drop-
   are replaced by the project's natural-patch ResNet and held-out photo patches.
 
 Writes peer_suites.json and peer_suites.md to --out (default benchmarks/results/peer_suites).
+--extra-path DIR puts packages on the scripts' path (e.g. TensorFlow, installed apart with
+`pip install --target DIR tensorflow-cpu`, for the script that compares with it).
 """
 
 from __future__ import annotations
@@ -97,11 +99,15 @@ def _run(cmd, cwd, env, timeout=1800) -> dict:
     return {"returncode": rc, "passed": rc == 0, "seconds": seconds, "shim": MARK in text, "tail": text[-1500:]}
 
 
+EXTRA_PATH: list[str] = []  # --extra-path: packages for the peers' scripts (TensorFlow), after the shim
+
+
 def _env(extra_path: Path | None) -> dict:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    if extra_path is not None:
-        env["PYTHONPATH"] = str(extra_path)
+    paths = ([str(extra_path)] if extra_path is not None else []) + EXTRA_PATH
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "")
     return env
 
@@ -117,7 +123,10 @@ def pytorch_msssim_suite(checkout: Path, work: Path) -> dict:
     results = {}
     for script in sorted(tests.glob("tests_*.py")):
         needs = []
-        if "tf" in script.stem and importlib.util.find_spec("tensorflow") is None:
+        has_tf = importlib.util.find_spec("tensorflow") is not None or any(
+            (Path(p) / "tensorflow").is_dir() for p in EXTRA_PATH
+        )
+        if "tf" in script.stem and not has_tf:
             needs.append("TensorFlow")
         if "cuda" in script.stem and not _cuda():
             needs.append("a GPU")
@@ -171,31 +180,8 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pytorch-msssim", type=Path)
-    p.add_argument("--torchattacks", type=Path)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/peer_suites"))
-    args = p.parse_args()
-    import torch
-
-    import miga_fast
-
-    report = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "miga_fast": miga_fast.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.pytorch_msssim:
-            (Path(tmp) / "msssim").mkdir()
-            report["pytorch_msssim"] = pytorch_msssim_suite(args.pytorch_msssim, Path(tmp) / "msssim")
-        if args.torchattacks:
-            (Path(tmp) / "atks").mkdir()
-            report["torchattacks"] = torchattacks_suite(args.torchattacks, Path(tmp) / "atks")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peer_suites.json").write_text(json.dumps(report, indent=2) + "\n")
+def render(report: dict) -> tuple[list[str], bool]:
+    """The Markdown table of a report, and whether every drop-in passed where its control did."""
     when = f"{report['date']}, {report['machine']}, torch {report['torch']}"
     lines = [f"# Peer test suites against the drop-ins ({when})", ""]
     lines += ["| suite | test | control (the peer) | drop-in (miga_fast) |", "|---|---|---|---|"]
@@ -217,6 +203,42 @@ def main() -> int:
             f"| torchattacks | code_coverage/test_atks.py | {c['summary'] or c['returncode']} ({c['seconds']} s) "
             f"| {d['summary'] or d['returncode']} ({d['seconds']} s) |"
         )
+    return lines, ok
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pytorch-msssim", type=Path)
+    p.add_argument("--torchattacks", type=Path)
+    p.add_argument("--merge", type=Path, nargs="*", default=[], help="earlier peer_suites.json reports to include")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/peer_suites"))
+    p.add_argument("--extra-path", action="append", default=[], help="a folder of packages the scripts need")
+    args = p.parse_args()
+    EXTRA_PATH.extend(str(Path(e).resolve()) for e in args.extra_path)
+    import torch
+
+    import miga_fast
+
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "miga_fast": miga_fast.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    for earlier in args.merge:
+        report.update(
+            {k: v for k, v in json.loads(earlier.read_text()).items() if k in ("pytorch_msssim", "torchattacks")}
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.pytorch_msssim:
+            (Path(tmp) / "msssim").mkdir()
+            report["pytorch_msssim"] = pytorch_msssim_suite(args.pytorch_msssim, Path(tmp) / "msssim")
+        if args.torchattacks:
+            (Path(tmp) / "atks").mkdir()
+            report["torchattacks"] = torchattacks_suite(args.torchattacks, Path(tmp) / "atks")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "peer_suites.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines, ok = render(report)
     (args.out / "peer_suites.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if ok else 1

@@ -67,19 +67,23 @@ def run_attack(
     }
     out.mkdir(parents=True, exist_ok=True)
     # Rank 0 holds the folder's lock for the whole run (it is the last to finish: it merges),
-    # checks the configuration and mends cut lines; the others wait, then start.
-    with RunLock(out) if rank == 0 else contextlib.nullcontext():
+    # checks the configuration and mends cut lines; the others wait, then start. An error
+    # there stops every rank (none is left waiting at a barrier).
+    with contextlib.ExitStack() as held:
         error = None
         if rank == 0:
             try:
+                held.enter_context(RunLock(out))
                 claim_folder(out, config, overwrite)
                 for log_path in logs_of(out):
                     read_log(log_path)  # drops a line cut by an interruption
-            except (ValueError, OSError) as exc:
-                error = str(exc)
-        error = distributed.agree(error)
+            except (ValueError, OSError, RunFolderBusyError) as exc:
+                error = exc
+        message = distributed.agree(None if error is None else str(error))
         if error is not None:
-            raise ValueError(error)
+            raise error
+        if message is not None:
+            raise ValueError(message)
         done = read_logs(out)
         mine = [i for i in range(len(batches)) if i % world == rank]
         log = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
