@@ -76,6 +76,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_attack.py
 	$(BIN)/python benchmarks/profile_attack.py
 	$(BIN)/python benchmarks/bench_purify.py
+	$(BIN)/python benchmarks/bench_integrations.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 # One prepared command for a GPU session (benchmarks/gpu_check.py): build for the visible
 # GPU, every CUDA test, compute-sanitizer, short benchmarks against the peers, a JSON and a

@@ -195,7 +195,25 @@ def _ms_ssim(X, Y, data_range, size_average, win_size, win_sigma, win, weights, 
     return _reduce(per_channel, size_average)
 
 
-class SSIM(torch.nn.Module):
+class _Windowed(torch.nn.Module):
+    """What SSIM and MS_SSIM share: pytorch-msssim's attributes (win_size, win built once
+    for `channel` channels and `spatial_dims` spatial dims, size_average, data_range, K)
+    and the window's 1-D taps, known without reading it while this `win` is in place."""
+
+    def __init__(self, data_range, size_average, win_size, win_sigma, channel, spatial_dims, K) -> None:
+        super().__init__()
+        self.win_size = win_size
+        self.win = _fspecial_gauss_1d(win_size, win_sigma).repeat([channel, 1] + [1] * spatial_dims)
+        self.size_average = size_average
+        self.data_range = data_range
+        self.K = K
+        self._taps = (self.win, self.win.reshape(-1, win_size)[0])  # every channel's window is this Gaussian
+
+    def _known_taps(self) -> torch.Tensor | None:
+        return self._taps[1] if self._taps[0] is self.win else None  # (unless the caller replaced self.win)
+
+
+class SSIM(_Windowed):
     """pytorch_msssim.SSIM: the window is built once for `channel` channels and
     `spatial_dims` (2 or 3) spatial dimensions."""
 
@@ -210,23 +228,25 @@ class SSIM(torch.nn.Module):
         K: tuple[float, float] | list[float] = (0.01, 0.03),
         nonnegative_ssim: bool = False,
     ) -> None:
-        super().__init__()
-        self.win_size = win_size
-        self.win = _fspecial_gauss_1d(win_size, win_sigma).repeat([channel, 1] + [1] * spatial_dims)
-        self.size_average = size_average
-        self.data_range = data_range
-        self.K = K
+        super().__init__(data_range, size_average, win_size, win_sigma, channel, spatial_dims, K)
         self.nonnegative_ssim = nonnegative_ssim
-        self._taps = (self.win, self.win.reshape(-1, win_size)[0])  # every channel's window is this Gaussian
 
     def forward(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        taps = self._taps[1] if self._taps[0] is self.win else None  # (unless the caller replaced self.win)
         return _ssim(
-            X, Y, self.data_range, self.size_average, None, None, self.win, self.K, self.nonnegative_ssim, taps
+            X,
+            Y,
+            self.data_range,
+            self.size_average,
+            None,
+            None,
+            self.win,
+            self.K,
+            self.nonnegative_ssim,
+            self._known_taps(),
         )
 
 
-class MS_SSIM(torch.nn.Module):  # noqa: N801 (pytorch-msssim's name)
+class MS_SSIM(_Windowed):  # noqa: N801 (pytorch-msssim's name)
     """pytorch_msssim.MS_SSIM."""
 
     def __init__(
@@ -240,15 +260,9 @@ class MS_SSIM(torch.nn.Module):  # noqa: N801 (pytorch-msssim's name)
         weights: list[float] | None = None,
         K: tuple[float, float] | list[float] = (0.01, 0.03),
     ) -> None:
-        super().__init__()
-        self.win_size = win_size
-        self.win = _fspecial_gauss_1d(win_size, win_sigma).repeat([channel, 1] + [1] * spatial_dims)
-        self.size_average = size_average
-        self.data_range = data_range
+        super().__init__(data_range, size_average, win_size, win_sigma, channel, spatial_dims, K)
         self.weights = weights
-        self.K = K
-        self._taps = (self.win, self.win.reshape(-1, win_size)[0])  # every channel's window is this Gaussian
 
     def forward(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        taps = self._taps[1] if self._taps[0] is self.win else None  # (unless the caller replaced self.win)
-        return _ms_ssim(X, Y, self.data_range, self.size_average, None, None, self.win, self.weights, self.K, taps)
+        args = (self.data_range, self.size_average, None, None, self.win, self.weights, self.K)
+        return _ms_ssim(X, Y, *args, self._known_taps())
