@@ -13,7 +13,8 @@ Every suite runs twice, as the control (the peer's own package) and as the drop-
   place (no network here). Scripts that need TensorFlow or a GPU are listed as not run
   when those are missing.
 - torchattacks: code_coverage/test_atks.py under pytest, every attack of torchattacks
-  on 5 images, with torchattacks patched (miga_fast.integrations.torchattacks.patch())
+  on 5 images, with torchattacks patched (miga_fast.integrations.torchattacks.patch();
+  --torchattacks-k selects tests, as pytest -k does)
   for the drop-in. Its `robustbench` helpers (which download a CIFAR-10 model and data)
   are replaced by the project's natural-patch ResNet and held-out photo patches.
 
@@ -48,8 +49,8 @@ CONFTEST_PATCH = """import torchattacks
 
 import miga_fast.integrations.torchattacks as fast
 
-fast.patch()  # torchattacks.PGD, PGDL2, MIFGSM, EOTPGD are miga_fast's from here on
-assert torchattacks.PGD is fast.PGD
+fast.patch()  # torchattacks.PGD, PGDL2, MIFGSM, EOTPGD, APGD are miga_fast's from here on
+assert all(getattr(torchattacks, name) is cls for name, cls in fast.PATCHED.items())
 """
 
 ROBUSTBENCH_UTILS = '''"""Stand-ins for robustbench's helpers, offline: the project's own model and data."""
@@ -144,7 +145,7 @@ def pytorch_msssim_suite(checkout: Path, work: Path) -> dict:
     return results
 
 
-def torchattacks_suite(checkout: Path, work: Path) -> dict:
+def torchattacks_suite(checkout: Path, work: Path, select: str | None = None) -> dict:
     results = {}
     for label in ("control", "drop_in"):
         root = work / label
@@ -167,7 +168,9 @@ def torchattacks_suite(checkout: Path, work: Path) -> dict:
         if label == "drop_in":
             (cov / "conftest.py").write_text(CONFTEST_PATCH)
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "code_coverage/test_atks.py", "-rA"]
+        cmd += ["-k", select] if select else []
         run = _run(cmd, root, _env(None))
+        run["selection"] = select or "all"
         lines = run["tail"].splitlines()
         run["summary"] = next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln), "")
         results[label] = run
@@ -196,11 +199,12 @@ def render(report: dict) -> tuple[list[str], bool]:
             f"| pytorch-msssim | {script} | {'pass' if c['passed'] else 'FAIL'} ({c['seconds']} s) "
             f"| {'pass' if d['passed'] else 'FAIL'} ({d['seconds']} s) |"
         )
-    if "torchattacks" in report:
-        c, d = report["torchattacks"]["control"], report["torchattacks"]["drop_in"]
+    for key in sorted(k for k in report if k.startswith("torchattacks")):
+        c, d = report[key]["control"], report[key]["drop_in"]
         ok &= d["passed"] or not c["passed"]
+        which = "code_coverage/test_atks.py" + key[len("torchattacks") :]
         lines.append(
-            f"| torchattacks | code_coverage/test_atks.py | {c['summary'] or c['returncode']} ({c['seconds']} s) "
+            f"| torchattacks | {which} | {c['summary'] or c['returncode']} ({c['seconds']} s) "
             f"| {d['summary'] or d['returncode']} ({d['seconds']} s) |"
         )
     return lines, ok
@@ -213,6 +217,7 @@ def main() -> int:
     p.add_argument("--merge", type=Path, nargs="*", default=[], help="earlier peer_suites.json reports to include")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/peer_suites"))
     p.add_argument("--extra-path", action="append", default=[], help="a folder of packages the scripts need")
+    p.add_argument("--torchattacks-k", default=None, help="pytest -k selection of torchattacks' tests (default: all)")
     args = p.parse_args()
     EXTRA_PATH.extend(str(Path(e).resolve()) for e in args.extra_path)
     import torch
@@ -235,7 +240,8 @@ def main() -> int:
             report["pytorch_msssim"] = pytorch_msssim_suite(args.pytorch_msssim, Path(tmp) / "msssim")
         if args.torchattacks:
             (Path(tmp) / "atks").mkdir()
-            report["torchattacks"] = torchattacks_suite(args.torchattacks, Path(tmp) / "atks")
+            key = "torchattacks" if not args.torchattacks_k else f"torchattacks -k {args.torchattacks_k}"
+            report[key] = torchattacks_suite(args.torchattacks, Path(tmp) / "atks", args.torchattacks_k)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peer_suites.json").write_text(json.dumps(report, indent=2) + "\n")
     lines, ok = render(report)

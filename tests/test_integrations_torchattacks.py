@@ -14,7 +14,7 @@ from miga_fast.models import registry
 torchattacks = pytest.importorskip("torchattacks")
 from miga_fast.integrations import torchattacks as fast  # noqa: E402
 
-NAMES = ["PGD", "PGDL2", "MIFGSM", "EOTPGD"]
+NAMES = ["PGD", "PGDL2", "MIFGSM", "EOTPGD"]  # APGD: its own tests below
 
 
 def _model(seed=0, dropout=0.0):
@@ -185,3 +185,31 @@ def test_real_classifier_on_real_photos_against_a_random_control():
         theirs, ours = _both(name, model, x, y)
         assert abs(acc(ours) - acc(theirs)) <= 1 / 48 and acc(ours) < 0.3
         assert (ours - theirs).abs().max() < 2e-2  # 10 steps: rounding drifts at most a little
+
+
+@pytest.mark.parametrize("norm,loss", [("Linf", "ce"), ("Linf", "dlr"), ("L2", "ce")])
+def test_apgd_equals_torchattacks(norm, loss, rng):
+    """APGD with its checkpoints, step-size halving and momentum: the same images as
+    torchattacks' for its seed (restarts included), and the same robust accuracy."""
+    model = _model(3)
+    x, y = _data(rng, 12)
+    eps = 8 / 255 if norm == "Linf" else 0.5
+    kw = dict(norm=norm, eps=eps, steps=12, n_restarts=2, loss=loss, seed=4)
+    theirs, ours = _both("APGD", model, x, y, **kw)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert (ours == theirs).float().mean() > (0.5 if norm == "L2" else 0.9)
+    with torch.no_grad():
+        assert torch.equal(model(ours).argmax(1), model(theirs).argmax(1))
+    dist = (ours - x).flatten(1).norm(p=float("inf") if norm == "Linf" else 2, dim=1)
+    assert (dist <= eps + 1e-5).all()
+
+
+def test_apgd_bad_input(rng):
+    model = _model()
+    x, y = _data(rng, 2)
+    with pytest.raises(ValueError, match="`eps` must be >= 0"):
+        fast.APGD(model, eps=-1.0)(x, y)
+    with pytest.raises(ValueError, match="`images`"):
+        fast.APGD(model)(x + 1, y)
+    with pytest.raises(ValueError, match="must be a number"):
+        fast.APGD(model, eps=torch.full((2,), 0.03))(x, y)

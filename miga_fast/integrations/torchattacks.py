@@ -1,4 +1,4 @@
-"""torchattacks' PGD, PGDL2, MIFGSM and EOTPGD on miga_fast's fused attack steps.
+"""torchattacks' PGD, PGDL2, MIFGSM, EOTPGD and APGD on miga_fast's fused attack steps.
 
 Each class here subclasses torchattacks' own (same constructor, same call, the whole
 `Attack` interface inherited: set_normalization_used, the set_mode_targeted_* methods,
@@ -31,6 +31,7 @@ are tiny (a confident classifier).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,7 +43,7 @@ try:
 except ImportError as err:  # pragma: no cover - the import error is the message
     raise ImportError("miga_fast.integrations.torchattacks needs torchattacks (pip install torchattacks)") from err
 
-__all__ = ["PGD", "PGDL2", "MIFGSM", "EOTPGD", "patch", "unpatch", "PATCHED"]
+__all__ = ["PGD", "PGDL2", "MIFGSM", "EOTPGD", "APGD", "patch", "unpatch", "PATCHED"]
 
 
 class _Fused:
@@ -158,12 +159,120 @@ class PGDL2(_Fused, _ta.PGDL2):
         return self._finish(images, delta)
 
 
-PATCHED = {"PGD": PGD, "PGDL2": PGDL2, "MIFGSM": MIFGSM, "EOTPGD": EOTPGD}
+class APGD(_ta.APGD):
+    """torchattacks.APGD (Croce & Hein 2020: step-size halving at checkpoints, momentum
+    0.75, the best point kept), with each iteration's update on the fused ops: the
+    step with its ball and box (ops.pgd_step_, the per-image step size as a [B] alpha),
+    then the momentum blend and the projection back (ops.project_), in delta form. The
+    restarts, seeding, losses ("ce", "dlr"), EOT and the checkpoint rule are torchattacks'
+    own (inherited or kept line for line in meaning). eps: a number (restarts attack
+    subsets of the batch)."""
+
+    def forward(self, images, labels):
+        check_tensor(images, "images")
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise ValueError(f"`images` must be a non-empty batch [N, C, H, W], got shape {tuple(images.shape)}")
+        with sync_checks():
+            check_unit_range(images, "images")
+        per_sample(self.eps, "eps", images)  # a number >= 0 (a clear error otherwise)
+        if isinstance(self.eps, torch.Tensor):
+            raise ValueError("`eps` of APGD must be a number: its restarts attack subsets of the batch")
+        adv = super().forward(images, labels)
+        check_deferred()
+        return adv
+
+    def _update(self, x, x_adv, x_adv_old, grad, step_size, a):
+        """One APGD update in delta form: z = step (ball, box), then d + a (z - d) +
+        (1 - a) (x_adv - x_adv_old), projected onto the ball and the box."""
+        norm = "linf" if self.norm == "Linf" else "l2"
+        d = x_adv - x
+        z = d.clone()
+        with value_checks(False):
+            ops.pgd_step_(z, grad, x, self.eps, step_size.reshape(-1), norm)
+            blend = d + (z - d) * a + (x_adv - x_adv_old) * (1 - a)
+            ops.project_(blend, x, self.eps, norm)
+        return x + blend
+
+    def _grad_and_loss(self, x_adv, y, criterion):
+        x_adv = x_adv.detach().requires_grad_()
+        grad = torch.zeros_like(x_adv)
+        for _ in range(self.eot_iter):
+            with torch.enable_grad():
+                logits = self.get_logits(x_adv)
+                loss_indiv = criterion(logits, y)
+            grad += torch.autograd.grad(loss_indiv.sum(), [x_adv])[0].detach()
+        return grad / float(self.eot_iter), logits.detach(), loss_indiv.detach()
+
+    def attack_single_run(self, x_in, y_in):
+        x = x_in.clone() if x_in.dim() == 4 else x_in.clone().unsqueeze(0)
+        y = y_in.clone() if y_in.dim() == 1 else y_in.clone().unsqueeze(0)
+        n = x.shape[0]
+        self.steps_2 = max(int(0.22 * self.steps), 1)
+        self.steps_min = max(int(0.06 * self.steps), 1)
+        self.size_decr = max(int(0.03 * self.steps), 1)
+        # the random start, drawn as torchattacks draws it (CPU generator, then moved)
+        if self.norm == "Linf":
+            t = 2 * torch.rand(x.shape).to(self.device) - 1
+            scale = t.reshape(n, -1).abs().max(dim=1)[0].reshape(-1, 1, 1, 1)
+        else:
+            t = torch.randn(x.shape).to(self.device)
+            scale = (t**2).sum(dim=(1, 2, 3), keepdim=True).sqrt() + 1e-12
+        x_adv = (x + self.eps * t / scale).clamp(0.0, 1.0)
+        x_best, x_best_adv = x_adv.clone(), x_adv.clone()
+        loss_steps = torch.zeros([self.steps, n])
+        criterion = torch.nn.CrossEntropyLoss(reduction="none") if self.loss == "ce" else self.dlr_loss
+        if self.loss not in ("ce", "dlr"):
+            raise ValueError("unknown loss")
+        grad, logits, loss_indiv = self._grad_and_loss(x_adv, y, criterion)
+        grad_best = grad.clone()
+        acc = logits.max(1)[1] == y
+        loss_best = loss_indiv.clone()
+        step_size = 2.0 * self.eps * torch.ones([n, 1, 1, 1], device=self.device)
+        x_adv_old = x_adv.clone()
+        counter3, k = 0, self.steps_2
+        rows = np.arange(n)
+        loss_best_last_check = loss_best.clone()
+        reduced_last_check = np.ones(loss_best.shape, dtype=bool)
+        for i in range(self.steps):
+            with torch.no_grad():
+                x_adv, x_adv_old = self._update(x, x_adv, x_adv_old, grad, step_size, 0.75 if i > 0 else 1.0), x_adv
+            grad, logits, loss_indiv = self._grad_and_loss(x_adv, y, criterion)
+            pred = logits.max(1)[1] == y
+            acc = torch.min(acc, pred)
+            fooled = ~pred
+            x_best_adv[fooled] = x_adv[fooled]
+            with torch.no_grad():
+                loss_steps[i] = loss_indiv.cpu()
+                better = loss_indiv > loss_best
+                x_best[better] = x_adv[better]
+                grad_best[better] = grad[better]
+                loss_best[better] = loss_indiv[better]
+                counter3 += 1
+                if counter3 == k:  # a checkpoint: halve the step where the loss stalled
+                    oscillating = self.check_oscillation(
+                        loss_steps.numpy(), i, k, loss_best.cpu().numpy(), k3=self.thr_decr
+                    )
+                    no_gain = ~reduced_last_check & (loss_best_last_check.cpu().numpy() >= loss_best.cpu().numpy())
+                    reduce = oscillating | no_gain
+                    reduced_last_check = reduce.copy()
+                    loss_best_last_check = loss_best.clone()
+                    if reduce.any():
+                        idx = torch.as_tensor(rows[reduce], device=self.device)
+                        step_size[idx] /= 2.0
+                        x_adv = x_adv.clone()
+                        x_adv[idx] = x_best[idx]
+                        grad[idx] = grad_best[idx]
+                    counter3 = 0
+                    k = max(k - self.size_decr, self.steps_min)
+        return x_best, acc, loss_best, x_best_adv
+
+
+PATCHED = {"PGD": PGD, "PGDL2": PGDL2, "MIFGSM": MIFGSM, "EOTPGD": EOTPGD, "APGD": APGD}
 _saved: dict[str, type] = {}
 
 
 def patch() -> None:
-    """Make torchattacks.PGD, PGDL2, MIFGSM and EOTPGD these classes (idempotent)."""
+    """Make torchattacks.PGD, PGDL2, MIFGSM, EOTPGD and APGD these classes (idempotent)."""
     for name, cls in PATCHED.items():
         _saved.setdefault(name, getattr(_ta, name))
         setattr(_ta, name, cls)
