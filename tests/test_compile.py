@@ -151,9 +151,10 @@ def test_miga_fast_caches_do_not_make_compiled_graphs_recompile(rng):
     assert len(graphs) == 2  # one per backend, none for the caches
 
 
-def _every_public_op(rng):
+def _every_public_op(rng, device="cpu"):
     """(name, function of fresh tensors -> outputs) for every op of miga_fast.ops, with
-    inputs drawn once: in-place ops act on a copy they return."""
+    inputs drawn once (on the CPU generator, then moved to `device`): in-place ops act on
+    a copy they return."""
     from miga_fast import ops
 
     x = torch.rand(2, 3, 24, 24, generator=rng)
@@ -165,6 +166,9 @@ def _every_public_op(rng):
     mask = (torch.rand(2, 1, 24, 24, generator=rng) > 0.5).float().expand_as(x)
     n1, n2 = torch.randn(x.shape, generator=rng), torch.randn(x.shape, generator=rng)
     a = torch.tensor([0.5, 0.6])
+    x, y, g, eps, u, v, b1, w2, b2, mask, n1, n2, a = (
+        t.to(device) for t in (x, y, g, eps, u, v, b1, w2, b2, mask, n1, n2, a)
+    )
 
     def inplace(fn):
         def run():
@@ -248,3 +252,26 @@ def test_the_integrations_steps_compile_fullgraph(rng):
     torch.testing.assert_close(
         torch.compile(step, fullgraph=True)(torch.zeros_like(x), g), step(torch.zeros_like(x), g)
     )
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and miga_fast.backends()["cuda"]["runs_here"]),
+    reason="needs a GPU and the CUDA build",
+)
+def test_every_public_op_captures_in_a_cuda_graph(rng):
+    """No host synchronisation in any op on CUDA tensors (value checks off, as inside the
+    attacks' loops): each captures in a CUDA graph and replays to the eager result."""
+    for name, fn in _every_public_op(rng, "cuda"):
+        with miga_fast.value_checks(False):
+            want = fn()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn()  # warm-up on a side stream
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = fn()
+            graph.replay()
+            torch.cuda.synchronize()
+        torch.testing.assert_close(out, want, msg=lambda m, name=name: f"{name}: {m}")
