@@ -139,10 +139,13 @@ struct Taps {
   }
 };
 
-template <typename T, int K>
+// CS: the contrast-structure term alone (cs_only), a compile-time flag so that neither
+// kernel carries a run-time luminance factor (at 64 registers the double fused kernel spilled).
+template <typename T, int K, bool CS>
 __global__ void __launch_bounds__(kThreads)
     value_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1, T c2,
-                 T lum, int tiles_x, int tiles, double* __restrict__ partials) {
+                 int tiles_x, int tiles, double* __restrict__ partials) {
+  constexpr T lum = CS ? T(0) : T(1);
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   MIGA_FAST_SHARED(red, double[kThreads / 32]);
   const int k = K > 0 ? K : g.k;
@@ -210,11 +213,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, int TILE, int K>
+template <typename T, int TILE, int K, bool CS>
 __global__ void __launch_bounds__(kThreads)
     value_grad_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ win, Geometry g, T c1,
-                      T c2, T lum, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
+                      T c2, T gs, int tiles_x, int tiles, double* __restrict__ partials, T* __restrict__ gx,
                       T* __restrict__ gy) {
+  constexpr T lum = CS ? T(0) : T(1);
   MIGA_FAST_DYNAMIC_SHARED(smem_raw);
   MIGA_FAST_SHARED(red, double[kThreads / 32]);
   const int k = K > 0 ? K : g.k;
@@ -350,21 +354,21 @@ cudaError_t launch_typed(const SsimArgs& a, bool with_grad, cudaStream_t stream)
   const T* y = static_cast<const T*>(a.y);
   const T* win = static_cast<const T*>(a.window);
   const T c1 = static_cast<T>(a.c1), c2 = static_cast<T>(a.c2), gs = static_cast<T>(a.gs);
-  const T lum = a.cs_only ? T(0) : T(1);
   const size_t smem = shared_bytes<T>(g, with_grad);
   if (with_grad) {
-    auto* kernel = &value_grad_kernel<T, fused_tile<T>(), K>;
+    auto* kernel =
+        a.cs_only ? &value_grad_kernel<T, fused_tile<T>(), K, true> : &value_grad_kernel<T, fused_tile<T>(), K, false>;
     cudaError_t err = allow_shared(kernel, smem, kStaticShared);
     if (err != cudaSuccess) return err;
-    MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(
-        x, y, win, g, c1, c2, lum, gs, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials,
-        static_cast<T*>(a.gx), static_cast<T*>(a.gy));
+    MIGA_FAST_LAUNCH(grid, dim3(kThreads), smem, stream, kernel)(x, y, win, g, c1, c2, gs, static_cast<int>(tiles_x),
+                                                                 static_cast<int>(tiles), a.partials,
+                                                                 static_cast<T*>(a.gx), static_cast<T*>(a.gy));
   } else {
-    auto* kernel = &value_kernel<T, K>;
+    auto* kernel = a.cs_only ? &value_kernel<T, K, true> : &value_kernel<T, K, false>;
     cudaError_t err = allow_shared(kernel, smem, kStaticShared);
     if (err != cudaSuccess) return err;
     MIGA_FAST_LAUNCH(grid, dim3(kValueCols, kThreads / kValueCols), smem, stream, kernel)(
-        x, y, win, g, c1, c2, lum, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials);
+        x, y, win, g, c1, c2, static_cast<int>(tiles_x), static_cast<int>(tiles), a.partials);
   }
   return cudaGetLastError();
 }
