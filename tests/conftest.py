@@ -58,3 +58,19 @@ def rng():
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+def replay_in_cuda_graph(fn):
+    """fn() warmed up on a side stream, captured in a CUDA graph and replayed: its output
+    (a capture fails on any host synchronisation in fn)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return out

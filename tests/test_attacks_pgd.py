@@ -13,11 +13,13 @@ from conftest import backend_params
 torchattacks = pytest.importorskip("torchattacks")
 
 
-def _model(dtype=torch.float32, seed=0):
+def _model(dtype=torch.float32, seed=0, dropout=0.0):
+    """A small classifier of 16 x 16 images (dropout > 0: a random model in training mode)."""
     torch.manual_seed(seed)
     m = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.ReLU(),
+        nn.Dropout(dropout),
         nn.MaxPool2d(2),
         nn.Conv2d(8, 16, 3, padding=1),
         nn.ReLU(),

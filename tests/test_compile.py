@@ -8,6 +8,8 @@ import miga_fast
 from miga_fast.compile import compile_denoiser
 from miga_fast.models import DnCNN, UNetDenoiser
 
+from conftest import replay_in_cuda_graph
+
 
 @pytest.mark.parametrize("make", [lambda: DnCNN(1, 4, 8), lambda: UNetDenoiser(1, 8)])
 def test_compiled_forward_and_input_gradient_match_eager(make, rng):
@@ -264,14 +266,5 @@ def test_every_public_op_captures_in_a_cuda_graph(rng):
     for name, fn in _every_public_op(rng, "cuda"):
         with miga_fast.value_checks(False):
             want = fn()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn()  # warm-up on a side stream
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = fn()
-            graph.replay()
-            torch.cuda.synchronize()
+            out = replay_in_cuda_graph(fn)
         torch.testing.assert_close(out, want, msg=lambda m, name=name: f"{name}: {m}")

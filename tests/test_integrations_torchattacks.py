@@ -6,7 +6,6 @@ control."""
 
 import pytest
 import torch
-import torch.nn as nn
 
 from miga_fast import data
 from miga_fast.models import registry
@@ -14,28 +13,9 @@ from miga_fast.models import registry
 torchattacks = pytest.importorskip("torchattacks")
 from miga_fast.integrations import torchattacks as fast  # noqa: E402
 
+from test_attacks_pgd import _data, _model  # noqa: E402  (the same small classifier and data)
+
 NAMES = ["PGD", "PGDL2", "MIFGSM", "EOTPGD"]  # APGD: its own tests below
-
-
-def _model(seed=0, dropout=0.0):
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64, 10),
-    ).eval()
-
-
-def _data(rng, batch=8):
-    x = torch.rand((batch, 3, 16, 16), generator=rng)
-    y = torch.randint(0, 10, (batch,), generator=rng)
-    return x, y
 
 
 def _both(name, model, x, y, seed=0, setup=None, **kw):
@@ -76,7 +56,7 @@ def test_same_images_as_torchattacks_for_the_same_seed(name, rng):
     ],
 )
 def test_modes_and_normalisation_as_torchattacks(name, mode, rng):
-    model = _model(1)
+    model = _model(seed=1)
     x, y = _data(rng)
 
     def setup(atk):
@@ -94,7 +74,7 @@ def test_modes_and_normalisation_as_torchattacks(name, mode, rng):
 def test_eot_over_a_random_model_consumes_the_same_random_numbers(rng):
     """EOTPGD averages gradients of a stochastic model (dropout in training mode): both
     draw the dropout masks from the global generator in the same order."""
-    model = _model(2, dropout=0.3)
+    model = _model(seed=2, dropout=0.3)
     x, y = _data(rng)
 
     def setup(atk):
@@ -106,7 +86,7 @@ def test_eot_over_a_random_model_consumes_the_same_random_numbers(rng):
 
 def test_the_attack_interface_is_torchattacks(rng, tmp_path):
     model = _model()
-    x, y = _data(rng, 12)
+    x, y = _data(rng, batch=12)
     atk = fast.PGD(model, eps=4 / 255, steps=2)
     assert isinstance(atk, torchattacks.PGD) and isinstance(atk, torchattacks.attack.Attack)
     assert atk.supported_mode == ["default", "targeted"] and atk.attack == "PGD"
@@ -138,7 +118,7 @@ def test_per_image_eps(name, rng):
     """eps as a [N] tensor: each image in its own ball, and the same images as attacking
     each one alone with its radius (no random start: nothing else differs)."""
     model = _model()
-    x, y = _data(rng, 4)
+    x, y = _data(rng, batch=4)
     eps = torch.tensor([0.0, 2 / 255, 8 / 255, 16 / 255]) * (50 if name == "PGDL2" else 1)
     kw = {"steps": 3} | ({} if name == "MIFGSM" else {"random_start": False})
     adv = getattr(fast, name)(model, eps=eps, **kw)(x, y)
@@ -156,7 +136,7 @@ def test_per_image_eps(name, rng):
 
 def test_bad_input_is_a_clear_error(rng):
     model = _model()
-    x, y = _data(rng, 2)
+    x, y = _data(rng, batch=2)
     with pytest.raises(ValueError, match="`eps` must be >= 0"):
         fast.PGD(model, eps=-0.1)(x, y)
     with pytest.raises(ValueError, match="`images`"):
@@ -191,8 +171,8 @@ def test_real_classifier_on_real_photos_against_a_random_control():
 def test_apgd_equals_torchattacks(norm, loss, rng):
     """APGD with its checkpoints, step-size halving and momentum: the same images as
     torchattacks' for its seed (restarts included), and the same robust accuracy."""
-    model = _model(3)
-    x, y = _data(rng, 12)
+    model = _model(seed=3)
+    x, y = _data(rng, batch=12)
     eps = 8 / 255 if norm == "Linf" else 0.5
     kw = dict(norm=norm, eps=eps, steps=12, n_restarts=2, loss=loss, seed=4)
     theirs, ours = _both("APGD", model, x, y, **kw)
@@ -206,7 +186,7 @@ def test_apgd_equals_torchattacks(norm, loss, rng):
 
 def test_apgd_bad_input(rng):
     model = _model()
-    x, y = _data(rng, 2)
+    x, y = _data(rng, batch=2)
     with pytest.raises(ValueError, match="`eps` must be >= 0"):
         fast.APGD(model, eps=-1.0)(x, y)
     with pytest.raises(ValueError, match="`images`"):

@@ -9,7 +9,7 @@ import torch
 import miga_fast
 from miga_fast import ops
 
-from conftest import backend_params
+from conftest import backend_params, replay_in_cuda_graph
 
 BACKENDS = backend_params()
 
@@ -311,14 +311,5 @@ def test_a_sampler_step_captures_in_a_cuda_graph(backend):
 
     with miga_fast.set_backend(backend), miga_fast.value_checks(False):
         want = step()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            step()  # warm-up on the side stream
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = step()
-        graph.replay()
-        torch.cuda.synchronize()
+        out = replay_in_cuda_graph(step)
     torch.testing.assert_close(out, want)

@@ -28,8 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_finite, check_tensor
-from ..ops.ssim import MS_SSIM_WEIGHTS, ms_ssim_min_side, ssim_per_channel
-from ..ops.ssim import ms_ssim as _fused_ms_ssim
+from ..ops.ssim import (
+    MS_SSIM_WEIGHTS,
+    _multi_scale_checked,
+    _planes_checked,
+    _prepare,
+    check_weights,
+    ms_ssim_min_side,
+)
 from ..reference.ssim import gaussian_window
 
 __all__ = ["SSIM", "MS_SSIM", "ssim", "ms_ssim", "ImageTooSmallError"]
@@ -56,9 +62,18 @@ def _squeeze(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         X, Y = X.squeeze(dim=d), Y.squeeze(dim=d)
     if X.dim() not in (4, 5):
         raise ValueError(f"Input images should be 4-d or 5-d tensors, but got {X.shape}")
+    return X, Y
+
+
+def _prepare_fused(X, Y, data_range, taps, K):
+    """The fused path's checks, once (the SSIM family's own, naming X and Y): K and the taps."""
+    return _prepare(X, "X", Y, "Y", data_range, taps.numel(), None, K, "valid", taps)
+
+
+def _check_finite_images(X, Y):
+    """The plain-PyTorch path's data check (the fused path's is in _prepare_fused)."""
     check_finite(X, "X")
     check_finite(Y, "Y")
-    return X, Y
 
 
 def _window(X, win, win_size, win_sigma, taps=None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -118,7 +133,9 @@ def _torch_terms(X, Y, data_range, win, K) -> tuple[torch.Tensor, torch.Tensor]:
 def _per_channel(X, Y, data_range, win, taps, K, cs_only: bool) -> torch.Tensor:
     """SSIM (cs_only: the contrast-structure term) per channel [N, C]."""
     if _fused(X, taps):
-        return ssim_per_channel(X, Y, data_range, K=tuple(K), cs_only=cs_only, window=taps)
+        K, window = _prepare_fused(X, Y, data_range, taps, K)
+        return _planes_checked(X, Y, window, data_range, K, cs_only)
+    _check_finite_images(X, Y)
     return _torch_terms(X, Y, data_range, win, K)[1 if cs_only else 0]
 
 
@@ -173,14 +190,16 @@ def _ms_ssim(X, Y, data_range, size_average, win_size, win_sigma, win, weights, 
     X, Y = _squeeze(X, Y)
     win, taps = _window(X, win, win_size, win_sigma, taps)
     k = win.shape[-1]
-    weights = DEFAULT_WEIGHTS if weights is None else weights
+    weights = check_weights(weights)
     # pytorch-msssim's bound: four halvings, whatever the number of weights
     need = ms_ssim_min_side(k, 5)
     if min(X.shape[-2:]) <= need:
         raise ImageTooSmallError(f"Image size should be larger than {need} due to the 4 downsamplings in ms-ssim")
     if _fused(X, taps) and min(X.shape[-2:]) > ms_ssim_min_side(k, len(weights)):
-        value = _fused_ms_ssim(X, Y, data_range, K=tuple(K), weights=weights, window=taps)
+        K, window = _prepare_fused(X, Y, data_range, taps, K)
+        value = _multi_scale_checked(X, Y, window, data_range, K, weights)
         return value.mean() if size_average else value
+    _check_finite_images(X, Y)
     pool = F.avg_pool2d if X.dim() == 4 else F.avg_pool3d
     w = X.new_tensor(weights)
     terms = []

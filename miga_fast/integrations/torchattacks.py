@@ -220,9 +220,9 @@ class APGD(_ta.APGD):
         x_adv = (x + self.eps * t / scale).clamp(0.0, 1.0)
         x_best, x_best_adv = x_adv.clone(), x_adv.clone()
         loss_steps = torch.zeros([self.steps, n])
-        criterion = torch.nn.CrossEntropyLoss(reduction="none") if self.loss == "ce" else self.dlr_loss
         if self.loss not in ("ce", "dlr"):
             raise ValueError("unknown loss")
+        criterion = torch.nn.CrossEntropyLoss(reduction="none") if self.loss == "ce" else self.dlr_loss
         grad, logits, loss_indiv = self._grad_and_loss(x_adv, y, criterion)
         grad_best = grad.clone()
         acc = logits.max(1)[1] == y
@@ -259,8 +259,7 @@ class APGD(_ta.APGD):
                     if reduce.any():
                         idx = torch.as_tensor(rows[reduce], device=self.device)
                         step_size[idx] /= 2.0
-                        x_adv = x_adv.clone()
-                        x_adv[idx] = x_best[idx]
+                        x_adv[idx] = x_best[idx]  # x_adv is this step's own tensor: nothing else holds it
                         grad[idx] = grad_best[idx]
                     counter3 = 0
                     k = max(k - self.size_decr, self.steps_min)

@@ -133,13 +133,16 @@ if _extension.load() is not None:
 
 
 def _check_window(win_size, win_sigma) -> None:
+    """win_sigma None: a window given as a tensor (no Gaussian to build)."""
     check_int(win_size, "win_size", 1, odd=True)
+    if win_sigma is None:
+        return
     check_scalar(win_sigma, "win_sigma")
     if win_sigma <= 0:
         raise ValueError(f"`win_sigma` must be > 0, got {win_sigma}")
 
 
-def _check_window_tensor(window, x) -> torch.Tensor:
+def _check_window_tensor(window) -> torch.Tensor:
     """A user's 1-D window: a floating tensor of odd length, finite."""
     check_tensor(window, "window")
     window = window.reshape(-1) if window.dim() > 1 and window.numel() == window.shape[-1] else window
@@ -182,6 +185,33 @@ def _check_ssim_args(x, x_name, y, y_name, data_range, win_size, win_sigma, K, p
     return K
 
 
+def _prepare(x, x_name, y, y_name, data_range, win_size, win_sigma, K, padding, window):
+    """Every check of ssim, ssim_per_channel and ms_ssim, once per call: returns K as
+    floats and the window (the Gaussian, or the caller's) in x's dtype and device."""
+    if window is not None:
+        window = _check_window_tensor(window)
+        win_size, win_sigma = window.numel(), None
+    K = _check_ssim_args(x, x_name, y, y_name, data_range, win_size, win_sigma, K, padding)
+    if window is None:
+        return K, ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
+    return K, window.to(device=x.device, dtype=x.dtype)
+
+
+def _ssim_checked(x, y, window, data_range, K, padding="valid", return_map=False, cs_only=False):
+    """SSIM on checked arguments: the backend's kernel (or the reference)."""
+    backend = SSIM.select(x.device, x.dtype, return_map=bool(return_map))
+    if backend == "reference":
+        c1, c2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
+        return ref.ssim_with_window(x, y, window, c1, c2, padding, return_map, bool(cs_only))
+    if padding == "same":
+        window = ref.truncate_window(window, *x.shape[-2:])
+    args = (x, y, window, float(data_range), K[0], K[1], padding == "same", bool(cs_only))
+    ops_ = _ops_for(backend)
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+        return ops_.ssim_value_and_grad(*args)[0]
+    return ops_.ssim(*args)
+
+
 def ssim(
     x,
     y,
@@ -203,25 +233,8 @@ def ssim(
     SSIM map without its luminance factor), the term MS-SSIM takes at its finer scales.
     `window`: a 1-D window of odd length to use instead of the Gaussian (win_size and
     win_sigma are then ignored). Differentiable in x and y."""
-    if window is not None:
-        window = _check_window_tensor(window, x)
-        win_size = window.numel()
-    K = _check_ssim_args(x, "x", y, "y", data_range, win_size, win_sigma, K, padding)
-    backend = SSIM.select(x.device, x.dtype, return_map=bool(return_map))
-    if window is None:
-        window = ref.gaussian_window(win_size, win_sigma, x.dtype, x.device)
-    else:
-        window = window.to(device=x.device, dtype=x.dtype)
-    if backend == "reference":
-        c1, c2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
-        return ref.ssim_with_window(x, y, window, c1, c2, padding, return_map, bool(cs_only))
-    if padding == "same":
-        window = ref.truncate_window(window, *x.shape[-2:])
-    args = (x, y, window, float(data_range), K[0], K[1], padding == "same", bool(cs_only))
-    ops_ = _ops_for(backend)
-    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-        return ops_.ssim_value_and_grad(*args)[0]
-    return ops_.ssim(*args)
+    K, window = _prepare(x, "x", y, "y", data_range, win_size, win_sigma, K, padding, window)
+    return _ssim_checked(x, y, window, data_range, K, padding, return_map, cs_only)
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003
@@ -237,10 +250,22 @@ def ssim_per_channel(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 
     """SSIM (or with cs_only its contrast-structure term) of every channel: [B, C]. The
     planes are viewed as a batch of one-channel images [B * C, 1, H, W], so one fused
     kernel call serves all of them (no copy for contiguous input)."""
+    K, window = _prepare(x, "x", y, "y", data_range, win_size, win_sigma, K, "valid", window)
+    return _planes_checked(x, y, window, data_range, K, cs_only)
+
+
+def _planes_checked(x, y, window, data_range, K, cs_only):
     b, c = x.shape[:2]
     planes = (t.reshape(b * c, 1, *t.shape[2:]) for t in (x, y))
-    value = ssim(*planes, data_range, win_size, win_sigma, K, cs_only=cs_only, window=window)
-    return value.reshape(b, c)
+    return _ssim_checked(*planes, window, data_range, K, cs_only=cs_only).reshape(b, c)
+
+
+def check_weights(weights) -> tuple:
+    """MS-SSIM's weights, one per scale (None: the five of Wang et al.)."""
+    weights = MS_SSIM_WEIGHTS if weights is None else tuple(weights)
+    if not weights or not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
+        raise TypeError(f"`weights` must be a non-empty sequence of numbers, got {weights!r}")
+    return weights
 
 
 def ms_ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), weights=None, window=None):
@@ -250,24 +275,24 @@ def ms_ssim(x, y, data_range=1.0, win_size=11, win_sigma=1.5, K=(0.01, 0.03), we
     the mean), then the mean over channels; equal to pytorch_msssim.ms_ssim(x, y,
     size_average=False). Each scale is one fused kernel call over all planes (the
     contrast-structure term at the finer scales, SSIM at the coarsest); differentiable.
-    weights: one per scale (default the five of Wang et al.)."""
-    weights = MS_SSIM_WEIGHTS if weights is None else tuple(weights)
-    if not weights or not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
-        raise TypeError(f"`weights` must be a non-empty sequence of numbers, got {weights!r}")
-    if window is not None:
-        win_size = _check_window_tensor(window, x).numel()
-    _check_ssim_args(x, "x", y, "y", data_range, win_size, win_sigma, K, "valid")
-    need = ms_ssim_min_side(win_size, len(weights))
+    weights: one per scale (default the five of Wang et al.). The arguments are checked
+    once, not at every scale (the pooled images of finite images are finite)."""
+    weights = check_weights(weights)
+    K, window = _prepare(x, "x", y, "y", data_range, win_size, win_sigma, K, "valid", window)
+    need = ms_ssim_min_side(window.numel(), len(weights))
     if min(x.shape[-2:]) <= need:
         raise ValueError(
-            f"`x` is {x.shape[-2]}x{x.shape[-1]}: MS-SSIM over {len(weights)} scales with a {win_size}-tap window "
-            f"needs both sides larger than {need}"
+            f"`x` is {x.shape[-2]}x{x.shape[-1]}: MS-SSIM over {len(weights)} scales with a {window.numel()}-tap "
+            f"window needs both sides larger than {need}"
         )
+    return _multi_scale_checked(x, y, window, data_range, K, weights)
+
+
+def _multi_scale_checked(x, y, window, data_range, K, weights):
     terms = []
     for level in range(len(weights)):
         last = level == len(weights) - 1
-        value = ssim_per_channel(x, y, data_range, win_size, win_sigma, K, cs_only=not last, window=window)
-        terms.append(torch.relu(value))
+        terms.append(torch.relu(_planes_checked(x, y, window, data_range, K, cs_only=not last)))
         if not last:
             padding = [s % 2 for s in x.shape[2:]]
             x = torch.nn.functional.avg_pool2d(x, kernel_size=2, padding=padding)
