@@ -20,6 +20,12 @@ inline void define_ops(torch::Library& m) {
   m.def(
       "pgd_step_l2_(Tensor(a!) delta, Tensor grad, Tensor x, Tensor eps, Tensor alpha, "
       "float direction) -> ()");
+  // The l-inf step on the adversarial image adv = x + delta (torchattacks' arithmetic, so
+  // its results equal torchattacks' PGD bit for bit): adv <- clamp(x + clamp(adv + direction
+  // * alpha * sign(grad) - x, -eps, eps), 0, 1).
+  m.def(
+      "pgd_step_linf_image_(Tensor(a!) adv, Tensor grad, Tensor x, Tensor eps, Tensor alpha, "
+      "float direction) -> ()");
   m.def(
       "mi_fgsm_step_(Tensor(a!) delta, Tensor(b!) momentum, Tensor grad, Tensor x, Tensor eps, "
       "Tensor alpha, float mu, float direction) -> ()");

@@ -22,7 +22,7 @@ F32, F64 = "*fp32", "*fp64"
 # per kernel: the pointer dtypes (default *fp32), the constexprs and the launch options
 # (num_warps; Triton's default 4 otherwise) of one representative launch, as its launcher makes it
 AOT = {
-    "_linf_kernel": ({}, {"HAS_GRAD": True, "BLOCK": 1024}),
+    "_linf_kernel": ({}, {"HAS_GRAD": True, "IMAGE": False, "BLOCK": 1024}),
     "_reduce_kernel": ({"part_ptr": F64}, {"MODE": 0, "PASS": 0, "NPART": 64, "BLOCK": 1024}),
     "_update_kernel": ({"part_ptr": F64}, {"MODE": 2, "SCALED": False, "NPART": 64, "BLOCK": 1024}),
     "_hmoments_kernel": ({}, {"K": 11, "BH": 8, "BW": 32}),

@@ -31,7 +31,7 @@ def main(backend: str = "cuda") -> int:
     g = torch.Generator(device="cpu").manual_seed(0)
     ok = True
     with miga_fast.set_backend(backend):
-        # projection: l-inf, l2 (with tiny and huge gradients), MI-FGSM, both projections
+        # projection: l-inf (delta and image forms), l2 (with tiny and huge gradients), MI-FGSM, both projections
         for shape in ((3, 3, 17, 19), (2, 5001)):
             x = torch.rand(shape, generator=g).to(dev)
             d = ((torch.rand(shape, generator=g) - 0.5) * 0.1).to(dev)
@@ -43,6 +43,10 @@ def main(backend: str = "cuda") -> int:
                 ok &= close(f"pgd_step_ {norm} {shape}", out, exp, 1e-5)
                 out = ops.project_(d.clone(), x, 0.05, norm)
                 ok &= close(f"project_ {norm} {shape}", out, ref_proj.project_(d.clone(), x, 0.05, norm), 1e-5)
+            adv = (x + d).clamp(0, 1)
+            out = ops.pgd_step_linf_image_(adv.clone(), gr, x, 8 / 255, 2 / 255)
+            exp = ref_proj.pgd_step_linf_image_(adv.clone(), gr, x, 8 / 255, 2 / 255)
+            ok &= close(f"pgd_step_linf_image_ {shape}", out, exp, 0.0)
             m = torch.zeros_like(d)
             out = ops.mi_fgsm_step_(d.clone(), m, gr, x, 8 / 255, 2 / 255)
             ok &= close(

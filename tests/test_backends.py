@@ -127,6 +127,7 @@ def test_cpu_kernels_carry_an_avx2_build():
 
 OP_NAMES = {
     "pgd_step_linf_",
+    "pgd_step_linf_image_",
     "pgd_step_l2_",
     "mi_fgsm_step_",
     "project_linf_",

@@ -73,6 +73,7 @@ x = torch.rand(2, 3, 16, 16); g = torch.randn_like(x); u = torch.randn(6, 4); w 
 def f(d, m, g, x):
     ops.pgd_step_(d, g, x, 0.03, 0.01, "linf")
     ops.pgd_step_(d, g, x, 0.5, 0.1, "l2")
+    ops.pgd_step_linf_image_(m, g, x, 0.03, 0.01)
     ops.mi_fgsm_step_(d, m, g, x, 0.03, 0.01)
     ops.project_(d, x, 0.03)
     s = ops.ssim(x, (x + d).clamp(0, 1))
@@ -188,6 +189,10 @@ def _every_public_op(rng, device="cpu"):
     return [
         ("pgd_step_ linf", inplace(lambda d: ops.pgd_step_(d, g, x, eps, 2 / 255, "linf"))),
         ("pgd_step_ l2", inplace(lambda d: ops.pgd_step_(d, g, x, 0.5, 0.1, "l2"))),
+        (
+            "pgd_step_linf_image_",
+            inplace(lambda d: ops.pgd_step_linf_image_(d.abs_().clamp_(0, 1), g, x, eps, 2 / 255)),
+        ),
         ("mi_fgsm_step_", mi_fgsm),
         ("project_", inplace(lambda d: ops.project_(d, x, eps))),
         ("ssim", lambda: ops.ssim(x, y)),

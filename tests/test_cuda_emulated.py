@@ -123,6 +123,8 @@ def _reference(name, d, g, x, eps, alpha, direction, m=None):
     d64, g64, x64 = d.to(acc).clone(), g.to(acc), x.to(acc)
     if name == "pgd_step_linf_":
         ref_proj.pgd_step_(d64, g64, x64, eps, alpha, "linf", direction)
+    elif name == "pgd_step_linf_image_":  # `d` holds the adversarial image
+        ref_proj.pgd_step_linf_image_(d64, g64, x64, eps, alpha, direction)
     elif name == "pgd_step_l2_":
         ref_proj.pgd_step_(d64, g64, x64, eps, alpha, "l2", direction)
     elif name == "project_linf_":
@@ -137,15 +139,19 @@ def _reference(name, d, g, x, eps, alpha, direction, m=None):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["pgd_step_linf_", "pgd_step_l2_", "project_linf_", "project_l2_", "mi_fgsm_step_"])
+@pytest.mark.parametrize(
+    "name", ["pgd_step_linf_", "pgd_step_linf_image_", "pgd_step_l2_", "project_linf_", "project_l2_", "mi_fgsm_step_"]
+)
 @pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
 def test_projection_kernels_match_reference(emu, rng, dtype, name, offset):
     for b, n in SIZES:
         x, d, g, eps, alpha = _projection_inputs(rng, b, n, dtype, offset)
-        direction = -1.0 if name == "pgd_step_l2_" else 1.0
+        if name == "pgd_step_linf_image_":
+            d = (x + d).clamp(0, 1)  # the adversarial image
+        direction = -1.0 if name in ("pgd_step_l2_", "pgd_step_linf_image_") else 1.0
         m = torch.randn(b, n, generator=rng, dtype=torch.float64).to(dtype) if name == "mi_fgsm_step_" else None
         out = d.clone()
-        if name in ("pgd_step_linf_", "pgd_step_l2_"):
+        if name in ("pgd_step_linf_", "pgd_step_linf_image_", "pgd_step_l2_"):
             getattr(emu, name)(out, g, x, eps, alpha, direction)
         elif name.startswith("project"):
             getattr(emu, name)(out, x, eps)
@@ -157,7 +163,11 @@ def test_projection_kernels_match_reference(emu, rng, dtype, name, offset):
         torch.testing.assert_close(out, exp_d, rtol=tol, atol=tol, msg=lambda s: f"{name} B={b} n={n}: {s}")
         if m is not None:
             torch.testing.assert_close(mom, exp_m, rtol=tol, atol=tol)
-        if dtype == torch.float32 and name in ("pgd_step_linf_", "project_linf_"):
+        if dtype in (torch.float32, torch.float64) and name in (
+            "pgd_step_linf_",
+            "pgd_step_linf_image_",
+            "project_linf_",
+        ):
             assert torch.equal(out, exp_d), "the l-inf kernels are bit-identical to the reference in float32"
 
 
@@ -214,6 +224,7 @@ def test_projection_opcheck(emu, rng):
     x, d, g, eps, alpha = _projection_inputs(rng, 2, 300, torch.float32, 0)
     torch.library.opcheck(emu.pgd_step_l2_, (d, g, x, eps, alpha, 1.0))
     torch.library.opcheck(emu.pgd_step_linf_, (d, g, x, eps, alpha, 1.0))
+    torch.library.opcheck(emu.pgd_step_linf_image_, ((x + d).clamp(0, 1), g, x, eps, alpha, -1.0))
     torch.library.opcheck(emu.mi_fgsm_step_, (d, torch.zeros_like(d), g, x, eps, alpha, 1.0, 1.0))
 
 

@@ -62,6 +62,52 @@ def test_linf_step_equals_reference_exactly(backend, device, dtype, eps_kind, di
         assert ((x + out) >= 0).all() and ((x + out) <= 1).all()
 
 
+def _torchattacks_update(adv, grad, x, eps, alpha, direction):
+    """torchattacks' PGD update, its three lines as written there (a python-float eps and
+    alpha; the targeted mode's cost is the negated loss, so its gradient is -grad)."""
+    adv = adv + alpha * (direction * grad).sign()
+    delta = torch.clamp(adv - x, min=-eps, max=eps)
+    return torch.clamp(x + delta, min=0, max=1)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps_kind", ["scalar", "per_sample"])
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_linf_image_step_equals_reference_and_torchattacks_exactly(backend, device, dtype, eps_kind, direction, rng):
+    """The image-space step: bit for bit the reference, and, for python-float budgets,
+    torchattacks' own lines; the delta-form step on the same start agrees to rounding."""
+    for _ in range(3):
+        shape = _shape(rng)
+        x, d0, g = _inputs(rng, shape, dtype, device)
+        adv0 = (x + d0).clamp(0, 1)
+        eps = _eps(eps_kind, shape[0], rng, device, dtype)
+        alpha = _eps(eps_kind, shape[0], rng, device, dtype, scale=0.02)
+        with miga_fast.set_backend(backend):
+            out = ops.pgd_step_linf_image_(adv0.clone(), g, x, eps, alpha, direction)
+            delta_form = ops.pgd_step_(adv0 - x, g, x, eps, alpha, "linf", direction)
+        expected = ref.pgd_step_linf_image_(adv0.clone(), g, x, eps, alpha, direction)
+        assert torch.equal(out, expected), f"max diff {(out - expected).abs().max()}"
+        if eps_kind == "scalar":
+            assert torch.equal(out, _torchattacks_update(adv0, g, x, eps, alpha, direction))
+        assert (out >= 0).all() and (out <= 1).all()
+        assert ((out - x).abs() <= torch.as_tensor(eps, dtype=dtype).reshape(-1, *[1] * 3) + 1e-6).all()
+        _close(x + delta_form, out, dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_linf_image_step_on_strided_tensors(backend, device, rng):
+    x, d0, g = _inputs(rng, (3, 2, 9, 7), torch.float32, device)
+    adv0 = (x + d0).clamp(0, 1)
+    with miga_fast.set_backend(backend):
+        expected = ops.pgd_step_linf_image_(adv0.clone(), g, x, 0.05, 0.01)
+        t = lambda a: a.transpose(2, 3).contiguous().transpose(2, 3)  # noqa: E731 - same values, strided
+        adv = t(adv0)
+        assert not adv.is_contiguous()
+        ops.pgd_step_linf_image_(adv, t(g), t(x), 0.05, 0.01)
+    assert torch.equal(adv, expected)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("eps_kind", ["scalar", "per_sample"])
@@ -218,6 +264,7 @@ def _opcheck_cases(namespace, device, rng):
     ops_ = getattr(torch.ops, namespace)
     return [
         (ops_.pgd_step_linf_.default, (d.clone(), g, x, e, a, 1.0)),
+        (ops_.pgd_step_linf_image_.default, ((x + d).clamp(0, 1), g, x, e, a, -1.0)),
         (ops_.pgd_step_l2_.default, (d.clone(), g, x, e, a, -1.0)),
         (ops_.mi_fgsm_step_.default, (d.clone(), m.clone(), g, x, e, a, 0.9, 1.0)),
         (ops_.project_linf_.default, (d.clone() * 5, x, e)),
@@ -291,6 +338,17 @@ def test_bad_input_is_rejected_and_nothing_changes(case, rng):
     before = args[0].clone()
     with pytest.raises(exc, match=f"`{name}`"):
         ops.pgd_step_(*args)
+    assert torch.equal(args[0], before)
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_linf_image_step_rejects_bad_input_and_nothing_changes(case, rng):
+    make, exc, name = BAD_CASES[case]
+    d, g, x = _good(rng)
+    args = make((x + d).clamp(0, 1).to(d.dtype), g, x)
+    before = args[0].clone()
+    with pytest.raises(exc, match=f"`{'adv' if name == 'delta' else name}`"):
+        ops.pgd_step_linf_image_(*args)
     assert torch.equal(args[0], before)
 
 

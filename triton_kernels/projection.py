@@ -54,8 +54,11 @@ def _linf_kernel(
     direction: tl.float64,
     n: tl.int32,
     HAS_GRAD: tl.constexpr,
+    IMAGE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """IMAGE: `d_ptr` holds the adversarial image x + delta, stepped in torchattacks'
+    arithmetic (csrc/common/projection_math.h, linf_step_image); only with a gradient."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -68,8 +71,11 @@ def _linf_kernel(
         g = tl.load(g_ptr + ptr, mask=mask, other=0).to(e.dtype)
         step = tl.full((), direction, e.dtype) * tl.load(alpha_ptr + b * alpha_stride)
         d = d + step * _sign(g)
-    d = _clamp(d, -e, e)
-    d = _clamp(x + d, 0.0, 1.0) - x
+    if IMAGE:
+        d = _clamp(x + _clamp(d - x, -e, e), 0.0, 1.0)
+    else:
+        d = _clamp(d, -e, e)
+        d = _clamp(x + d, 0.0, 1.0) - x
     tl.store(d_ptr + ptr, d.to(d_ptr.dtype.element_ty), mask=mask)
 
 
@@ -259,7 +265,7 @@ def _run_in_place(fn, delta: torch.Tensor, *others: torch.Tensor, momentum: torc
         momentum.copy_(m)
 
 
-def _launch_linf(d, _m, x, eps, g=None, alpha=None, direction=1.0):
+def _launch_linf(d, _m, x, eps, g=None, alpha=None, direction=1.0, image=False):
     batch = d.shape[0]
     n = check_int32("elements per sample", d[0].numel() + BLOCK)
     n -= BLOCK
@@ -272,7 +278,18 @@ def _launch_linf(d, _m, x, eps, g=None, alpha=None, direction=1.0):
         a, as_ = _param(alpha if alpha is not None else eps, lo, hi)
         grid = (triton.cdiv(n, BLOCK), hi - lo)
         _linf_kernel[grid](
-            d2[lo:hi], g2[lo:hi], x2[lo:hi], e, a, es, as_, float(direction), n, HAS_GRAD=g is not None, BLOCK=BLOCK
+            d2[lo:hi],
+            g2[lo:hi],
+            x2[lo:hi],
+            e,
+            a,
+            es,
+            as_,
+            float(direction),
+            n,
+            HAS_GRAD=g is not None,
+            IMAGE=image,
+            BLOCK=BLOCK,
         )
 
 
@@ -329,6 +346,12 @@ def pgd_step_linf_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: T
     _run_in_place(lambda d, _m, g, xx: _launch_linf(d, None, xx, eps, g, alpha, direction), delta, grad, x)
 
 
+@torch.library.custom_op("miga_fast_triton::pgd_step_linf_image_", mutates_args=("adv",), device_types=DEVICE_TYPES)
+@on_tensor_device
+def pgd_step_linf_image_(adv: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, direction: float) -> None:
+    _run_in_place(lambda a, _m, g, xx: _launch_linf(a, None, xx, eps, g, alpha, direction, image=True), adv, grad, x)
+
+
 @torch.library.custom_op("miga_fast_triton::pgd_step_l2_", mutates_args=("delta",), device_types=DEVICE_TYPES)
 @on_tensor_device
 def pgd_step_l2_(delta: Tensor, grad: Tensor, x: Tensor, eps: Tensor, alpha: Tensor, direction: float) -> None:
@@ -365,5 +388,5 @@ def project_l2_(delta: Tensor, x: Tensor, eps: Tensor) -> None:
     _run_in_place(lambda d, _m, xx: _launch_two_pass(MODE_L2_PROJECT, d, None, xx, eps), delta, x)
 
 
-for _op in (pgd_step_linf_, pgd_step_l2_, mi_fgsm_step_, project_linf_, project_l2_):
+for _op in (pgd_step_linf_, pgd_step_linf_image_, pgd_step_l2_, mi_fgsm_step_, project_linf_, project_l2_):
     _op.register_fake(lambda *args, **kwargs: None)

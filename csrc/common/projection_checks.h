@@ -73,19 +73,24 @@ struct ProjectionCall {
   }
 };
 
-enum class ProjectionKind { kLinf, kL2, kMomentum };
+// kLinfImage: the l-inf step on the adversarial image (`delta` holds adv = x + delta).
+enum class ProjectionKind { kLinf, kL2, kMomentum, kLinfImage };
 
 // A backend's driver: (kind, delta, momentum?, grad?, x, eps, alpha?, mu, direction).
 using ProjectionRunner = void (*)(ProjectionKind, at::Tensor&, at::Tensor*, const at::Tensor*, const at::Tensor&,
                                   const at::Tensor&, const at::Tensor*, double, double);
 
-// The five ops of the family as thin adapters over one backend driver, and their
+// The six ops of the family as thin adapters over one backend driver, and their
 // registration: `ProjectionOps<run>::register_all(m)` in a TORCH_LIBRARY_IMPL block.
 template <ProjectionRunner Run>
 struct ProjectionOps {
   static void pgd_step_linf(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& eps,
                             const at::Tensor& alpha, double direction) {
     Run(ProjectionKind::kLinf, delta, nullptr, &grad, x, eps, &alpha, 0.0, direction);
+  }
+  static void pgd_step_linf_image(at::Tensor& adv, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& eps,
+                                  const at::Tensor& alpha, double direction) {
+    Run(ProjectionKind::kLinfImage, adv, nullptr, &grad, x, eps, &alpha, 0.0, direction);
   }
   static void pgd_step_l2(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& eps,
                           const at::Tensor& alpha, double direction) {
@@ -103,6 +108,7 @@ struct ProjectionOps {
   }
   static void register_all(torch::Library& m) {
     m.impl("pgd_step_linf_", &pgd_step_linf);
+    m.impl("pgd_step_linf_image_", &pgd_step_linf_image);
     m.impl("pgd_step_l2_", &pgd_step_l2);
     m.impl("mi_fgsm_step_", &mi_fgsm_step);
     m.impl("project_linf_", &project_linf);

@@ -38,6 +38,16 @@ MIGA_HD A linf_step(A d, A g, A x, A eps, A step) {
   return linf_ball_box(d + step * sign_of(g), x, eps);
 }
 
+// The same step on the adversarial image a = x + delta itself, in torchattacks' order and
+// arithmetic (a + step * sign(g); clamp(a - x, -eps, eps); clamp(x + d, 0, 1)), so its
+// results equal torchattacks' bit for bit: the delta form above rounds x + delta
+// differently from torchattacks' adversarial image.
+template <typename A>
+MIGA_HD A linf_step_image(A a, A g, A x, A eps, A step) {
+  const A d = clamp_to((a + step * sign_of(g)) - x, -eps, eps);
+  return clamp_to(x + d, A(0), A(1));
+}
+
 // Box only, after an l2 scaling: x + d clamped to [0, 1], minus x.
 template <typename A>
 MIGA_HD A box(A d, A x) {

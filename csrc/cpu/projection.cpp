@@ -52,6 +52,9 @@ void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at:
       case ProjectionKind::kLinf:
         MIGA_FAST_CPU_CALL(linf_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
         break;
+      case ProjectionKind::kLinfImage:
+        MIGA_FAST_CPU_CALL(linf_image_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
+        break;
       case ProjectionKind::kL2:
         MIGA_FAST_CPU_CALL(l2_kernel<T>, dp, gp, xp, ep, es, ap, as, dir, c.batch, c.n);
         break;

@@ -33,6 +33,18 @@ void linf_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict
   });
 }
 
+// The l-inf step on the adversarial image (projection_math.h, linf_step_image).
+template <typename T>
+void linf_image_kernel(T* __restrict__ a, const T* __restrict__ g, const T* __restrict__ x, const T* eps,
+                       int64_t eps_stride, const T* alpha, int64_t alpha_stride, T direction, int64_t batch,
+                       int64_t n) {
+  for_each_sample_chunk(batch, n, [&](int64_t b, int64_t i0, int64_t i1) {
+    const T e = eps[b * eps_stride];
+    const T step = direction * alpha[b * alpha_stride];
+    for (int64_t i = i0; i < i1; ++i) a[i] = linf_step_image(a[i], g[i], x[i], e, step);
+  });
+}
+
 // Largest magnitude of one sample's values (four independent maxima: not latency-bound).
 template <typename T>
 T max_abs(const T* __restrict__ a, int64_t n) {

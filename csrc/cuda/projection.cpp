@@ -35,10 +35,11 @@ void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at:
   a.n = c.n;
   a.mu = mu;
   a.direction = direction;
+  a.image = kind == ProjectionKind::kLinfImage;
 
   const cudaStream_t stream = glue::current_stream();
   at::Tensor workspace;
-  if (kind != ProjectionKind::kLinf) {
+  if (kind == ProjectionKind::kL2 || kind == ProjectionKind::kMomentum) {
     const auto bytes = static_cast<int64_t>(cuda::projection_workspace_bytes(a.batch, a.n));
     workspace = at::empty({bytes}, delta.options().dtype(at::kByte));
     // Tests poison the partials (all-ones bytes read as NaN doubles): any partial a
@@ -49,6 +50,7 @@ void run(ProjectionKind kind, at::Tensor& delta, at::Tensor* momentum, const at:
   cudaError_t err = cudaSuccess;
   switch (kind) {
     case ProjectionKind::kLinf:
+    case ProjectionKind::kLinfImage:
       err = cuda::launch_linf(dtype, a, stream);
       break;
     case ProjectionKind::kL2:

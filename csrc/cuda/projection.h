@@ -26,6 +26,7 @@ struct ProjectionArgs {
   int64_t n = 0;  // elements per sample
   double mu = 0.0;
   double direction = 1.0;
+  bool image = false;         // l-inf step only: `delta` holds the adversarial image x + delta
   void* workspace = nullptr;  // reduction partials, projection_workspace_bytes() of them
 };
 

@@ -31,7 +31,9 @@ int grid_for(int64_t work_items) {
 
 // ---------------------------------------------------------------- l-inf (one pass)
 
-template <typename T, int VEC, bool HAS_GRAD>
+// IMAGE: `d` holds the adversarial image x + delta, stepped in torchattacks' arithmetic
+// (projection_math.h, linf_step_image); only with a gradient.
+template <typename T, int VEC, bool HAS_GRAD, bool IMAGE>
 __global__ void __launch_bounds__(kThreads)
     linf_kernel(T* __restrict__ d, const T* __restrict__ g, const T* __restrict__ x,
                 const typename AccOf<T>::type* __restrict__ eps, int64_t eps_stride,
@@ -49,8 +51,10 @@ __global__ void __launch_bounds__(kThreads)
       const A step = direction * alpha[b * alpha_stride];
       const P gv = reinterpret_cast<const P*>(g)[p];
 #pragma unroll
-      for (int k = 0; k < VEC; ++k)
-        dv.v[k] = store_as<T>(linf_step(load_acc(dv.v[k]), load_acc(gv.v[k]), load_acc(xv.v[k]), e, step));
+      for (int k = 0; k < VEC; ++k) {
+        const A dk = load_acc(dv.v[k]), gk = load_acc(gv.v[k]), xk = load_acc(xv.v[k]);
+        dv.v[k] = store_as<T>(IMAGE ? linf_step_image(dk, gk, xk, e, step) : linf_step(dk, gk, xk, e, step));
+      }
     } else {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) dv.v[k] = store_as<T>(linf_ball_box(load_acc(dv.v[k]), load_acc(xv.v[k]), e));
@@ -59,7 +63,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T, bool HAS_GRAD>
+template <typename T, bool HAS_GRAD, bool IMAGE>
 cudaError_t launch_linf_typed(const ProjectionArgs& a, cudaStream_t stream) {
   using A = typename AccOf<T>::type;
   constexpr int kVec = 16 / sizeof(T);
@@ -74,10 +78,10 @@ cudaError_t launch_linf_typed(const ProjectionArgs& a, cudaStream_t stream) {
   const A dir = static_cast<A>(a.direction);
   if (vec_ok) {
     const int64_t packs = total / kVec;
-    MIGA_FAST_LAUNCH(grid_for(packs), kThreads, 0, stream, linf_kernel<T, kVec, HAS_GRAD>)(
+    MIGA_FAST_LAUNCH(grid_for(packs), kThreads, 0, stream, linf_kernel<T, kVec, HAS_GRAD, IMAGE>)(
         d, g, x, eps, a.eps_stride, alpha, a.alpha_stride, dir, a.n, packs);
   } else {
-    MIGA_FAST_LAUNCH(grid_for(total), kThreads, 0, stream, linf_kernel<T, 1, HAS_GRAD>)(
+    MIGA_FAST_LAUNCH(grid_for(total), kThreads, 0, stream, linf_kernel<T, 1, HAS_GRAD, IMAGE>)(
         d, g, x, eps, a.eps_stride, alpha, a.alpha_stride, dir, a.n, total);
   }
   return cudaGetLastError();
@@ -413,7 +417,8 @@ cudaError_t dispatch(DType dtype, const ProjectionArgs& a, cudaStream_t stream) 
 template <typename T>
 struct LinfFn {
   static cudaError_t run(const ProjectionArgs& a, cudaStream_t s) {
-    return a.grad != nullptr ? launch_linf_typed<T, true>(a, s) : launch_linf_typed<T, false>(a, s);
+    if (a.grad == nullptr) return launch_linf_typed<T, false, false>(a, s);
+    return a.image ? launch_linf_typed<T, true, true>(a, s) : launch_linf_typed<T, true, false>(a, s);
   }
 };
 

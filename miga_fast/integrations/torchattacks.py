@@ -4,9 +4,10 @@ Each class here subclasses torchattacks' own (same constructor, same call, the w
 `Attack` interface inherited: set_normalization_used, the set_mode_targeted_* methods,
 supported_mode, set_model_training_mode, set_device, save) and replaces only `forward`:
 the random start draws the same numbers from the same global generator as torchattacks,
-the gradient is torchattacks' (cross-entropy through `get_logits`, so a normalisation
-set with set_normalization_used applies), and the update (step, ball, box) is one fused
-kernel call (miga_fast.ops) instead of five to eight elementwise PyTorch ops.
+the gradient is torchattacks' (cross-entropy through `get_logits`, negated in the
+targeted modes, so a normalisation set with set_normalization_used applies), and the
+update (step, ball, box) is one fused kernel call (miga_fast.ops) instead of five to
+eight elementwise PyTorch ops.
 
 Either import the classes:
 
@@ -21,12 +22,16 @@ or patch torchattacks in place, so that code written for it runs on the fused st
 
 Beyond torchattacks: `eps` (and `alpha`) may be a [N] tensor, one radius per image.
 
-Agreement: the fused update keeps the perturbation delta = adv - images rather than the
-adversarial image, so the images agree with torchattacks' to float rounding (a few ulp),
-not bit for bit; where a gradient entry is within rounding of zero its sign, and so that
-pixel's step, can differ (tests/test_integrations_torchattacks.py). PGDL2 keeps
-torchattacks' step alpha * g / (|g| + eps_for_division), which matters where gradients
-are tiny (a confident classifier).
+Agreement (tests/test_integrations_torchattacks.py), float32 and float64, same seed, a
+model whose gradients repeat:
+- PGD, EOTPGD and MIFGSM give torchattacks' adversarial images bit for bit. Their update
+  is ops.pgd_step_linf_image_, which keeps the adversarial image as torchattacks does and
+  does torchattacks' operations in its order; MIFGSM's momentum is torchattacks' own
+  arithmetic (its per-image mean |g| is a PyTorch reduction, whose summation order only
+  PyTorch itself reproduces).
+- PGDL2 and APGD agree to float rounding, not bit for bit: their l2 norms are reductions
+  summed in another order. PGDL2 keeps torchattacks' step alpha * g / (|g| +
+  eps_for_division), which matters where gradients are tiny (a confident classifier).
 """
 
 from __future__ import annotations
@@ -60,74 +65,87 @@ class _Fused:
             eps = per_sample(self.eps, "eps", images)
             alpha = per_sample(self.alpha, "alpha", images)
         targets = self.get_target_label(images, labels) if self.targeted else labels
-        return images, targets, eps, alpha, (-1.0 if self.targeted else 1.0)
+        return images, targets, eps, alpha
 
     def _grad(self, adv, targets):
-        """d CE(get_logits(adv), targets) / d adv (torchattacks' mean cross-entropy)."""
+        """d cost / d adv with torchattacks' cost: the mean cross-entropy of get_logits(adv),
+        negated in the targeted modes (the same operations, so the same gradient bits)."""
         adv = adv.detach().requires_grad_(True)
         with torch.enable_grad():
             cost = F.cross_entropy(self.get_logits(adv), targets)
+            if self.targeted:
+                cost = -cost
             return torch.autograd.grad(cost, adv)[0]
 
     def _uniform_start(self, images):
         """torchattacks' l-inf random start: uniform in [-eps, eps] from the global generator
-        (a per-image eps scales uniform [-1, 1] draws), boxed to [0, 1]; as delta."""
+        (a per-image eps scales uniform [-1, 1] draws), boxed to [0, 1]; the adversarial image."""
         noise = torch.empty_like(images)
         if isinstance(self.eps, torch.Tensor):
             noise = noise.uniform_(-1, 1) * self.eps.to(images).reshape(-1, *[1] * (images.dim() - 1))
         else:
             noise = noise.uniform_(-self.eps, self.eps)
-        return torch.clamp(images + noise, min=0, max=1) - images
+        return torch.clamp(images + noise, min=0, max=1)
 
-    def _finish(self, images, delta):
+    def _start(self, images):
+        return self._uniform_start(images) if getattr(self, "random_start", False) else images.clone()
+
+    def _finish(self, adv):
         check_deferred()
-        return (images + delta).detach()
+        return adv.detach()
 
 
 class PGD(_Fused, _ta.PGD):
-    """torchattacks.PGD (l-inf), on the fused step: same constructor, same call."""
+    """torchattacks.PGD (l-inf), on the fused step: same constructor, same call, the same
+    images bit for bit."""
 
     def forward(self, images, labels):
-        images, targets, eps, alpha, direction = self._prepare(images, labels)
-        delta = self._uniform_start(images) if self.random_start else torch.zeros_like(images)
+        images, targets, eps, alpha = self._prepare(images, labels)
+        adv = self._start(images)
         with value_checks(False):  # checked once above: no host sync in the loop
             for _ in range(self.steps):
-                grad = self._grad(images + delta, targets)
+                grad = self._grad(adv, targets)
                 with torch.no_grad():
-                    ops.pgd_step_(delta, grad, images, eps, alpha, "linf", direction)
-        return self._finish(images, delta)
+                    ops.pgd_step_linf_image_(adv, grad, images, eps, alpha)
+        return self._finish(adv)
 
 
 class EOTPGD(_Fused, _ta.EOTPGD):
     """torchattacks.EOTPGD: the gradient summed over eot_iter passes of a random model."""
 
     def forward(self, images, labels):
-        images, targets, eps, alpha, direction = self._prepare(images, labels)
-        delta = self._uniform_start(images) if self.random_start else torch.zeros_like(images)
+        images, targets, eps, alpha = self._prepare(images, labels)
+        adv = self._start(images)
         with value_checks(False):
             for _ in range(self.steps):
-                adv = images + delta
-                grad = sum(self._grad(adv, targets) for _ in range(self.eot_iter))
+                grad = torch.zeros_like(adv)
+                for _ in range(self.eot_iter):
+                    grad += self._grad(adv, targets)
                 with torch.no_grad():
-                    ops.pgd_step_(delta, grad, images, eps, alpha, "linf", direction)
-        return self._finish(images, delta)
+                    ops.pgd_step_linf_image_(adv, grad, images, eps, alpha)
+        return self._finish(adv)
 
 
 class MIFGSM(_Fused, _ta.MIFGSM):
-    """torchattacks.MIFGSM: momentum (decay) over l1-normalised gradients, l-inf steps.
-    The fused step normalises by the l1 norm (torchattacks by the mean magnitude): the
-    momentum is 1/n of torchattacks' at every step, so its signs, and the steps, agree."""
+    """torchattacks.MIFGSM: momentum (decay) over gradients divided by their per-image mean
+    magnitude, then the fused l-inf step along the momentum. The momentum is torchattacks'
+    arithmetic, so the images are torchattacks' bit for bit. An image whose gradient is all
+    zero gets a NaN momentum (0 / 0, as in torchattacks), whose sign is 0 in the step as in
+    torch.sign: it takes no step, there as here."""
 
     def forward(self, images, labels):
-        images, targets, eps, alpha, direction = self._prepare(images, labels)
-        delta = torch.zeros_like(images)
+        images, targets, eps, alpha = self._prepare(images, labels)
+        adv = images.clone()
         momentum = torch.zeros_like(images)
+        dims = tuple(range(1, images.dim()))
         with value_checks(False):
             for _ in range(self.steps):
-                grad = self._grad(images + delta, targets)
+                grad = self._grad(adv, targets)
                 with torch.no_grad():
-                    ops.mi_fgsm_step_(delta, momentum, grad, images, eps, alpha, self.decay, direction)
-        return self._finish(images, delta)
+                    grad = grad / torch.mean(torch.abs(grad), dim=dims, keepdim=True)
+                    momentum = grad + momentum * self.decay
+                    ops.pgd_step_linf_image_(adv, momentum, images, eps, alpha)
+        return self._finish(adv)
 
 
 class PGDL2(_Fused, _ta.PGDL2):
@@ -135,7 +153,8 @@ class PGDL2(_Fused, _ta.PGDL2):
 
     def _normal_start(self, images):
         """torchattacks' l2 random start: a Gaussian direction at radius r * eps, r uniform in
-        [0, 1], from the global generator, boxed to [0, 1]; as delta."""
+        [0, 1], from the global generator, boxed to [0, 1]; as delta (the l2 step keeps the
+        perturbation: its norms agree with torchattacks' to rounding only)."""
         n = images.shape[0]
         delta = torch.empty_like(images).normal_()
         norm = delta.view(n, -1).norm(p=2, dim=1).view(n, *[1] * (images.dim() - 1))
@@ -145,7 +164,7 @@ class PGDL2(_Fused, _ta.PGDL2):
         return torch.clamp(images + delta, min=0, max=1) - images
 
     def forward(self, images, labels):
-        images, targets, eps, alpha, direction = self._prepare(images, labels)
+        images, targets, eps, alpha = self._prepare(images, labels)
         delta = self._normal_start(images) if self.random_start else torch.zeros_like(images)
         with value_checks(False):
             for _ in range(self.steps):
@@ -155,8 +174,8 @@ class PGDL2(_Fused, _ta.PGDL2):
                     # takes alpha * g / |g|, so alpha carries the factor |g| / (|g| + e)
                     norm = grad.flatten(1).norm(p=2, dim=1)
                     step = alpha * norm / (norm + self.eps_for_division)
-                    ops.pgd_step_(delta, grad, images, eps, step, "l2", direction)
-        return self._finish(images, delta)
+                    ops.pgd_step_(delta, grad, images, eps, step, "l2")
+        return self._finish(images + delta)
 
 
 class APGD(_ta.APGD):

@@ -31,9 +31,10 @@ from ..reference import projection as ref
 from ._namespaces import ops_for
 
 NORMS = ("linf", "l2")
-_OPS = ("pgd_step_linf_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_")
+_OPS = ("pgd_step_linf_", "pgd_step_linf_image_", "pgd_step_l2_", "mi_fgsm_step_", "project_linf_", "project_l2_")
 _PUBLIC = {
     "pgd_step_linf_": "ops.pgd_step_(norm='linf')",
+    "pgd_step_linf_image_": "ops.pgd_step_linf_image_",
     "pgd_step_l2_": "ops.pgd_step_(norm='l2')",
     "mi_fgsm_step_": "ops.mi_fgsm_step_",
     "project_linf_": "ops.project_(norm='linf'), ops.random_init_",
@@ -60,20 +61,21 @@ def _ops_for(backend: str):
     return ops_for(backend, "projection")
 
 
-def _check_images(delta, x, outputs=("delta",), **others):
+def _check_images(delta, x, outputs=("delta",), first="delta", **others):
     """Every check of the family, run before anything is written: layouts, in-place
-    outputs that overlap themselves or another argument, the image range."""
-    check_tensor(delta, "delta")
-    check_batch(delta, "delta")
-    check_like(delta, "delta", x, "x")
+    outputs that overlap themselves or another argument, the image range. `first`: the
+    name of the tensor stepped in place (delta, or adv for the image-space step)."""
+    check_tensor(delta, first)
+    check_batch(delta, first)
+    check_like(delta, first, x, "x")
     for name, t in others.items():
-        check_like(delta, "delta", t, name)
+        check_like(delta, first, t, name)
     if delta.requires_grad and torch.is_grad_enabled():
         raise ValueError(
-            "`delta` requires grad: the projection ops are in-place optimiser "
-            "steps; call them under torch.no_grad() or pass delta.detach()"
+            f"`{first}` requires grad: the projection ops are in-place optimiser "
+            f"steps; call them under torch.no_grad() or pass {first}.detach()"
         )
-    tensors = {"delta": delta, "x": x, **others}
+    tensors = {first: delta, "x": x, **others}
     check_no_overlap({k: tensors[k] for k in outputs}, {k: v for k, v in tensors.items() if k not in outputs})
     check_unit_range(x, "x")
 
@@ -91,6 +93,7 @@ def _check_images(delta, x, outputs=("delta",), **others):
 # otherwise. A backend named with set_backend() is always obeyed.
 COMPILE_RULE = {
     "pgd_step_linf_": "decompose",
+    "pgd_step_linf_image_": "decompose",
     "project_linf_": "decompose",
     "pgd_step_l2_": "kernel",
     "project_l2_": "kernel",
@@ -132,6 +135,30 @@ def pgd_step_(delta, grad, x, eps, alpha, norm="linf", direction=1.0):
     op = "pgd_step_linf_" if norm == "linf" else "pgd_step_l2_"
     _dispatch(op, lambda *args: ref.pgd_step_(*args[:5], norm, args[5]), delta, grad, x, e, a, direction)
     return delta
+
+
+def pgd_step_linf_image_(adv, grad, x, eps, alpha, direction=1.0):
+    """The l-inf PGD step on the adversarial image itself, in place:
+    `adv <- clamp(x + clamp(adv + direction * alpha * sign(grad) - x, -eps, eps), 0, 1)`.
+
+    The same step as `pgd_step_(delta, ..., "linf")` with adv = x + delta, in
+    torchattacks' arithmetic, operation for operation: in float32 and float64 its results
+    equal torchattacks' PGD update bit for bit (the delta form rounds x + delta once more,
+    so it agrees with torchattacks only to rounding). For callers that keep the adversarial
+    image, as torchattacks does (miga_fast.integrations.torchattacks).
+
+    adv, grad, x: tensors [B, ...] of one shape, dtype and device; x in [0, 1].
+    eps, alpha: floats or [B] tensors, >= 0. direction: +1 ascends the loss, -1 descends.
+    Returns adv.
+    """
+    direction = check_direction(direction)
+    _check_images(adv, x, outputs=("adv",), first="adv", grad=grad)
+    check_finite(grad, "grad")
+    check_finite(adv, "adv")
+    e = per_sample(eps, "eps", adv)
+    a = per_sample(alpha, "alpha", adv)
+    _dispatch("pgd_step_linf_image_", ref.pgd_step_linf_image_, adv, grad, x, e, a, direction)
+    return adv
 
 
 def mi_fgsm_step_(delta, momentum, grad, x, eps, alpha, mu=1.0, direction=1.0):

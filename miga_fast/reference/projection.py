@@ -72,6 +72,18 @@ def pgd_step_(delta, grad, x, eps, alpha, norm="linf", direction=1.0):
     return delta
 
 
+def pgd_step_linf_image_(adv, grad, x, eps, alpha, direction=1.0):
+    """The l-inf step on the adversarial image adv = x + delta, in place, in torchattacks'
+    own operations (PGD.forward): adv + alpha * sign(grad), clamp(adv - x, -eps, eps),
+    clamp(x + delta, 0, 1)."""
+    e = per_sample_view(eps, adv)
+    step = per_sample_view(alpha, adv) * direction
+    a = adv + step * torch.sign(grad)
+    d = torch.clamp(a - x, -e, e)
+    adv.copy_(torch.clamp(x + d, 0, 1))
+    return adv
+
+
 def mi_fgsm_step_(delta, momentum, grad, x, eps, alpha, mu=1.0, direction=1.0):
     """MI-FGSM: momentum <- mu * momentum + grad / |grad|_1 (the norm of grad / max|grad|;
     0 where grad = 0), then the l-inf step on it."""

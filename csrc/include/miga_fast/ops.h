@@ -30,6 +30,15 @@ inline void pgd_step_linf_(at::Tensor& delta, const at::Tensor& grad, const at::
   op.call(delta, grad, x, eps, alpha, direction);
 }
 
+// The same step on the adversarial image adv = x + delta, in torchattacks' arithmetic:
+// adv <- clamp(x + clamp(adv + alpha * direction * sign(grad) - x, -eps, eps), 0, 1).
+inline void pgd_step_linf_image_(at::Tensor& adv, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& eps,
+                                 const at::Tensor& alpha, double direction = 1.0) {
+  using F = void(at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
+  static const auto op = detail::find<F>("miga_fast::pgd_step_linf_image_");
+  op.call(adv, grad, x, eps, alpha, direction);
+}
+
 // One l2 PGD step along grad / |grad|_2, then the l2 ball and the box.
 inline void pgd_step_l2_(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& eps,
                          const at::Tensor& alpha, double direction = 1.0) {

@@ -1,4 +1,4 @@
-// A consumer of the installed package: an l-inf PGD step and SSIM (with its gradient)
+// A consumer of the installed package: the l-inf PGD steps (delta and image forms) and SSIM (with its gradient)
 // through <miga_fast/ops.h>, each checked against plain ATen.
 #include <miga_fast/ops.h>
 
@@ -15,6 +15,13 @@ int main() {
   const at::Tensor expected = at::clamp(x + at::clamp(alpha * at::sign(grad), -eps, eps), 0, 1) - x;
   if (!at::equal(delta, expected)) {
     std::printf("FAIL: pgd_step_linf_ differs from ATen\n");
+    return 1;
+  }
+  at::Tensor adv = at::clamp(x + 0.01 * at::randn_like(x), 0, 1);
+  const at::Tensor adv_expected = at::clamp(x + at::clamp(adv + alpha * at::sign(grad) - x, -eps, eps), 0, 1);
+  miga_fast::pgd_step_linf_image_(adv, grad, x, eps, alpha);
+  if (!at::equal(adv, adv_expected)) {
+    std::printf("FAIL: pgd_step_linf_image_ differs from ATen\n");
     return 1;
   }
   const at::Tensor y = at::clamp(x + 0.1 * at::randn_like(x), 0, 1);
