@@ -137,7 +137,7 @@ def test_attack_command_bfloat16_precision_is_recorded(tmp_path):
 
 def test_attack_command_users_own_models_and_folders(tmp_path):
     """A user's TorchScript denoiser, a user's state dict with a named architecture, and an
-    image folder."""
+    image folder (streamed, by 2 worker processes)."""
     import torch
     from PIL import Image
 
@@ -169,12 +169,16 @@ def test_attack_command_users_own_models_and_folders(tmp_path):
         "2",
         "--eps",
         "16/255",
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
         "--out",
         str(tmp_path / "out"),
     )
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["n"] == 6 and summary["psnr"] > 15
+    assert summary["n"] == 6 and summary["batches"] == 2 and summary["psnr"] > 15
 
 
 def test_attack_command_bad_input(tmp_path):

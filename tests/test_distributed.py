@@ -83,6 +83,8 @@ def test_two_processes_give_the_one_process_results(tmp_path):
     assert two == one
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     assert out.count('"asr"') == 1  # rank 0 alone prints the summary
+    # rank 0's progress bar counts every rank's images, to the whole run's end
+    assert "(2 processes)" in err and "20/20" in err and err.count("img/s") >= 1
 
 
 def _rank_pid(root: int, rank: int) -> int:

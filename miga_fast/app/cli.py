@@ -238,7 +238,8 @@ def _load_data(args):
                 class_map = json.loads(Path(args.class_map).read_text())
             except (OSError, ValueError) as exc:
                 raise ValueError(f"--class-map {args.class_map}: {exc}") from exc
-    folder = data.ImageFolderDataset(
+    # a folder is streamed: the run reads it batch by batch, with --workers processes
+    return data.ImageFolderDataset(
         name,
         size=args.size,
         channels=args.channels,
@@ -246,7 +247,6 @@ def _load_data(args):
         limit=args.n,
         follow_symlinks=args.follow_symlinks,
     )
-    return folder.tensors()
 
 
 def parse_radius(text: str | None, norm: str):
@@ -344,25 +344,32 @@ def _attack(args) -> int:
         )
     except (ValueError, FileNotFoundError, RuntimeError, TypeError) as exc:
         return fail(str(exc).splitlines()[0])
+    if args.workers is not None and args.workers < 0:
+        return fail("--workers must be >= 0")
     try:
-        x, y = _load_data(args)
+        dataset = _load_data(args)
+        if isinstance(dataset, tuple):  # a shipped data set, in memory
+            x, y = dataset
+            if x.shape[0] == 0:
+                return fail(f"--data {args.data!r} holds no images")
+            if args.n is not None:
+                x, y = x[: args.n], y[: args.n]
+            dataset, first, max_label = (x, y), x[:1], int(y.max())
+        else:  # a folder: its first image checks the models, its labels are known unread
+            first, max_label = dataset[0][0].unsqueeze(0), max(label for _, label in dataset.samples)
     except (ValueError, TypeError, FileNotFoundError, OSError, Image.DecompressionBombError) as exc:
         return fail(f"cannot read --data {args.data!r}: {str(exc).splitlines()[0]}")
-    if x.shape[0] == 0:
-        return fail(f"--data {args.data!r} holds no images")
-    if args.n is not None:
-        x, y = x[: args.n], y[: args.n]
     try:
         with torch.no_grad():
-            denoiser(x[:1])
-            logits = classifier(x[:1]) if classifier is not None else None
+            denoiser(first)
+            logits = classifier(first) if classifier is not None else None
     except Exception as exc:  # noqa: BLE001 - the models cannot take these images: say so
-        return fail(f"the models cannot take images of shape {tuple(x.shape[1:])}: {str(exc).splitlines()[0]}")
+        return fail(f"the models cannot take images of shape {tuple(first.shape[1:])}: {str(exc).splitlines()[0]}")
     if logits is not None:
         classes = logits.shape[-1]
-        if int(y.max()) >= classes:
+        if max_label >= classes:
             return fail(
-                f"--data {args.data!r} has labels up to {int(y.max())} but the classifier has {classes} "
+                f"--data {args.data!r} has labels up to {max_label} but the classifier has {classes} "
                 "classes: name the class folders by class index (0, 1, ...) or pass --class-map"
             )
     try:
@@ -380,7 +387,12 @@ def _attack(args) -> int:
         # under torchrun: a process group (gloo on CPU), the batches sharded by rank
         with distributed.process_group("cpu"):
             summary = attack.run(
-                (x, y), args.out, batch_size=args.batch_size, sigma=args.sigma, overwrite=args.overwrite
+                dataset,
+                args.out,
+                batch_size=args.batch_size,
+                sigma=args.sigma,
+                overwrite=args.overwrite,
+                num_workers=args.workers,
             )
             rank = distributed.rank_world()[0]
     except (ValueError, TypeError, OSError, RuntimeError, RunFolderBusyError) as exc:
@@ -495,6 +507,12 @@ def main(argv=None) -> int:
         help="attack only the first n images (under torchrun, spell it --n-images: torchrun reads --n as its own)",
     )
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that read an image folder ahead of the attack (default: up to 4; 0: read in the attack's)",
+    )
     p.add_argument("--compile", action="store_true")
     p.add_argument(
         "--precision",

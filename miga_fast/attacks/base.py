@@ -312,12 +312,17 @@ class DenoiserAttack:
         seed: int = 0,
         progress: bool = True,
         overwrite: bool = False,
+        num_workers: int | None = None,
     ) -> dict:
         """Attack a whole dataset and write the results as it goes, resumably.
 
         data: a DataLoader or Dataset of (clean image, label) (a label of -1 marks an
         image without one: it is attacked, and left out of the success rate), or a pair of
-        tensors (images [N, C, H, W], labels [N]). Each batch is noised with sigma (0-255
+        tensors (images [N, C, H, W], labels [N]). The data is streamed: a Dataset is read
+        by a DataLoader (batch_size, no shuffling) with num_workers worker processes
+        (default: up to 4) and pinned memory when the models are on a GPU, loading only
+        the batches this process still has to attack; a DataLoader is used as given (it
+        must not shuffle). Each batch is noised with sigma (0-255
         scale; the noise of batch i is seeded by seed + i, so a resumed run sees the same
         inputs), attacked, and appended as one JSON line to out_dir/results.jsonl;
         out_dir/summary.json holds the totals.
@@ -328,8 +333,11 @@ class DenoiserAttack:
         folder of the same configuration resumes after its last complete batch; a folder
         of another configuration is an error (overwrite=True deletes its results and
         starts anew). The folder is locked while a run writes to it: a second run on it at
-        the same time gets RunFolderBusyError. Returns the summary dict."""
-        return run_folder.run_attack(self, data, out_dir, batch_size, sigma, seed, progress, overwrite)
+        the same time gets RunFolderBusyError. The data's fingerprint costs one extra
+        loading pass, in one process. Under torchrun the batches are shared among the
+        processes (docs/scaling.md), and the progress bar (rank 0's) counts every
+        process's images. Returns the summary dict."""
+        return run_folder.run_attack(self, data, out_dir, batch_size, sigma, seed, progress, overwrite, num_workers)
 
     def _parameters(self) -> dict:
         """Every setting that changes what the attack computes, as JSON values (tensors and

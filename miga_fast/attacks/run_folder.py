@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import time
 from pathlib import Path
 
 import torch
@@ -17,6 +19,9 @@ from .._validation import check_int, check_scalar
 from ..progress import progress_bar
 from ._common import model_device
 from .result import AttackResult
+from .run_data import RunData, tensor_id
+
+__all__ = ["run_attack", "tensor_id", "model_id", "RunFolderBusyError"]
 
 
 def run_attack(
@@ -28,6 +33,7 @@ def run_attack(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    num_workers: int | None = None,
 ) -> dict:
     """DenoiserAttack.run: see its docstring. Under torch.distributed (torchrun), rank r
     attacks batches r, r + N, ... into its own log; rank 0 merges (miga_fast.distributed)."""
@@ -46,34 +52,31 @@ def run_attack(
             f"{type(attack).__name__} carries state from batch to batch ({attack.carries_state}): its results "
             "would depend on how the batches are split among processes; run it in one process"
         )
-    batches = merge_short_tail(list(batches_of(data, batch_size)), attack.min_batch)
-    if not batches:
-        raise ValueError("the dataset is empty")
-    if batches[-1][0].shape[0] < attack.min_batch:
-        raise ValueError(
-            f"{type(attack).__name__} needs at least {attack.min_batch} images "
-            f"({attack._min_batch_reason()}); the dataset holds {batches[-1][0].shape[0]}"
-        )
-    config = {
-        "miga_fast": __version__,
-        "attack": type(attack).__name__,
-        "parameters": attack._parameters(),
-        "models": {"denoiser": model_id(attack.denoiser_eager), "classifier": model_id(attack.classifier)},
-        "data": data_id(batches),
-        "images": sum(int(x.shape[0]) for x, _ in batches),
-        "batch_size": batch_size,
-        "sigma": sigma,
-        "seed": seed,
-    }
+    device = model_device(attack.denoiser_eager) or torch.device("cpu")
+    run_data = RunData(data, batch_size, attack.min_batch, num_workers, pin_memory=device.type == "cuda")
     out.mkdir(parents=True, exist_ok=True)
     # Rank 0 holds the folder's lock for the whole run (it is the last to finish: it merges),
-    # checks the configuration and mends cut lines; the others wait, then start. An error
-    # there stops every rank (none is left waiting at a barrier).
+    # plans the data (its fingerprint: one loading pass), checks the configuration and mends
+    # cut lines; the others wait, then start. An error there stops every rank (none is left
+    # waiting at a barrier).
     with contextlib.ExitStack() as held:
         error = None
         if rank == 0:
             try:
                 held.enter_context(RunLock(out))
+                run_data.plan()
+                check_sizes(run_data.sizes, attack)
+                config = {
+                    "miga_fast": __version__,
+                    "attack": type(attack).__name__,
+                    "parameters": attack._parameters(),
+                    "models": {"denoiser": model_id(attack.denoiser_eager), "classifier": model_id(attack.classifier)},
+                    "data": run_data.fingerprint,
+                    "images": sum(run_data.sizes),
+                    "batch_size": batch_size,
+                    "sigma": sigma,
+                    "seed": seed,
+                }
                 claim_folder(out, config, overwrite)
                 for log_path in logs_of(out):
                     read_log(log_path)  # drops a line cut by an interruption
@@ -85,41 +88,38 @@ def run_attack(
         if message is not None:
             raise ValueError(message)
         done = read_logs(out)
-        mine = [i for i in range(len(batches)) if i % world == rank]
         log = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
-        device = model_device(attack.denoiser_eager) or torch.device("cpu")
-        images_done = sum(int(batches[i][0].shape[0]) for i in mine if i in done)
-        desc = attack.name if world == 1 else f"{attack.name} (rank 0 of {world})"
+        total = sum(run_data.sizes) if run_data.sizes is not None else None  # rank 0 knows it
+        desc = attack.name if world == 1 else f"{attack.name} ({world} processes)"
         with (
             log.open("a") as f,
             progress_bar(
-                total=sum(int(batches[i][0].shape[0]) for i in mine),
-                desc=desc,
-                enabled=progress and rank == 0,
-                unit="img",
-                initial=images_done,
+                total=total, desc=desc, enabled=progress and rank == 0, unit="img", initial=images_recorded(out)
             ) as bar,
         ):
-            for i in mine:
-                if i in done:
-                    continue
-                x, y = batches[i]
-                x = x.to(device)
+            for i, x, y in run_data.batches(lambda i: i % world == rank and i not in done):
+                x = x.to(device, non_blocking=True)
                 gen = torch.Generator(device=x.device).manual_seed(seed + i)
                 x_noisy = add_gaussian_noise(x, sigma, generator=gen)
-                labels = y.to(device) if y is not None else None
+                labels = y.to(device, non_blocking=True) if y is not None else None
                 with distributed.seeded_batch(seed, i, x.device), _batch_generator(attack, seed, i, x.device):
                     res = attack.forward(x_noisy, labels if attack.classifier is not None else None, x_clean=x)
                 rec = {"batch": i, "n": int(x.shape[0]), **per_sample_record(res)}
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
-                bar.update(int(x.shape[0]))
+                if world == 1:
+                    bar.update(int(x.shape[0]))
+                elif rank == 0:  # the whole run's progress, every rank's records counted
+                    bar.update(images_recorded(out) - bar.n)
+            if world > 1 and rank == 0 and progress:
+                wait_for_records(out, total, bar)
         distributed.barrier()  # every rank's records are on disk
         done = read_logs(out)
-        missing = [i for i in range(len(batches)) if i not in done]
+        n_batches = len(run_data.sizes)
+        missing = [i for i in range(n_batches) if i not in done]
         if missing:
             raise RuntimeError(f"batches {missing[:5]} of {out} have no record after the run")
-        summary = summarise([done[i] for i in sorted(done) if i < len(batches)])
+        summary = summarise([done[i] for i in sorted(done) if i < n_batches])
         summary["attack"] = repr(attack)
         if world > 1:
             summary["processes"] = world
@@ -127,6 +127,42 @@ def run_attack(
             (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         distributed.barrier()  # the summary is written before any rank returns
     return summary
+
+
+def check_sizes(sizes: list[int], attack) -> None:
+    if not sizes:
+        raise ValueError("the dataset is empty")
+    if sizes[-1] < attack.min_batch:
+        raise ValueError(
+            f"{type(attack).__name__} needs at least {attack.min_batch} images "
+            f"({attack._min_batch_reason()}); the dataset holds {sizes[-1]}"
+        )
+
+
+_RECORD_HEAD = re.compile(r'^\{"batch": (\d+), "n": (\d+),', re.MULTILINE)
+
+
+def images_recorded(out: Path) -> int:
+    """Images with a record in any log of the run folder (for the progress bar: the heads
+    of the lines only, each batch once)."""
+    seen = {}
+    for log_path in logs_of(out):
+        with contextlib.suppress(OSError):
+            for batch, n in _RECORD_HEAD.findall(log_path.read_text()):
+                seen.setdefault(batch, int(n))
+    return sum(seen.values())
+
+
+def wait_for_records(out: Path, total: int, bar, poll_s: float = 1.0, stall_s: float = 600.0) -> None:
+    """Rank 0, its own batches done: keep the bar moving with the other ranks' records
+    until every image has one, or nothing has moved for stall_s (then the barrier that
+    follows waits, and times out as torch.distributed's barriers do)."""
+    last, since = bar.n, time.monotonic()
+    while bar.n < total and time.monotonic() - since < stall_s:
+        time.sleep(poll_s)
+        bar.update(images_recorded(out) - bar.n)
+        if bar.n != last:
+            last, since = bar.n, time.monotonic()
 
 
 @contextlib.contextmanager
@@ -234,13 +270,6 @@ def claim_folder(out: Path, config: dict, overwrite: bool) -> None:
     cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def tensor_id(t: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def model_id(model) -> dict | None:
     """A model's identity: its class and the SHA-256 of its state dict (names, dtypes,
     shapes and values)."""
@@ -252,24 +281,6 @@ def model_id(model) -> dict | None:
         h.update(name.encode())
         h.update(tensor_id(state[name]).encode())
     return {"class": type(model).__name__, "sha256": h.hexdigest()}
-
-
-def data_id(batches) -> str:
-    h = hashlib.sha256()
-    for x, y in batches:
-        h.update(tensor_id(x).encode())
-        h.update(tensor_id(y).encode() if y is not None else b"-")
-    return h.hexdigest()
-
-
-def merge_short_tail(batches: list, min_batch: int) -> list:
-    """A last batch smaller than `min_batch` joins the one before it (the unknown task's
-    bound needs two images: a dataset of 2k + 1 images at batch size 2 ends on 3)."""
-    if min_batch > 1 and len(batches) > 1 and batches[-1][0].shape[0] < min_batch:
-        (xa, ya), (xb, yb) = batches[-2], batches[-1]
-        y = torch.cat([ya, yb]) if ya is not None and yb is not None else None
-        batches = batches[:-2] + [(torch.cat([xa, xb]), y)]
-    return batches
 
 
 def read_log(log: Path) -> dict:
@@ -294,21 +305,6 @@ def read_log(log: Path) -> dict:
     if dropped or (text and not text.endswith("\n")):
         log.write_text("".join(line + "\n" for line in kept))
     return done
-
-
-def batches_of(data, batch_size):
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
-        for i in range(0, x.shape[0], batch_size):
-            yield x[i : i + batch_size], (y[i : i + batch_size] if y is not None else None)
-        return
-    if isinstance(data, torch.utils.data.Dataset):
-        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    for item in data:
-        if isinstance(item, (tuple, list)):
-            yield item[0], torch.as_tensor(item[1])
-        else:
-            yield item, None
 
 
 def per_sample_record(res: AttackResult) -> dict:
