@@ -9,6 +9,11 @@ The cores are shared out: each of the N processes gets cores / N threads (OMP_NU
 so that one process with every core is the baseline. Every run also checks that its
 merged records equal the one-process run's (value checks on: the run's own).
 
+A second table streams an image folder (the digits written as 512 x 512 PNGs, read back
+at 32 x 32 with --size: a decode and a resize per image, as for a user's photos) in one
+process, with 0 and 2 DataLoader worker processes (--workers), and checks that both give
+the same records.
+
     python benchmarks/bench_scale.py            # 1 and 2 processes (and 4 on a GPU machine)
     python benchmarks/bench_scale.py --quick    # fewer images
 """
@@ -33,9 +38,9 @@ from _common import bench_parser, finish, result_record
 BIN = Path(sys.executable).parent
 
 
-def _command(nproc: int, n: int, steps: int, out: Path) -> list[str]:
+def _command(nproc: int, n: int, steps: int, out: Path, data: str = "digits", extra=()) -> list[str]:
     cli = shutil.which("miga-fast", path=str(BIN))
-    args = ["attack", "--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--data", "digits"]
+    args = ["attack", "--denoiser", "dncnn_digits", "--classifier", "cnn_digits", "--data", data, *extra]
     args += ["--batch-size", "16", "--steps", str(steps), "--n-images", str(n), "--out", str(out)]
     if nproc == 1:
         return [cli, *args]
@@ -80,7 +85,53 @@ def run(args) -> dict:
                     "same_records_as_one_process": records == reference,
                 }
             )
-    return result_record("scale", torch.device("cpu"), args, rows, cores=cores)
+        folder_rows = _folder_rows(Path(tmp), n, steps, cores)
+    return result_record("scale", torch.device("cpu"), args, rows, cores=cores, folder_rows=folder_rows)
+
+
+def _write_folder(root: Path, n: int) -> None:
+    """The first n test digits as 512 x 512 grey PNGs in class folders named by index."""
+    import numpy as np
+    from PIL import Image
+
+    from miga_fast import data
+
+    x, y = data.load_digits("test")
+    for i in range(n):
+        folder = root / str(int(y[i]))
+        folder.mkdir(parents=True, exist_ok=True)
+        im = Image.fromarray((x[i, 0].numpy() * 255).round().astype(np.uint8), mode="L")
+        im.resize((512, 512), Image.BICUBIC).save(folder / f"{i:05d}.png")
+
+
+def _folder_rows(tmp: Path, n: int, steps: int, cores: int) -> list[dict]:
+    root = tmp / "folder"
+    _write_folder(root, n)
+    rows, reference = [], None
+    for workers in (0, 2):
+        out = tmp / f"folder_w{workers}"
+        extra = ("--size", "32", "--channels", "1", "--workers", str(workers))
+        env = dict(os.environ, OMP_NUM_THREADS=str(cores))
+        env.pop("PYTHONPATH", None)
+        start = time.perf_counter()
+        done = subprocess.run(_command(1, n, steps, out, str(root), extra), capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            raise SystemExit(f"folder, {workers} workers: the run failed:\n{done.stderr[-3000:]}")
+        records = _records(out)
+        reference = records if reference is None else reference
+        rows.append(
+            {
+                "workers": workers,
+                "images": n,
+                "steps": steps,
+                "command_seconds": round(wall, 2),
+                "command_images_per_s": round(n / wall, 2),
+                "attack_images_per_s": round(n / _slowest_rank_seconds(out), 2),
+                "same_records_as_no_workers": records == reference,
+            }
+        )
+    return rows
 
 
 def print_table(result: dict) -> None:
@@ -92,6 +143,13 @@ def print_table(result: dict) -> None:
         print(
             f"{r['processes']:>9} {r['threads_per_process']:>7} {r['command_images_per_s']:>13.1f} "
             f"{r['attack_images_per_s']:>12.1f} {str(r['same_records_as_one_process']):>12}   ({speed:.2f}x)"
+        )
+    print("\nan image folder streamed (512 x 512 PNGs read at 32 x 32), one process")
+    print(f"{'workers':>9} {'command img/s':>13} {'attack img/s':>12} {'same records':>12}")
+    for r in result.get("folder_rows", []):
+        print(
+            f"{r['workers']:>9} {r['command_images_per_s']:>13.1f} {r['attack_images_per_s']:>12.1f} "
+            f"{str(r['same_records_as_no_workers']):>12}"
         )
 
 
