@@ -56,6 +56,22 @@ def _slowest_rank_seconds(out: Path) -> float:
     return max(sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()) for log in out.glob("*.jsonl"))
 
 
+def _timed(command: list[str], threads: int, out: Path, n: int, what: str) -> tuple[dict, dict]:
+    """Runs one command with `threads` threads per process; (its records, its timings)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("PYTHONPATH", None)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{what}: the run failed:\n{done.stderr[-3000:]}")
+    return _records(out), {
+        "command_seconds": round(wall, 2),
+        "command_images_per_s": round(n / wall, 2),
+        "attack_images_per_s": round(n / _slowest_rank_seconds(out), 2),
+    }
+
+
 def run(args) -> dict:
     cores = os.cpu_count() or 1
     counts = [1, 2] + ([4] if cores >= 8 else [])
@@ -64,24 +80,16 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for nproc in counts:
             out = Path(tmp) / f"run{nproc}"
-            env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // nproc)))
-            env.pop("PYTHONPATH", None)
-            start = time.perf_counter()
-            done = subprocess.run(_command(nproc, n, steps, out), capture_output=True, text=True, env=env)
-            wall = time.perf_counter() - start
-            if done.returncode != 0:
-                raise SystemExit(f"{nproc} processes: the run failed:\n{done.stderr[-3000:]}")
-            records = _records(out)
+            threads = max(1, cores // nproc)
+            records, timing = _timed(_command(nproc, n, steps, out), threads, out, n, f"{nproc} processes")
             reference = records if reference is None else reference
             rows.append(
                 {
                     "processes": nproc,
-                    "threads_per_process": max(1, cores // nproc),
+                    "threads_per_process": threads,
                     "images": n,
                     "steps": steps,
-                    "command_seconds": round(wall, 2),
-                    "command_images_per_s": round(n / wall, 2),
-                    "attack_images_per_s": round(n / _slowest_rank_seconds(out), 2),
+                    **timing,
                     "same_records_as_one_process": records == reference,
                 }
             )
@@ -111,23 +119,15 @@ def _folder_rows(tmp: Path, n: int, steps: int, cores: int) -> list[dict]:
     for workers in (0, 2):
         out = tmp / f"folder_w{workers}"
         extra = ("--size", "32", "--channels", "1", "--workers", str(workers))
-        env = dict(os.environ, OMP_NUM_THREADS=str(cores))
-        env.pop("PYTHONPATH", None)
-        start = time.perf_counter()
-        done = subprocess.run(_command(1, n, steps, out, str(root), extra), capture_output=True, text=True, env=env)
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise SystemExit(f"folder, {workers} workers: the run failed:\n{done.stderr[-3000:]}")
-        records = _records(out)
+        command = _command(1, n, steps, out, str(root), extra)
+        records, timing = _timed(command, cores, out, n, f"folder, {workers} workers")
         reference = records if reference is None else reference
         rows.append(
             {
                 "workers": workers,
                 "images": n,
                 "steps": steps,
-                "command_seconds": round(wall, 2),
-                "command_images_per_s": round(n / wall, 2),
-                "attack_images_per_s": round(n / _slowest_rank_seconds(out), 2),
+                **timing,
                 "same_records_as_no_workers": records == reference,
             }
         )
