@@ -1,6 +1,7 @@
 """Dataset runs over processes (miga_fast.distributed): `miga-fast attack` under torchrun
 with 2 gloo processes on CPU gives the same records and summary as one process; a run
-killed mid-way resumes per shard to the same results, nothing lost or repeated; the
+killed mid-way resumes per shard to the same results, nothing lost or repeated; two
+"nodes" (torchrun agents on this machine) give the same results too; the
 per-batch seeding does not depend on which rank runs a batch."""
 
 import json
@@ -207,3 +208,34 @@ def test_purify_eval_over_two_processes_gives_the_one_process_rows(tmp_path):
     assert not list((tmp_path / "two").glob("results.rank*.json"))  # merged into results.json
     assert (tmp_path / "two" / "report.md").read_text().count("| digits |") == 18
     assert r.stdout.count("wrote ") == 1  # rank 0 alone reports
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_of_one_process_give_the_one_process_results(tmp_path):
+    """The multi-node recipe of docs/scaling.md, both "nodes" on this machine: two torchrun
+    agents (--nnodes 2, --node-rank 0 and 1, one process each, LOCAL_RANK 0 on both) meet
+    at one rendezvous address and run one sharded attack."""
+    _one_process(tmp_path / "one", 16)
+    port = str(_free_port())
+    nodes = []
+    for node in (0, 1):
+        cmd = [TORCHRUN, "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1"]
+        cmd += ["--master-addr", "127.0.0.1", "--master-port", port, CLI, *ARGS, "--steps", "2"]
+        cmd += ["--n-images", "16", "--out", str(tmp_path / "two")]
+        nodes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()))
+    outs = [p.communicate(timeout=600) for p in nodes]
+    for p, (_, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert sorted(f.name for f in (tmp_path / "two").glob("results*.jsonl")) == [
+        "results.rank0.jsonl",
+        "results.rank1.jsonl",
+    ]
+    assert _records(tmp_path / "two") == _records(tmp_path / "one")
+    assert outs[0][0].count('"asr"') == 1 and outs[1][0].count('"asr"') == 0  # the node of rank 0 reports
