@@ -117,7 +117,7 @@ class RunData:
 
     def __init__(self, data, batch_size: int, min_batch: int = 1, num_workers=None, pin_memory: bool = False):
         check_int(batch_size, "batch_size", 1)
-        self.batch_size, self.min_batch, self.pin_memory = batch_size, min_batch, pin_memory
+        self.min_batch, self.pin_memory = min_batch, pin_memory
         self.fingerprint: str | None = None
         self.sizes: list[int] | None = None
         if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
@@ -160,24 +160,13 @@ class RunData:
         )
         yield from _pairs(loader)
 
-    def _all(self) -> Iterator:
-        if self.kind == "tensors":
-            x, y = self.data
-            for a, b in self.ranges:
-                yield x[a:b], (y[a:b] if y is not None else None)
-        elif self.kind == "dataset":
-            yield from self._loader(self.ranges)
-        else:
-            yield from merged_tail(_pairs(self.data), self.min_batch)
-
     def plan(self) -> None:
         """One pass over the data: the fingerprint, and the sizes of an iterable's batches."""
-        h, sizes = hashlib.sha256(), []
-        for x, y in self._all():
+        h = hashlib.sha256()
+        for _, x, y in self.batches(lambda _: True):
             h.update(tensor_id(x).encode())
             h.update(tensor_id(y).encode() if y is not None else b"-")
-            sizes.append(int(x.shape[0]))
-        self.fingerprint, self.sizes = h.hexdigest(), sizes
+        self.fingerprint = h.hexdigest()
 
     def batches(self, wanted: Callable[[int], bool]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
         """(index, images, labels) of the batches for which wanted(index) holds, in order,

@@ -21,8 +21,6 @@ from ._common import model_device
 from .result import AttackResult
 from .run_data import RunData, tensor_id
 
-__all__ = ["run_attack", "tensor_id", "model_id", "RunFolderBusyError"]
-
 
 def run_attack(
     attack,
@@ -91,10 +89,11 @@ def run_attack(
         log = out / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
         total = sum(run_data.sizes) if run_data.sizes is not None else None  # rank 0 knows it
         desc = attack.name if world == 1 else f"{attack.name} ({world} processes)"
+        shown = progress and rank == 0  # the bar: rank 0's, counting every rank's images
         with (
             log.open("a") as f,
             progress_bar(
-                total=total, desc=desc, enabled=progress and rank == 0, unit="img", initial=images_recorded(out)
+                total=total, desc=desc, enabled=shown, unit="img", initial=images_recorded(out) if shown else 0
             ) as bar,
         ):
             for i, x, y in run_data.batches(lambda i: i % world == rank and i not in done):
@@ -109,9 +108,9 @@ def run_attack(
                 f.flush()
                 if world == 1:
                     bar.update(int(x.shape[0]))
-                elif rank == 0:  # the whole run's progress, every rank's records counted
+                elif shown:  # read from the logs: every rank's records
                     bar.update(images_recorded(out) - bar.n)
-            if world > 1 and rank == 0 and progress:
+            if world > 1 and shown:
                 wait_for_records(out, total, bar)
         distributed.barrier()  # every rank's records are on disk
         done = read_logs(out)
